@@ -1,0 +1,250 @@
+"""The shared train and eval steps.
+
+Every family states its objective once: a loss and metrics computed from params, model state, a
+batch and an rng. ``make_train_step`` turns that into ``step(state, batch) -> (state, metrics)``,
+a pure function that a parallel strategy (``zoo.core.parallel``) compiles once.
+
+An objective is a sequence of :class:`Update` s, applied in order inside one step. A single model has
+one update; a GAN has two (discriminator ``n_critic`` times, then generator), each moving one
+player's params with that player's optimizer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from zoo.core.train_state import DEFAULT_PLAYER, PyTree, TrainState
+
+Metrics = dict[str, jax.Array]
+# loss_fn(params, model_state, batch, rng) -> (loss, metrics, new_model_state), where params and
+# model_state are dicts keyed by player; the gradient is taken with respect to one player's params.
+PlayerLossFn = Callable[[dict, dict, PyTree, jax.Array], tuple[jax.Array, Metrics, dict]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Update:
+    """One optimizer update of ``player`` on ``loss_fn``, applied ``repeats`` times per step.
+
+    ``loss_fn(params, model_state, batch, rng)`` gets every player's params and model state (dicts
+    keyed by player) and returns ``(loss, metrics, new_model_state)``. Metrics must be batch means
+    (they are averaged over microbatches and data shards). ``prefix`` is put before metric names.
+    """
+
+    player: str
+    loss_fn: PlayerLossFn
+    repeats: int = 1
+    prefix: str = ""
+
+    def __post_init__(self):
+        if self.repeats < 1:
+            raise ValueError(f"Update.repeats must be >= 1, got {self.repeats}")
+
+
+Objective = Sequence[Update]
+
+
+def single_player_objective(loss_fn: Callable, player: str = DEFAULT_PLAYER) -> tuple[Update]:
+    """Wraps a user's loss function for a one-player state.
+
+    ``loss_fn`` is either ``loss_fn(params, batch, rng) -> (loss, metrics)`` for models without
+    mutable state, or ``loss_fn(params, batch, rng, model_state) -> (loss, metrics, model_state)``
+    for models with BatchNorm statistics and the like.
+    """
+    n_args = len(inspect.signature(loss_fn).parameters)
+    if n_args not in (3, 4):
+        raise ValueError(
+            "a loss function takes (params, batch, rng) or (params, batch, rng, model_state); "
+            f"{getattr(loss_fn, '__name__', loss_fn)} takes {n_args} arguments"
+        )
+
+    def player_loss(params, model_state, batch, rng):
+        if n_args == 3:
+            loss, metrics = loss_fn(params[player], batch, rng)
+            return loss, metrics, model_state
+        loss, metrics, new_state = loss_fn(params[player], batch, rng, model_state[player])
+        return loss, metrics, {**model_state, player: new_state}
+
+    return (Update(player, player_loss),)
+
+
+def as_objective(objective: Objective | Callable) -> tuple[Update, ...]:
+    if callable(objective) and not isinstance(objective, (list, tuple)):
+        return single_player_objective(objective)
+    updates = tuple(objective)
+    if not updates or not all(isinstance(u, Update) for u in updates):
+        raise ValueError("an objective is a non-empty sequence of zoo.Update, or a loss function")
+    return updates
+
+
+def cast_floating(tree: PyTree, dtype) -> PyTree:
+    """Casts the floating-point leaves of ``tree`` to ``dtype``; integer leaves are kept."""
+    if dtype is None:
+        return tree
+    return jax.tree.map(
+        lambda x: x.astype(dtype) if jnp.issubdtype(jnp.result_type(x), jnp.floating) else x,
+        tree,
+    )
+
+
+def split_microbatches(batch: PyTree, k: int) -> PyTree:
+    """Reshapes a batch of B examples into k microbatches of B/k, strided.
+
+    Microbatch j holds examples j, j+k, j+2k, ...: a batch sharded contiguously over devices stays
+    evenly spread over all of them in every microbatch, so no data moves between devices.
+    """
+
+    def split(x):
+        if x.shape[0] % k:
+            raise ValueError(
+                f"a batch of {x.shape[0]} examples does not divide into {k} microbatches"
+            )
+        x = x.reshape(x.shape[0] // k, k, *x.shape[1:])
+        return jnp.swapaxes(x, 0, 1)
+
+    return jax.tree.map(split, batch)
+
+
+def _pmean(tree, axis_name):
+    if axis_name is None:
+        return tree
+    return jax.tree.map(
+        lambda x: lax.pmean(x, axis_name)
+        if jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+        else x,
+        tree,
+    )
+
+
+def _grads_and_metrics(update, params, model_state, batch, rng, *, grad_accum_steps, compute_dtype,
+                       remat):
+    """Gradient of ``update``'s loss w.r.t. its player's params, with metrics and new model state."""
+    player = update.player
+
+    def loss_of_player(player_params, model_state, batch, rng):
+        all_params = {**params, player: player_params}
+        loss, metrics, model_state = update.loss_fn(
+            cast_floating(all_params, compute_dtype), model_state,
+            cast_floating(batch, compute_dtype), rng)
+        metrics = jax.tree.map(lambda m: jnp.asarray(m, jnp.float32), metrics)
+        return jnp.asarray(loss, jnp.float32), (metrics, model_state)
+
+    if remat:
+        loss_of_player = jax.checkpoint(loss_of_player)
+    grad_fn = jax.grad(loss_of_player, has_aux=True)
+    if grad_accum_steps == 1:
+        return grad_fn(params[player], model_state, batch, rng)
+
+    k = grad_accum_steps
+    micro = split_microbatches(batch, k)
+    first = jax.tree.map(lambda x: x[0], micro)
+    grad_shape, (metric_shape, _) = jax.eval_shape(grad_fn, params[player], model_state, first, rng)
+    zeros = lambda tree: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), tree)
+
+    def body(carry, xs):
+        grad_sum, metric_sum, model_state = carry
+        mb, i = xs
+        g, (m, model_state) = grad_fn(params[player], model_state, mb, jax.random.fold_in(rng, i))
+        return (jax.tree.map(jnp.add, grad_sum, g), jax.tree.map(jnp.add, metric_sum, m),
+                model_state), None
+
+    (grad_sum, metric_sum, model_state), _ = lax.scan(
+        body, (zeros(grad_shape), zeros(metric_shape), model_state), (micro, jnp.arange(k)))
+    mean = lambda tree: jax.tree.map(lambda x: x / k, tree)
+    return mean(grad_sum), (mean(metric_sum), model_state)
+
+
+def make_train_step(
+    objective: Objective | Callable,
+    *,
+    grad_accum_steps: int = 1,
+    compute_dtype: Any = None,
+    remat: bool = False,
+    axis_name: str | None = None,
+) -> Callable[[TrainState, PyTree], tuple[TrainState, Metrics]]:
+    """Builds the pure train step ``step(state, batch) -> (new_state, metrics)``.
+
+    Args:
+      objective: a loss function (see :func:`single_player_objective`) or a sequence of
+        :class:`Update` s, applied in order.
+      grad_accum_steps: k > 1 splits the batch into k microbatches and averages their gradients
+        under ``lax.scan``; with a mean loss this equals one step on the whole batch.
+      compute_dtype: e.g. ``jnp.bfloat16`` for mixed precision: params stay float32, the loss is
+        computed on params and floating inputs cast to this dtype, gradients come back float32.
+        Losses should upcast model outputs to float32 before reducing.
+      remat: recompute the loss's forward pass during the backward pass (``jax.checkpoint``).
+        Models also take a ``remat`` option that rematerialises per layer, which saves more memory.
+      axis_name: the mapped axis to average gradients, metrics and model state over; set by the
+        ``pmap`` strategy, ``None`` otherwise (under ``jit`` with shardings the batch is global).
+
+    The step's rng is ``fold_in(fold_in(state.rng, step), shard)`` (shard only under ``pmap``; under
+    ``jit`` random draws over the global batch already differ across shards), then folded in per
+    update, repeat and microbatch, so a run is deterministic for a seed.
+    """
+    updates = as_objective(objective)
+    if grad_accum_steps < 1:
+        raise ValueError(f"grad_accum_steps must be >= 1, got {grad_accum_steps}")
+
+    def step(state: TrainState, batch: PyTree) -> tuple[TrainState, Metrics]:
+        rng = jax.random.fold_in(state.rng, state.step)
+        if axis_name is not None:
+            rng = jax.random.fold_in(rng, lax.axis_index(axis_name))
+        params, opt_state = dict(state.params), dict(state.opt_state)
+        model_state = state.model_state
+        metrics: Metrics = {}
+        for u, update in enumerate(updates):
+            if update.player not in state.tx:
+                raise ValueError(f"objective updates player {update.player!r}; the state has "
+                                 f"players {list(state.tx)}")
+            for r in range(update.repeats):
+                update_rng = jax.random.fold_in(jax.random.fold_in(rng, u), r)
+                grads, (m, model_state) = _grads_and_metrics(
+                    update, params, model_state, batch, update_rng,
+                    grad_accum_steps=grad_accum_steps, compute_dtype=compute_dtype, remat=remat)
+                grads, m, model_state = _pmean((grads, m, model_state), axis_name)
+                p = update.player
+                delta, opt_state[p] = state.tx[p].update(grads, opt_state[p], params[p])
+                params[p] = optax.apply_updates(params[p], delta)
+            metrics.update({update.prefix + k: v for k, v in m.items()})
+            metrics[update.prefix + "grad_norm"] = optax.global_norm(grads)
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                                  model_state=model_state)
+        return new_state, metrics
+
+    return step
+
+
+def make_eval_step(
+    metrics_fn: Callable,
+    *,
+    compute_dtype: Any = None,
+    axis_name: str | None = None,
+) -> Callable[[TrainState, PyTree], Metrics]:
+    """Builds ``eval_step(state, batch) -> metrics``.
+
+    ``metrics_fn(params, model_state, batch, rng) -> metrics`` gets every player's params and model
+    state (dicts keyed by player) and returns batch-mean metrics. A family's loss function serves:
+    pass ``lambda *a: loss_fn(*a)[1]``. The rng is fixed per step so evaluation is repeatable.
+    """
+
+    def eval_step(state: TrainState, batch: PyTree) -> Metrics:
+        rng = jax.random.fold_in(jax.random.fold_in(state.rng, -1 & 0x7FFFFFFF), state.step)
+        if axis_name is not None:
+            rng = jax.random.fold_in(rng, lax.axis_index(axis_name))
+        metrics = metrics_fn(cast_floating(state.params, compute_dtype), state.model_state,
+                             cast_floating(batch, compute_dtype), rng)
+        metrics = jax.tree.map(lambda m: jnp.asarray(m, jnp.float32), metrics)
+        return _pmean(metrics, axis_name)
+
+    return eval_step
+
+
+def metrics_only(loss_fn: PlayerLossFn) -> Callable:
+    """Turns a :data:`PlayerLossFn` into a metrics function for :func:`make_eval_step`."""
+    return lambda params, model_state, batch, rng: loss_fn(params, model_state, batch, rng)[1]

@@ -1,0 +1,149 @@
+"""Datasets: real ones through tensorflow-datasets, synthetic ones of each family's shapes.
+
+TFDS (and the TensorFlow it prepares datasets with) is imported only inside :func:`load_tfds`, the
+first time a real dataset is prepared. The prepared split is then kept as a numpy ``.npz`` beside
+the TFDS data, so later runs read it without TensorFlow.
+
+Offline: point ``download_dir`` (or the environment variable ``ZOO_TFDS_DOWNLOAD_DIR``) at a TFDS
+download cache, such as ``../shared/data/tfds_downloads``, and TFDS prepares from it with no network.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import jax
+import numpy as np
+
+IMAGE_DATASETS = {
+    # name: (image shape, number of classes)
+    "mnist": ((28, 28, 1), 10),
+    "fashion_mnist": ((28, 28, 1), 10),
+    "cifar10": ((32, 32, 3), 10),
+}
+DOWNLOAD_DIR_ENV = "ZOO_TFDS_DOWNLOAD_DIR"
+DATA_DIR_ENV = "ZOO_TFDS_DATA_DIR"
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get(DATA_DIR_ENV, Path.home() / "tensorflow_datasets"))
+
+
+def _writable_download_dir(download_dir: Path, data_dir: Path) -> Path:
+    # TFDS extracts next to the downloads; a read-only cache is copied somewhere writable first.
+    if os.access(download_dir, os.W_OK):
+        return download_dir
+    copy = data_dir / "downloads"
+    if not copy.exists():
+        shutil.copytree(download_dir, copy)
+    return copy
+
+
+def load_tfds(name: str, split: str, *, data_dir: str | os.PathLike | None = None,
+              download_dir: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
+    """A whole TFDS split as numpy arrays, prepared once and cached as ``.npz``.
+
+    Images come back as float32 in [0, 1] under ``"image"``, labels as int32 under ``"label"``.
+    """
+    if name not in IMAGE_DATASETS:
+        raise ValueError(f"unknown image dataset {name!r}; known: {', '.join(IMAGE_DATASETS)}")
+    data_dir = Path(data_dir) if data_dir else default_data_dir()
+    cache = data_dir / "zoo_numpy" / f"{name}-{split}.npz"
+    if not cache.exists():
+        import tensorflow_datasets as tfds  # lazy: only to prepare a real dataset
+
+        download_dir = download_dir or os.environ.get(DOWNLOAD_DIR_ENV)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        builder = tfds.builder(name, data_dir=str(data_dir))
+        kwargs: dict[str, Any] = {}
+        if download_dir:
+            kwargs = dict(
+                download_dir=str(_writable_download_dir(Path(download_dir), data_dir)),
+                download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+        builder.download_and_prepare(**kwargs)
+        arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp.npz")
+        np.savez(tmp, image=arrays["image"], label=arrays["label"])
+        os.replace(tmp, cache)  # atomic: a killed run never leaves half a cache
+    with np.load(cache) as f:
+        return {"image": f["image"].astype(np.float32) / 255.0,
+                "label": f["label"].astype(np.int32)}
+
+
+def synthetic_images(n: int, shape=(28, 28, 1), num_classes: int = 10,
+                     seed: int = 0) -> dict[str, np.ndarray]:
+    """Blurry class-dependent blobs in [0, 1]: learnable, so a loss that falls means something."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, num_classes, n).astype(np.int32)
+    h, w, c = shape
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    centers = np.random.default_rng(1234).uniform(0.25, 0.75, (num_classes, 2))
+    d2 = (yy[None] - centers[labels, 0, None, None]) ** 2 + (xx[None] - centers[labels, 1, None, None]) ** 2
+    img = np.exp(-d2 / 0.02)[..., None] + 0.1 * rng.standard_normal((n, h, w, 1))
+    img = np.clip(np.repeat(img, c, axis=-1), 0.0, 1.0).astype(np.float32)
+    return {"image": img, "label": labels}
+
+
+class BatchIterator:
+    """Deterministic shuffled batches over in-memory arrays, with state that saves and restores.
+
+    Each epoch is a fresh permutation drawn from ``(seed, epoch)``; each process takes its own
+    slice of every global batch (``process_index`` of ``process_count``), so a multi-host run sees
+    the same global batches as a single-process one. ``state()`` is the position
+    ``{"epoch", "index"}``; ``restore(state)`` continues from it exactly.
+    """
+
+    def __init__(self, arrays: Mapping[str, np.ndarray], global_batch_size: int, *, seed: int = 0,
+                 shuffle: bool = True, drop_remainder: bool = True,
+                 process_index: int | None = None, process_count: int | None = None):
+        self.arrays = dict(arrays)
+        sizes = {k: len(v) for k, v in self.arrays.items()}
+        if len(set(sizes.values())) != 1:
+            raise ValueError(f"arrays disagree on their length: {sizes}")
+        self.n = next(iter(sizes.values()))
+        self.process_index = jax.process_index() if process_index is None else process_index
+        self.process_count = jax.process_count() if process_count is None else process_count
+        if global_batch_size % self.process_count:
+            raise ValueError(f"global batch of {global_batch_size} does not divide over "
+                             f"{self.process_count} processes")
+        if global_batch_size > self.n:
+            raise ValueError(f"global batch of {global_batch_size} exceeds the {self.n} examples")
+        self.global_batch_size = global_batch_size
+        self.seed, self.shuffle, self.drop_remainder = seed, shuffle, drop_remainder
+        self.epoch, self.index = 0, 0
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self.n)
+        return np.random.default_rng([self.seed, epoch]).permutation(self.n)
+
+    def state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def restore(self, state: Mapping[str, int]) -> None:
+        self.epoch, self.index = int(state["epoch"]), int(state["index"])
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        end = self.index + self.global_batch_size
+        if end > self.n:
+            self.epoch, self.index = self.epoch + 1, 0
+            end = self.global_batch_size
+        idx = self._order(self.epoch)[self.index:end]
+        self.index = end
+        local = self.global_batch_size // self.process_count
+        idx = idx[self.process_index * local:(self.process_index + 1) * local]
+        return {k: v[idx] for k, v in self.arrays.items()}
+
+    def epoch_batches(self) -> Iterator[dict[str, np.ndarray]]:
+        """One pass in order (for evaluation); the last partial batch is dropped."""
+        local = self.global_batch_size // self.process_count
+        for start in range(0, self.n - self.global_batch_size + 1, self.global_batch_size):
+            lo = start + self.process_index * local
+            yield {k: v[lo:lo + local] for k, v in self.arrays.items()}
