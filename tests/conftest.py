@@ -1,0 +1,38 @@
+"""Test setup: 8 host CPU devices (set before JAX starts) and offline datasets from ../shared/data."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("ZOO_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data: raw MNIST, Fashion-MNIST, tiny-shakespeare, PTB and a TFDS download cache."""
+    if not (SHARED_DATA / "tfds_downloads").is_dir():
+        pytest.fail(f"offline datasets not found at {SHARED_DATA}; set ZOO_SHARED_DATA")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tfds_dirs(shared_data, tmp_path_factory) -> dict[str, str]:
+    """TFDS data_dir (fresh, prepared once per session) and the offline download cache."""
+    return {"tfds_data_dir": str(tmp_path_factory.mktemp("tfds")),
+            "download_dir": str(shared_data / "tfds_downloads")}
+
+
+@pytest.fixture(scope="session")
+def mnist(tfds_dirs):
+    """Real MNIST as numpy through TFDS, prepared offline: {"train": arrays, "test": arrays}."""
+    from zoo import data
+    return {split: data.load_tfds("mnist", split, data_dir=tfds_dirs["tfds_data_dir"],
+                                  download_dir=tfds_dirs["download_dir"])
+            for split in ("train", "test")}
