@@ -133,7 +133,8 @@ class Pmap(Strategy):
         return len(self.devices)
 
     def place_state(self, state):
-        return flax.jax_utils.replicate(state, self.devices)
+        # Same mesh axis name as pmap's outputs, so step 2 sees the shardings step 1 compiled for.
+        return flax.jax_utils.replicate(state, self.devices, axis_name=PMAP_AXIS)
 
     def place_batch(self, batch):
         n = len(self.devices)

@@ -1,0 +1,50 @@
+"""One process of a multi-host run on 127.0.0.1 (used by test_multihost.py).
+
+    python multihost_worker.py PROCESS_ID NUM_PROCESSES PORT LOCAL_DEVICES OUT.npz
+
+Trains the MLP autoencoder for 5 steps under the mesh strategy over every device of every process,
+each process feeding its local slice of the same global batches, and writes the final params.
+"""
+
+import os
+import sys
+
+pid, nproc, port, local_devices, out = (int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]),
+                                        int(sys.argv[4]), sys.argv[5])
+os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={local_devices}"
+
+import jax  # noqa: E402
+
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+if nproc > 1:
+    jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=nproc, process_id=pid)
+
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from zoo import data  # noqa: E402
+from zoo.core import compiled, parallel  # noqa: E402
+from zoo.core.train_state import TrainState  # noqa: E402
+from zoo.models import autoencoder  # noqa: E402
+
+GLOBAL_BATCH = 32
+family = autoencoder.make_family({"arch": "mlp", "hidden": (64,), "latent_dim": 8})
+arrays = {"image": data.synthetic_images(256, seed=0)["image"]}
+it = data.BatchIterator(arrays, GLOBAL_BATCH, seed=0)  # slices per process itself
+assert it.process_count == nproc and it.process_index == pid
+
+params, model_state = family.init(jax.random.PRNGKey(0), {"image": arrays["image"][:1]})
+strategy = parallel.make_strategy("mesh")
+assert strategy.num_shards == nproc * local_devices
+state = strategy.place_state(TrainState.create(params=params, tx={"model": optax.sgd(0.05, momentum=0.9)},
+                                               model_state=model_state, seed=1))
+step = compiled.compile_train_step(family.objective, strategy, batch_spec=family.batch_spec)
+for _ in range(5):
+    state, metrics = step(state, next(it))
+final = strategy.to_host(state.params)
+loss = float(strategy.to_host(metrics)["loss"])
+if pid == 0:
+    flat = {jax.tree_util.keystr(k): np.asarray(v)
+            for k, v in jax.tree_util.tree_leaves_with_path(final)}
+    np.savez(out, loss=loss, **flat)
+print(f"process {pid}/{nproc}: {jax.device_count()} devices, loss {loss:.6f}", flush=True)

@@ -1,0 +1,283 @@
+"""The shared step and the parallel strategies (8 host CPU devices, see conftest.py)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import linen as nn
+
+from zoo import data
+from zoo.core import compiled, parallel
+from zoo.core.step import Update, make_train_step
+from zoo.core.train_state import TrainState
+from zoo.models import autoencoder
+
+STRATEGIES = [("single", {}), ("pmap", {}), ("mesh", {"data": 8}), ("mesh", {"data": 4, "fsdp": 2})]
+GLOBAL_BATCH = 64
+
+
+def _ae(**overrides):
+    # 784-128-16 MLP: big enough that fsdp=2 shards the kernels (>= 1024 elements), small to compile.
+    return autoencoder.make_family({"arch": "mlp", "hidden": (128,), "latent_dim": 16, **overrides})
+
+
+def _batches(n=5, batch=GLOBAL_BATCH):
+    images = data.synthetic_images(n * batch, seed=0)["image"]
+    return [{"image": images[i * batch:(i + 1) * batch]} for i in range(n)]
+
+
+def _train(strategy_name, options, *, family=None, tx=None, steps=5, batch=GLOBAL_BATCH, **step_options):
+    family = family or _ae()
+    strategy = parallel.make_strategy(strategy_name, **options)
+    batches = _batches(steps, batch)
+    params, model_state = family.init(jax.random.PRNGKey(0), batches[0])
+    tx = tx or optax.sgd(0.05, momentum=0.9)
+    state = strategy.place_state(TrainState.create(
+        params=params, tx={p: tx for p in params}, model_state=model_state, seed=1))
+    step = compiled.compile_train_step(family.objective, strategy, batch_spec=family.batch_spec,
+                                       **step_options)
+    for b in batches:
+        state, metrics = step(state, b)
+    return strategy.to_host(state), strategy.to_host(metrics), step
+
+
+def _assert_trees_close(a, b, rtol, atol):
+    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(x, y, rtol=rtol, atol=atol, err_msg=jax.tree_util.keystr(path))
+
+
+def test_strategies_agree_after_five_steps():
+    # Tolerance: the strategies compute the same float32 math; only the order of the batch
+    # reduction differs (one sum vs per-device partial sums + all-reduce). Each reordering costs a
+    # few ulps (~1e-7 relative); over 5 momentum-SGD steps that stays well under 1e-5, while a real
+    # bug (a wrong shard, a missing pmean, unscaled gradients) moves params by ~1e-2.
+    reference, ref_metrics, _ = _train("single", {})
+    for name, options in STRATEGIES[1:]:
+        got, metrics, _ = _train(name, options)
+        _assert_trees_close(got.params, reference.params, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(metrics["loss"], ref_metrics["loss"], rtol=1e-5)
+        assert int(got.step) == 5
+    # And the params really moved: the comparison is not between two untouched inits.
+    init, _ = _ae().init(jax.random.PRNGKey(0), _batches(1)[0])
+    moved = max(float(np.abs(a - b).max()) for a, b in
+                zip(jax.tree.leaves(reference.params), jax.tree.leaves(init)))
+    assert moved > 1e-3
+
+
+def test_fsdp_shards_params_and_optimizer_state():
+    strategy = parallel.make_strategy("mesh", data=4, fsdp=2)
+    family = _ae()
+    params, _ = family.init(jax.random.PRNGKey(0), _batches(1)[0])
+    state = strategy.place_state(TrainState.create(params=params, tx={"model": optax.adam(1e-3)},
+                                                   seed=0))
+    kernel = state.params["model"]["enc_0"]["kernel"]  # (784, 128)
+    assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", None)
+    assert kernel.addressable_shards[0].data.shape == (392, 128)
+    mu = state.opt_state["model"][0].mu["enc_0"]["kernel"]
+    assert mu.sharding.spec == jax.sharding.PartitionSpec("fsdp", None)
+    # A bias of 16 elements is too small to be worth sharding: replicated.
+    assert state.params["model"]["code"]["bias"].sharding.spec == jax.sharding.PartitionSpec()
+
+
+def test_fsdp_spec_rules():
+    P = jax.sharding.PartitionSpec
+    assert parallel.fsdp_spec((784, 128), 2) == P("fsdp", None)
+    assert parallel.fsdp_spec((3, 3, 64, 128), 4) == P(None, None, None, "fsdp")
+    assert parallel.fsdp_spec((999, 7), 2) == P()  # nothing divides: replicate
+    assert parallel.fsdp_spec((4096,), 1) == P()
+
+
+@pytest.mark.parametrize("name,options", [("single", {}), ("mesh", {"data": 8})])
+def test_grad_accumulation_equals_one_big_step(name, options):
+    one, m1, _ = _train(name, options, steps=1)
+    four, m4, _ = _train(name, options, steps=1, grad_accum_steps=4)
+    _assert_trees_close(four.params, one.params, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(m4["loss"], m1["loss"], rtol=1e-5)
+
+
+@pytest.mark.parametrize("name,options", STRATEGIES, ids=lambda x: str(x))
+def test_train_step_compiles_once_over_ten_steps(name, options):
+    family = _ae()
+    strategy = parallel.make_strategy(name, **options)
+    batches = _batches(10)
+    params, _ = family.init(jax.random.PRNGKey(0), batches[0])
+    state = strategy.place_state(TrainState.create(params=params, tx={"model": optax.adam(1e-3)},
+                                                   seed=0))
+    step = compiled.compile_train_step(family.objective, strategy, batch_spec=family.batch_spec)
+    state, _ = step(state, batches[0])
+    traces_after_first = step.num_traces
+    assert traces_after_first >= 1
+    with compiled.CompileCounter() as compiles:
+        for b in batches[1:]:
+            state, metrics = step(state, b)
+        jax.block_until_ready(metrics)
+    assert compiles.count == 0
+    assert step.num_traces == traces_after_first
+    assert int(strategy.to_host(state.step)) == 10
+
+
+def test_compile_counter_sees_a_recompile():
+    # The counter used above must be able to fail: a new input shape compiles again.
+    f = jax.jit(lambda x: x * 2)
+    f(np.ones(3, np.float32))
+    with compiled.CompileCounter() as c:
+        f(np.ones(4, np.float32))
+    assert c.count == 1
+
+
+def test_runs_are_deterministic_for_a_seed():
+    a, _, _ = _train("mesh", {"data": 8}, steps=3)
+    b, _, _ = _train("mesh", {"data": 8}, steps=3)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_rng_differs_across_pmap_shards_and_steps():
+    def loss_fn(params, batch, rng):
+        noise = jax.random.normal(rng, ())
+        return jnp.sum(params["w"]) * 0.0, {"noise": noise, "noise_sq": noise ** 2}
+
+    strategy = parallel.make_strategy("pmap")
+    state = strategy.place_state(TrainState.create(params={"w": jnp.ones(2)}, tx=optax.sgd(0.1),
+                                                   seed=0))
+    step = compiled.compile_train_step(loss_fn, strategy)
+    state, m1 = step(state, {"x": np.zeros((8, 1), np.float32)})
+    state, m2 = step(state, {"x": np.zeros((8, 1), np.float32)})
+    m1, m2 = strategy.to_host(m1), strategy.to_host(m2)
+    # pmean over 8 shards: if every shard drew the same noise, mean(n^2) == mean(n)^2.
+    assert float(m1["noise_sq"]) > float(m1["noise"]) ** 2 + 1e-3
+    assert float(m1["noise"]) != float(m2["noise"])
+
+
+def test_mixed_precision_keeps_float32_params():
+    state, metrics, _ = _train("single", {}, steps=2, compute_dtype=jnp.bfloat16,
+                               tx=optax.adam(1e-3))
+    full, full_metrics, _ = _train("single", {}, steps=2, tx=optax.adam(1e-3))
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
+    assert np.isfinite(metrics["loss"])
+    # bf16 compute is close to, but not the same as, float32 compute.
+    assert abs(float(metrics["loss"]) - float(full_metrics["loss"])) < 0.02 * float(full_metrics["loss"])
+    assert float(metrics["loss"]) != float(full_metrics["loss"])
+
+
+def test_remat_gives_the_same_step():
+    plain, _, _ = _train("single", {}, steps=2)
+    remat, _, _ = _train("single", {}, steps=2, remat=True)
+    per_layer, _, _ = _train("single", {}, family=_ae(remat=True), steps=2)
+    _assert_trees_close(remat.params, plain.params, rtol=1e-6, atol=1e-7)
+    _assert_trees_close(per_layer.params, plain.params, rtol=1e-6, atol=1e-7)
+
+
+def test_gradient_clipping_through_optax():
+    clipped, m, _ = _train("single", {}, steps=1, tx=optax.chain(optax.clip_by_global_norm(1e-3),
+                                                                   optax.sgd(1.0)))
+    init, _ = _ae().init(jax.random.PRNGKey(0), _batches(1)[0])
+    delta = optax.global_norm(jax.tree.map(jnp.subtract, clipped.params["model"], init["model"]))
+    assert float(m["grad_norm"]) > 1e-2  # the raw gradient was larger than the clip...
+    np.testing.assert_allclose(float(delta), 1e-3, rtol=1e-3)  # ...and the update was clipped
+
+
+def test_two_players_update_in_order():
+    # A two-player objective: player "a" moves first; "b" then sees a's *new* params.
+    seen = {}
+
+    def loss_a(params, model_state, batch, rng):
+        return jnp.sum((params["a"] - 1.0) ** 2), {"a": params["a"][0]}, model_state
+
+    def loss_b(params, model_state, batch, rng):
+        target = jax.lax.stop_gradient(params["a"])
+        return jnp.sum((params["b"] - target) ** 2), {"a_seen_by_b": params["a"][0]}, model_state
+
+    state = TrainState.create(params={"a": jnp.zeros(1), "b": jnp.zeros(1)},
+                              tx={"a": optax.sgd(0.25), "b": optax.sgd(0.5)}, seed=0)
+    step = jax.jit(make_train_step((Update("a", loss_a, repeats=2, prefix="a_"),
+                                    Update("b", loss_b, prefix="b_"))))
+    state, metrics = step(state, {"x": jnp.zeros((2, 1))})
+    # a: 0 -> 0.5 -> 0.75 (two repeats); b steps toward a's new value 0.75: 0 + 0.5*2*0.75 = 0.75.
+    np.testing.assert_allclose(state.params["a"], [0.75])
+    np.testing.assert_allclose(metrics["b_a_seen_by_b"], 0.75)
+    np.testing.assert_allclose(state.params["b"], [0.75])
+    assert set(metrics) == {"a_a", "a_grad_norm", "b_a_seen_by_b", "b_grad_norm"}
+
+
+def test_users_own_flax_module_and_loss():
+    class MLP(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(1)(nn.relu(nn.Dense(32)(x)))
+
+    model = MLP()
+    x = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
+    y = x.sum(axis=1, keepdims=True)
+
+    def loss_fn(params, batch, rng):
+        loss = jnp.mean((model.apply({"params": params}, batch["x"]) - batch["y"]) ** 2)
+        return loss, {"loss": loss}
+
+    strategy = parallel.make_strategy("mesh")
+    state = strategy.place_state(TrainState.create(
+        params=model.init(jax.random.PRNGKey(0), x[:1])["params"], tx=optax.adam(1e-2), seed=0))
+    step = compiled.compile_train_step(loss_fn, strategy)
+    losses = []
+    for _ in range(100):
+        state, metrics = step(state, {"x": x, "y": y})
+        losses.append(float(metrics["loss"]))
+    assert losses[-1] < 0.1 * losses[0]
+
+
+class TestBadInput:
+    def _step(self, name="mesh", **options):
+        family = _ae()
+        strategy = parallel.make_strategy(name, **options)
+        params, _ = family.init(jax.random.PRNGKey(0), _batches(1)[0])
+        state = strategy.place_state(TrainState.create(params=params,
+                                                       tx={"model": optax.sgd(0.1)}, seed=0))
+        return state, compiled.compile_train_step(family.objective, strategy,
+                                                  batch_spec=family.batch_spec)
+
+    def test_wrong_image_shape(self):
+        state, step = self._step()
+        with pytest.raises(ValueError, match=r"batch\['image'\] has shape \(B, 32, 32, 1\).*"
+                                             r"expected \(B, 28, 28, 1\)"):
+            step(state, {"image": np.zeros((64, 32, 32, 1), np.float32)})
+        assert step.num_traces == 0  # refused before any trace or compile
+
+    def test_wrong_keys_and_dtype(self):
+        state, step = self._step()
+        with pytest.raises(ValueError, match=r"keys \['pixels'\]; expected keys \['image'\]"):
+            step(state, {"pixels": np.zeros((64, 28, 28, 1), np.float32)})
+        with pytest.raises(ValueError, match="dtype uint8; expected float32"):
+            step(state, {"image": np.zeros((64, 28, 28, 1), np.uint8)})
+
+    @pytest.mark.parametrize("name", ["pmap", "mesh"])
+    def test_batch_not_divisible_over_devices(self, name):
+        state, step = self._step(name)
+        with pytest.raises(ValueError, match="global batch of 36 examples does not divide over 8 devices"):
+            step(state, {"image": np.zeros((36, 28, 28, 1), np.float32)})
+        assert step.num_traces == 0
+
+    def test_batch_not_divisible_into_microbatches(self):
+        family = _ae()
+        strategy = parallel.make_strategy("mesh")
+        step = compiled.compile_train_step(family.objective, strategy, batch_spec=family.batch_spec,
+                                           grad_accum_steps=4)
+        with pytest.raises(ValueError, match="does not divide into 4 microbatches over 8 devices; "
+                                             "use a multiple of 32"):
+            step.place_batch({"image": np.zeros((48, 28, 28, 1), np.float32)})
+
+    def test_unknown_strategy(self):
+        with pytest.raises(ValueError, match="unknown strategy 'ddp'; choose one of single, pmap, mesh"):
+            parallel.make_strategy("ddp")
+
+    def test_mesh_that_does_not_fit_the_devices(self):
+        with pytest.raises(ValueError, match=r"data=3 x fsdp=2 = 6 devices; 8 devices are available"):
+            parallel.make_strategy("mesh", data=3, fsdp=2)
+
+    def test_unknown_reconstruction_loss_and_arch(self):
+        with pytest.raises(ValueError, match="unknown reconstruction loss 'l1'; choose one of mse, bernoulli"):
+            autoencoder.make_family({"loss": "l1"})
+        with pytest.raises(ValueError, match="unknown autoencoder arch 'rnn'"):
+            autoencoder.make_family({"arch": "rnn"})
+        with pytest.raises(ValueError, match="latent_dim must be >= 1"):
+            autoencoder.make_family({"latent_dim": 0})
