@@ -1,0 +1,66 @@
+"""The ``zoo`` command. Each subcommand is a thin wrapper over importable functions."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _train(args, overrides) -> int:
+    from zoo import config as config_lib
+    from zoo import train
+
+    config = config_lib.apply_overrides(config_lib.load_config_file(args.config), overrides)
+    train.train(config, args.workdir)
+    return 0
+
+
+def _list(args, overrides) -> int:
+    from pathlib import Path
+
+    from zoo import models
+
+    print("model families:")
+    for name in sorted(models.FAMILIES):
+        print(f"  {name}")
+    configs = Path(args.configs)
+    if configs.is_dir():
+        print(f"configs ({configs}):")
+        for path in sorted(configs.glob("*.py")):
+            doc = path.read_text().split('"""')[1].strip().splitlines()[0] if '"""' in path.read_text() else ""
+            print(f"  {path.stem:<28} {doc}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zoo", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train a model from a config file",
+                       description="zoo train --config configs/NAME.py --workdir DIR "
+                                   "[--config.key=value ...]")
+    p.add_argument("--config", required=True, help="a config file in configs/")
+    p.add_argument("--workdir", default=None, help="where metrics and checkpoints go")
+    p.set_defaults(run=_train)
+    p = sub.add_parser("list", help="list model families and configs")
+    p.add_argument("--configs", default="configs")
+    p.set_defaults(run=_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args, rest = build_parser().parse_known_args(argv)
+    overrides = [a for a in rest if a.startswith("--config.")]
+    unknown = [a for a in rest if not a.startswith("--config.")]
+    if unknown:
+        print(f"zoo {args.command}: unrecognised arguments {' '.join(unknown)}", file=sys.stderr)
+        return 2
+    try:
+        return args.run(args, overrides)
+    except ValueError as e:
+        print(f"zoo {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
