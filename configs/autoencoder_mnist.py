@@ -21,6 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
         b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, momentum=0.0, end_factor=0.0))
     config.parallel = ml_collections.ConfigDict(dict(strategy="mesh", data=-1, fsdp=1))
     config.train = ml_collections.ConfigDict(dict(
-        steps=300, log_every=50, seed=0, grad_accum_steps=1, compute_dtype="float32",
-        remat=False))
+        steps=300, log_every=50, eval_every=0, checkpoint_every=100, keep_checkpoints=3,
+        best_metric="loss", best_mode="min", nonfinite="stop", seed=0, grad_accum_steps=1,
+        compute_dtype="float32", remat=False))
     return config

@@ -15,6 +15,18 @@ def _train(args, overrides) -> int:
     return 0
 
 
+def _eval(args, overrides) -> int:
+    from zoo import config as config_lib
+    from zoo import train
+
+    config = None
+    if args.config:
+        config = config_lib.apply_overrides(config_lib.load_config_file(args.config), overrides)
+        overrides = []
+    train.evaluate_checkpoint(args.path, config=config, overrides=overrides, step=args.step)
+    return 0
+
+
 def _list(args, overrides) -> int:
     from pathlib import Path
 
@@ -41,6 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="a config file in configs/")
     p.add_argument("--workdir", default=None, help="where metrics and checkpoints go")
     p.set_defaults(run=_train)
+    p = sub.add_parser("eval", help="evaluate a checkpoint on the test split",
+                       description="zoo eval RUN_DIR [--step N] [--config FILE --config.key=value]")
+    p.add_argument("path", help="a run directory (the --workdir of zoo train)")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
+    p.add_argument("--config", default=None, help="a config file to use instead of the saved one "
+                                                  "(--config.key=value overrides apply either way)")
+    p.set_defaults(run=_eval)
     p = sub.add_parser("list", help="list model families and configs")
     p.add_argument("--configs", default="configs")
     p.set_defaults(run=_list)

@@ -1,12 +1,18 @@
-"""The one training loop every family uses: data, strategy, compiled steps, logging.
+"""The one training loop every family uses: data, strategy, compiled steps, checkpoints, logging.
 
 ``train(config, workdir)`` is importable and tested; ``zoo train`` is a thin wrapper over it.
+Running it again on a workdir that holds checkpoints resumes from the newest readable one, with the
+data iterator where it was, so an interrupted run ends bitwise identical to an uninterrupted one on
+CPU. SIGTERM or SIGINT saves a checkpoint and returns cleanly.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -22,6 +28,11 @@ from zoo.core.family import Family
 from zoo.core.train_state import TrainState, param_count
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+NONFINITE_POLICIES = ("stop", "skip")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss (with ``train.nonfinite='stop'``)."""
 
 
 def compute_dtype(name: str | None):
@@ -43,13 +54,16 @@ def make_strategy(parallel_config) -> parallel.Strategy:
 def load_data(data_config, family: Family, split: str, *, seed: int) -> dict[str, np.ndarray]:
     """Arrays for ``split`` holding the keys of ``family.batch_spec``."""
     name = data_config.get("dataset", "synthetic")
+    known = ("synthetic", *data_lib.IMAGE_DATASETS)
     if name == "synthetic":
         shape = family.batch_spec["image"].shape
         n = int(data_config.get("synthetic_size", 4096))
         arrays = data_lib.synthetic_images(n, shape, seed=seed + (split != "train"))
-    else:
+    elif name in data_lib.IMAGE_DATASETS:
         arrays = data_lib.load_tfds(name, split, data_dir=data_config.get("tfds_data_dir") or None,
                                     download_dir=data_config.get("download_dir") or None)
+    else:
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(known)}")
     missing = set(family.batch_spec) - set(arrays)
     if missing:
         raise ValueError(f"dataset {name!r} has no {sorted(missing)} for family {family.name!r}")
@@ -63,6 +77,8 @@ class TrainResult:
     eval_metrics: dict[str, float]
     family: Family
     strategy: parallel.Strategy
+    preempted: bool = False
+    skipped_updates: int = 0
 
 
 def evaluate(eval_step: compiled.CompiledStep, state, batches) -> dict[str, float]:
@@ -76,65 +92,303 @@ def evaluate(eval_step: compiled.CompiledStep, state, batches) -> dict[str, floa
     return {k: v / max(n, 1) for k, v in totals.items()}
 
 
-def train(config, workdir: str | Path | None = None,
-          log: Callable[[str], None] = print) -> TrainResult:
-    """Trains ``config.model`` on ``config.data`` for ``config.train.steps`` steps."""
+class PreemptionGuard:
+    """Turns SIGTERM/SIGINT into a flag the loop checks after each step (main thread only)."""
+
+    def __init__(self):
+        self.signal_name: str | None = None
+        self._previous = {}
+
+    def __enter__(self) -> "PreemptionGuard":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.signal_name = signal.Signals(signum).name
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def stop_requested(self) -> bool:
+        stop = self.signal_name is not None
+        if jax.process_count() > 1:  # every process stops at the same step
+            from jax.experimental import multihost_utils
+            stop = bool(np.any(multihost_utils.process_allgather(np.array(stop))))
+        return stop
+
+
+class Progress:
+    """One status line: step, loss, throughput, ETA (redrawn in place on a terminal)."""
+
+    def __init__(self, total: int, start: int, batch_size: int, log: Callable[[str], None]):
+        self.total, self.start, self.batch_size, self.log = total, start, batch_size, log
+        self.t0 = time.perf_counter()
+        self.tty = log is print and sys.stdout.isatty()
+
+    def line(self, step: int, metrics: dict[str, float]) -> str:
+        elapsed = time.perf_counter() - self.t0
+        rate = (step - self.start) / max(elapsed, 1e-9)
+        eta = (self.total - step) / max(rate, 1e-9)
+        shown = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+        return (f"step {step:>6}/{self.total}  {shown}  {rate * self.batch_size:,.0f} ex/s  "
+                f"eta {int(eta) // 60}:{int(eta) % 60:02d}")
+
+    def update(self, step: int, metrics: dict[str, float]) -> None:
+        if self.tty:
+            print("\r" + self.line(step, metrics), end="", flush=True)
+        else:
+            self.log(self.line(step, metrics))
+
+    def newline(self) -> None:
+        if self.tty:
+            print()
+
+
+class MetricWriter:
+    """Metrics to ``metrics.jsonl`` and TensorBoard event files (``tensorboardX``), process 0."""
+
+    def __init__(self, workdir: Path | None):
+        self.jsonl = self.tb = None
+        if workdir is None or jax.process_index() != 0:
+            return
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.jsonl = open(workdir / "metrics.jsonl", "a")
+        try:
+            from tensorboardX import SummaryWriter
+            self.tb = SummaryWriter(str(workdir / "tensorboard"))
+        except ImportError:
+            self.tb = None
+
+    def write(self, step: int, metrics: dict[str, float], prefix: str = "train") -> None:
+        if self.jsonl:
+            self.jsonl.write(json.dumps({"step": step, prefix: metrics}) + "\n")
+            self.jsonl.flush()
+        if self.tb:
+            for k, v in metrics.items():
+                self.tb.add_scalar(f"{prefix}/{k}", v, step)
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.jsonl:
+            self.jsonl.close()
+        if self.tb:
+            self.tb.close()
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything built from a config, before training starts."""
+
+    family: Family
+    strategy: parallel.Strategy
+    template: TrainState              # host state at step 0 (shapes, optimizers)
+    train_step: compiled.CompiledStep
+    eval_step: compiled.CompiledStep
+    train_arrays: dict[str, np.ndarray]
+    eval_arrays: dict[str, np.ndarray]
+
+
+def build(config, *, splits: tuple[str, ...] = ("train", "test")) -> Run:
+    """Family, strategy, data, initial state and compiled steps from a config."""
     tc = config.train
     seed = int(tc.get("seed", 0))
     family = models.make_family(config.model)
     strategy = make_strategy(config.get("parallel", {}))
-    steps = int(tc.steps)
     grad_accum = int(tc.get("grad_accum_steps", 1))
     dtype = compute_dtype(tc.get("compute_dtype", "float32"))
     batch_size = int(config.data.batch_size)
+    nonfinite = tc.get("nonfinite", "stop")
+    if nonfinite not in NONFINITE_POLICIES:
+        raise ValueError(f"unknown train.nonfinite {nonfinite!r}; choose one of "
+                         f"{', '.join(NONFINITE_POLICIES)}")
     # Fail before loading data or compiling if the batch cannot be split as asked.
     parallel.check_divisible(batch_size, strategy.num_shards, "devices", grad_accum)
-
-    train_arrays = load_data(config.data, family, "train", seed=seed)
+    train_arrays = load_data(config.data, family, "train", seed=seed) if "train" in splits else {}
     eval_arrays = load_data(config.data, family, "test", seed=seed)
-    it = data_lib.BatchIterator(train_arrays, batch_size, seed=seed)
-
-    params, model_state = family.init(jax.random.PRNGKey(seed), next(iter(
-        data_lib.BatchIterator(train_arrays, batch_size, seed=seed, shuffle=False))))
-    tx = {p: optim.make_optimizer(config.optimizer, steps) for p in params}
-    state = TrainState.create(params=params, tx=tx, model_state=model_state,
-                              rng=jax.random.PRNGKey(seed + 1))
-    state = strategy.place_state(state)
+    init_batch = {k: v[:batch_size] for k, v in (train_arrays or eval_arrays).items()}
+    params, model_state = family.init(jax.random.PRNGKey(seed), init_batch)
+    optimizers = config.get("optimizers", None)  # per player, else one config for all
+    tx = {p: optim.make_optimizer(optimizers[p] if optimizers and p in optimizers
+                                  else config.optimizer, int(tc.steps)) for p in params}
+    template = TrainState.create(params=params, tx=tx, model_state=model_state,
+                                 rng=jax.random.PRNGKey(seed + 1))
     train_step = compiled.compile_train_step(
         family.objective, strategy, batch_spec=family.batch_spec, grad_accum_steps=grad_accum,
-        compute_dtype=dtype, remat=bool(tc.get("remat", False)))
+        compute_dtype=dtype, remat=bool(tc.get("remat", False)),
+        skip_nonfinite=nonfinite == "skip")
     eval_step = compiled.compile_eval_step(family.eval_metrics, strategy,
                                            batch_spec=family.batch_spec, compute_dtype=dtype)
-    log(f"zoo: {family.name} with {param_count(params):,} params, strategy {strategy.name} over "
-        f"{strategy.num_shards} device(s) ({jax.devices()[0].platform}), global batch {batch_size}")
+    return Run(family, strategy, template, train_step, eval_step, train_arrays, eval_arrays)
 
-    metrics_file = None
-    if workdir is not None and jax.process_index() == 0:
-        Path(workdir).mkdir(parents=True, exist_ok=True)
-        metrics_file = open(Path(workdir) / "metrics.jsonl", "a")
-    eval_batches = lambda: data_lib.BatchIterator(
-        eval_arrays, min(int(config.data.get("eval_batch_size", batch_size)), len(
-            next(iter(eval_arrays.values())))), shuffle=False).epoch_batches()
 
-    history, log_every = [], int(tc.get("log_every", 50))
-    t0 = time.perf_counter()
-    for step in range(1, steps + 1):
-        state, metrics = train_step(state, next(it))
-        if step % log_every == 0 or step == steps:
-            m = {k: float(v) for k, v in strategy.to_host(metrics).items()}
-            if not all(np.isfinite(v) for v in m.values()):
-                raise FloatingPointError(f"non-finite metrics at step {step}: {m}")
-            elapsed = time.perf_counter() - t0
-            record = {"step": step, **m, "examples_per_s": step * batch_size / elapsed}
-            history.append(record)
-            log(f"step {step:>6}/{steps}  " + "  ".join(
-                f"{k} {v:.4g}" for k, v in record.items() if k != "step"))
-            if metrics_file:
-                metrics_file.write(json.dumps(record) + "\n")
-                metrics_file.flush()
-    eval_metrics = evaluate(eval_step, state, eval_batches())
-    log("eval  " + "  ".join(f"{k} {v:.4g}" for k, v in eval_metrics.items()))
-    if metrics_file:
-        metrics_file.write(json.dumps({"step": steps, "eval": eval_metrics}) + "\n")
-        metrics_file.close()
-    return TrainResult(state, history, eval_metrics, family, strategy)
+def _eval_batches(config, arrays):
+    n = len(next(iter(arrays.values())))
+    size = min(int(config.data.get("eval_batch_size", config.data.batch_size)), n)
+    return data_lib.BatchIterator(arrays, size, shuffle=False).epoch_batches()
+
+
+def _config_dict(config) -> dict:
+    return json.loads(config.to_json()) if hasattr(config, "to_json") else dict(config)
+
+
+def train(config, workdir: str | Path | None = None,
+          log: Callable[[str], None] = print) -> TrainResult:
+    """Trains ``config.model`` on ``config.data`` for ``config.train.steps`` steps.
+
+    With a ``workdir``: metrics go to ``metrics.jsonl`` and TensorBoard files, checkpoints to
+    ``checkpoints/`` every ``train.checkpoint_every`` steps (and at the end), and an existing
+    checkpoint is resumed from.
+    """
+    from zoo.checkpoint import Checkpointer
+
+    tc = config.train
+    seed, steps = int(tc.get("seed", 0)), int(tc.steps)
+    batch_size = int(config.data.batch_size)
+    run = build(config)
+    strategy = run.strategy
+    it = data_lib.BatchIterator(run.train_arrays, batch_size, seed=seed)
+    workdir = Path(workdir) if workdir is not None else None
+
+    ckpt = None
+    state, start, skipped = None, 0, 0
+    if workdir is not None:
+        ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=int(tc.get("keep_checkpoints", 3)),
+                            best_metric=tc.get("best_metric", "") or None,
+                            best_mode=tc.get("best_mode", "min"))
+        if ckpt.latest_step() is not None:
+            state, extra, start = ckpt.restore(run.template, strategy, log=log)
+            it.restore(extra["data"]["iterator"])
+            skipped = int(extra["data"].get("skipped_updates", 0))
+            log(f"zoo: resuming from the checkpoint at step {start} in {ckpt.directory}")
+    if state is None:
+        state = strategy.place_state(run.template)
+    log(f"zoo: {run.family.name} with {param_count(run.template.params):,} params, strategy "
+        f"{strategy.name} over {strategy.num_shards} device(s) ({jax.devices()[0].platform}), "
+        f"global batch {batch_size}, steps {start}->{steps}")
+
+    writer = MetricWriter(workdir)
+    progress = Progress(steps, start, batch_size, log)
+    log_every = int(tc.get("log_every", 50))
+    eval_every = int(tc.get("eval_every", 0)) or steps
+    save_every = int(tc.get("checkpoint_every", 0)) or steps
+    history, eval_metrics, preempted = [], {}, False
+    last_saved = start if start else None
+
+    def save(step: int, metrics=None) -> None:
+        nonlocal last_saved
+        if ckpt is None:
+            return
+        ckpt.save(step, state, strategy, metrics=metrics, config=_config_dict(config),
+                  data_state={"iterator": it.state(), "skipped_updates": skipped})
+        last_saved = step
+
+    stop_on_nonfinite = tc.get("nonfinite", "stop") == "stop"
+
+    def check_finite(step: int, m: dict[str, float]) -> None:
+        if stop_on_nonfinite and not all(np.isfinite(v) for k, v in m.items() if k != "skipped"):
+            where = (f"the last good checkpoint is step {last_saved} in {ckpt.directory}"
+                     if ckpt and last_saved is not None else "no checkpoint was saved")
+            raise NonFiniteLossError(
+                f"non-finite loss at step {step} ({m}); {where}. Lower the learning rate, clip "
+                "gradients (optimizer.grad_clip_norm) or set train.nonfinite=skip")
+
+    try:
+        with PreemptionGuard() as guard:
+            for step in range(start + 1, steps + 1):
+                state, metrics = run.train_step(state, next(it))
+                logged = step % log_every == 0 or step == steps
+                saving = step % save_every == 0 or step == steps
+                evaluating = step % eval_every == 0 or step == steps
+                if logged or saving or evaluating or "skipped" in metrics:
+                    m = {k: float(v) for k, v in strategy.to_host(metrics).items()}
+                    skipped += int(m.get("skipped", 0))
+                    check_finite(step, m)
+                    if logged:
+                        history.append({"step": step, **m})
+                        progress.update(step, m)
+                        writer.write(step, m)
+                if evaluating:
+                    progress.newline()
+                    eval_metrics = evaluate(run.eval_step, state, _eval_batches(config, run.eval_arrays))
+                    log(f"eval at step {step}: " + "  ".join(f"{k} {v:.4g}" for k, v in eval_metrics.items()))
+                    writer.write(step, eval_metrics, prefix="eval")
+                    if run.family.sample_fn is not None and workdir is not None and jax.process_index() == 0:
+                        run.family.sample_fn(strategy.to_host(state.params),
+                                             strategy.to_host(state.model_state),
+                                             jax.random.PRNGKey(step), workdir / "samples", step)
+                if saving:
+                    save(step, eval_metrics if evaluating and eval_metrics else None)
+                if guard.stop_requested():
+                    if last_saved != step:
+                        save(step)
+                    if ckpt:
+                        ckpt.wait()
+                    progress.newline()
+                    log(f"zoo: received {guard.signal_name or 'a stop request'} at step {step}; "
+                        + (f"saved a checkpoint in {ckpt.directory}; run again to resume"
+                           if ckpt else "no workdir, nothing saved"))
+                    preempted = True
+                    break
+    finally:
+        if ckpt:
+            ckpt.close()
+        writer.close()
+    if skipped:
+        log(f"zoo: skipped {skipped} update(s) with a non-finite loss or gradient")
+    return TrainResult(state, history, eval_metrics, run.family, strategy, preempted, skipped)
+
+
+def evaluate_checkpoint(path: str | Path, *, config=None, overrides: list[str] = (),
+                        step: int | None = None,
+                        log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Evaluates a run directory (or its ``checkpoints/``) on the test split.
+
+    Uses the config saved in the checkpoint unless one is given, with ``--config.key=value``
+    overrides applied. A saved mesh layout that does not fit this machine's devices is replaced by
+    a data-parallel mesh over all of them (the checkpoint restores under any layout). Returns the
+    metrics and writes them to ``eval.json`` in the run directory.
+    """
+    import ml_collections
+
+    from zoo import config as config_lib
+    from zoo.checkpoint import Checkpointer
+
+    path = Path(path)
+    ckpt_dir = path if path.name == "checkpoints" else path / "checkpoints"
+    if not ckpt_dir.is_dir():
+        raise ValueError(f"{path} is not a run directory: no checkpoints/ in it")
+    ckpt = Checkpointer(ckpt_dir)
+    try:
+        if config is None:
+            latest = step if step is not None else ckpt.latest_step()
+            if latest is None:
+                raise ValueError(f"no checkpoint in {ckpt_dir}")
+            extra = ckpt.manager.restore(latest, args=ckpt_args_extra())
+            config = ml_collections.ConfigDict(dict(extra.extra)["config"])
+        config = config_lib.apply_overrides(config, overrides)
+        pc = config.get("parallel", {})
+        if pc.get("strategy", "mesh") == "mesh" and (
+                int(pc.get("data", -1)) * int(pc.get("fsdp", 1)) not in (-int(pc.get("fsdp", 1)),
+                                                                         jax.device_count())):
+            log(f"zoo: the saved mesh data={pc.get('data')} x fsdp={pc.get('fsdp')} does not fit "
+                f"{jax.device_count()} device(s); evaluating data-parallel over all of them")
+            config.parallel.data, config.parallel.fsdp = -1, 1
+        run = build(config, splits=("test",))
+        state, _, restored_step = ckpt.restore(run.template, run.strategy, step=step, log=log)
+    finally:
+        ckpt.close()
+    metrics = evaluate(run.eval_step, state, _eval_batches(config, run.eval_arrays))
+    result = {"step": restored_step, "family": run.family.name, "metrics": metrics}
+    out = ckpt_dir.parent / "eval.json"
+    if jax.process_index() == 0:
+        out.write_text(json.dumps(result, indent=2))
+    log(json.dumps(result, indent=2))
+    return result
+
+
+def ckpt_args_extra():
+    import orbax.checkpoint as ocp
+    return ocp.args.Composite(extra=ocp.args.JsonRestore())

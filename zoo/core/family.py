@@ -23,6 +23,8 @@ class Family:
       eval_metrics: ``(params, model_state, batch, rng) -> metrics`` (dicts keyed by player).
       batch_spec: the batch the family trains on, without the batch dimension.
       flops_per_example: forward+backward FLOPs of one training example (for MFU); None: unknown.
+      sample_fn: ``sample_fn(params, model_state, rng, out_dir, step)`` writes samples (images or
+        text) at each evaluation; None: the family writes none.
     """
 
     name: str
@@ -32,3 +34,4 @@ class Family:
     eval_metrics: Callable
     batch_spec: PyTree
     flops_per_example: float | None = None
+    sample_fn: Callable | None = None

@@ -86,6 +86,14 @@ class Strategy(abc.ABC):
     def to_host(self, tree: PyTree) -> PyTree:
         """Fetches a placed tree (state or metrics) as global numpy arrays on every process."""
 
+    def canonical_state(self, state: PyTree) -> PyTree:
+        """The state as one global copy (what a checkpoint holds): unreplicated under pmap."""
+        return state
+
+    @abc.abstractmethod
+    def restore_shardings(self, state: PyTree) -> PyTree:
+        """Shardings to restore a checkpointed state into, before :meth:`place_state`."""
+
     def global_batch_size(self, local_batch: PyTree) -> int:
         return batch_size(local_batch) * jax.process_count()
 
@@ -116,6 +124,9 @@ class Single(Strategy):
 
     def to_host(self, tree):
         return jax.device_get(tree)
+
+    def restore_shardings(self, state):
+        return jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(self.device), state)
 
 
 class Pmap(Strategy):
@@ -148,6 +159,12 @@ class Pmap(Strategy):
     def to_host(self, tree):
         # Replicated state and pmean-ed metrics: every device holds the same value.
         return jax.device_get(jax.tree.map(lambda x: x[0], tree))
+
+    def canonical_state(self, state):
+        return jax.tree.map(lambda x: x[0], state)
+
+    def restore_shardings(self, state):
+        return jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(self.devices[0]), state)
 
 
 def fsdp_spec(shape: tuple[int, ...], fsdp: int, min_size: int = 2**10) -> P:
@@ -193,13 +210,18 @@ class Mesh(Strategy):
         return jax.tree.map(lambda x: NamedSharding(self.mesh, fsdp_spec(np.shape(x), self.fsdp)),
                             state)
 
+    def restore_shardings(self, state):
+        return self.state_shardings(state)
+
     def place_state(self, state):
         def put(x, sharding):
-            x = np.asarray(x)
+            if isinstance(x, jax.Array) and x.sharding == sharding:
+                return jax.device_put(x, sharding, may_alias=False)
+            x = np.asarray(jax.device_get(x))
             # Works across processes: each process fills its own devices from its (identical) copy.
             return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
 
-        return jax.tree.map(put, jax.device_get(state), self.state_shardings(state))
+        return jax.tree.map(put, state, self.state_shardings(state))
 
     def place_batch(self, batch):
         check_divisible(self.global_batch_size(batch), self.num_shards, "devices")

@@ -122,6 +122,11 @@ def _pmean(tree, axis_name):
     )
 
 
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
 def _grads_and_metrics(update, params, model_state, batch, rng, *, grad_accum_steps, compute_dtype,
                        remat):
     """Gradient of ``update``'s loss w.r.t. its player's params, with metrics and new model state."""
@@ -166,6 +171,7 @@ def make_train_step(
     grad_accum_steps: int = 1,
     compute_dtype: Any = None,
     remat: bool = False,
+    skip_nonfinite: bool = False,
     axis_name: str | None = None,
 ) -> Callable[[TrainState, PyTree], tuple[TrainState, Metrics]]:
     """Builds the pure train step ``step(state, batch) -> (new_state, metrics)``.
@@ -180,6 +186,8 @@ def make_train_step(
         Losses should upcast model outputs to float32 before reducing.
       remat: recompute the loss's forward pass during the backward pass (``jax.checkpoint``).
         Models also take a ``remat`` option that rematerialises per layer, which saves more memory.
+      skip_nonfinite: if a loss or gradient is NaN or infinite, keep the old params, optimizer and
+        model state for that step (the step counter still advances) and report ``skipped = 1``.
       axis_name: the mapped axis to average gradients, metrics and model state over; set by the
         ``pmap`` strategy, ``None`` otherwise (under ``jit`` with shardings the batch is global).
 
@@ -198,6 +206,7 @@ def make_train_step(
         params, opt_state = dict(state.params), dict(state.opt_state)
         model_state = state.model_state
         metrics: Metrics = {}
+        finite = jnp.array(True)
         for u, update in enumerate(updates):
             if update.player not in state.tx:
                 raise ValueError(f"objective updates player {update.player!r}; the state has "
@@ -208,6 +217,7 @@ def make_train_step(
                     update, params, model_state, batch, update_rng,
                     grad_accum_steps=grad_accum_steps, compute_dtype=compute_dtype, remat=remat)
                 grads, m, model_state = _pmean((grads, m, model_state), axis_name)
+                finite &= _all_finite((grads, m))
                 p = update.player
                 delta, opt_state[p] = state.tx[p].update(grads, opt_state[p], params[p])
                 params[p] = optax.apply_updates(params[p], delta)
@@ -215,6 +225,13 @@ def make_train_step(
             metrics[update.prefix + "grad_norm"] = optax.global_norm(grads)
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                                   model_state=model_state)
+        if skip_nonfinite:
+            keep_old = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+            new_state = new_state.replace(
+                params=keep_old(new_state.params, state.params),
+                opt_state=keep_old(new_state.opt_state, state.opt_state),
+                model_state=keep_old(new_state.model_state, state.model_state))
+            metrics["skipped"] = 1.0 - finite.astype(jnp.float32)
         return new_state, metrics
 
     return step

@@ -1,0 +1,213 @@
+"""The training pipeline: zoo train, checkpoints, exact resume, preemption, failures."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from configs_loader import CONFIGS, load_config
+from zoo import cli, train
+from zoo.checkpoint import CheckpointError, Checkpointer
+from zoo.core import parallel
+
+CONFIG = str(CONFIGS / "autoencoder_mnist.py")
+# Small and synthetic: the pipeline is under test here, not the model.
+SMALL = ["--config.data.dataset=synthetic", "--config.data.synthetic_size=512",
+         "--config.data.batch_size=32", "--config.model.hidden=(64,)", "--config.log_every=1"]
+SMALL = [o.replace("--config.log_every", "--config.train.log_every") for o in SMALL]
+
+
+def _config(*overrides):
+    from zoo.config import apply_overrides
+    return apply_overrides(load_config("autoencoder_mnist"), [*SMALL, *overrides])
+
+
+def _zoo_train(workdir, *overrides, **popen):
+    # One host device: the subprocess does not inherit the tests' 8-device XLA_FLAGS.
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    return subprocess.Popen([sys.executable, "-m", "zoo.cli", "train", "--config", CONFIG,
+                             "--workdir", str(workdir), *SMALL, *overrides],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            **popen)
+
+
+def _final_params(workdir, *overrides):
+    config = _config(*overrides)
+    run = train.build(config)
+    ckpt = Checkpointer(Path(workdir) / "checkpoints")
+    try:
+        state, extra, step = ckpt.restore(run.template, parallel.make_strategy("single"))
+    finally:
+        ckpt.close()
+    return step, jax.device_get(state.params), extra
+
+
+def _wait_for_step(workdir, proc, step, timeout=120):
+    metrics = Path(workdir) / "metrics.jsonl"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"training exited early:\n{proc.stdout.read()[-3000:]}")
+        if metrics.exists() and metrics.read_text().count('"train"') >= step:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no step {step} within {timeout}s")
+
+
+def test_sigkill_at_a_random_step_then_resume_is_bitwise_identical(tmp_path):
+    steps = ["--config.train.steps=60", "--config.train.checkpoint_every=10"]
+    full = _zoo_train(tmp_path / "full", *steps)
+    out, _ = full.communicate(timeout=300)
+    assert full.returncode == 0, out[-3000:]
+
+    kill_at = random.Random().randint(12, 48)
+    victim = _zoo_train(tmp_path / "killed", *steps)
+    _wait_for_step(tmp_path / "killed", victim, kill_at)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    resumed = _zoo_train(tmp_path / "killed", *steps)
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out[-3000:]
+    assert "resuming from the checkpoint at step" in out, (kill_at, out[-2000:])
+
+    step_a, params_a, _ = _final_params(tmp_path / "full", *steps)
+    step_b, params_b, _ = _final_params(tmp_path / "killed", *steps)
+    assert step_a == step_b == 60
+    for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
+        np.testing.assert_array_equal(a, b, err_msg=f"killed at step {kill_at}")
+
+
+def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path):
+    proc = _zoo_train(tmp_path, "--config.train.steps=100000", "--config.train.checkpoint_every=1000")
+    _wait_for_step(tmp_path, proc, 15)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-3000:]
+    assert "received SIGTERM at step" in out
+    stopped = int(out.split("received SIGTERM at step ")[1].split(";")[0])
+    assert stopped >= 15
+    ckpt = Checkpointer(tmp_path / "checkpoints")
+    assert ckpt.latest_step() == stopped
+    ckpt.close()
+    proc = _zoo_train(tmp_path, f"--config.train.steps={stopped + 5}")
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-3000:]
+    assert f"resuming from the checkpoint at step {stopped}" in out
+    assert _final_params(tmp_path)[0] == stopped + 5
+
+
+def _largest_file(directory: Path) -> Path:
+    return max((p for p in directory.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+def test_truncated_newest_checkpoint_falls_back_to_the_previous(tmp_path):
+    config = _config("--config.train.steps=30", "--config.train.checkpoint_every=10")
+    train.train(config, tmp_path, log=lambda s: None)
+    victim = _largest_file(tmp_path / "checkpoints" / "30" / "state")
+    with open(victim, "r+b") as f:
+        f.truncate(victim.stat().st_size // 2)
+    messages = []
+    run = train.build(config)
+    ckpt = Checkpointer(tmp_path / "checkpoints")
+    state, extra, step = ckpt.restore(run.template, parallel.make_strategy("single"),
+                                      log=messages.append)
+    assert step == 20 and int(state.step) == 20
+    assert "checkpoint at step 30" in messages[0] and "trying the previous one" in messages[0]
+    assert extra["data"]["iterator"] == {"epoch": 1, "index": 128}  # 20 batches of 32 from 512
+    # Every checkpoint unreadable: a clear error, never a silently wrong state.
+    for s in (10, 20):
+        victim = _largest_file(tmp_path / "checkpoints" / str(s) / "state")
+        victim.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="no checkpoint in .* could be restored"):
+        ckpt.restore(run.template, parallel.make_strategy("single"), log=messages.append)
+    ckpt.close()
+
+
+def test_restore_across_device_counts_and_strategies(tmp_path):
+    config = _config("--config.train.steps=5", "--config.parallel.data=4",
+                     "--config.parallel.fsdp=2", "--config.model.hidden=(256,)")
+    saved = train.train(config, tmp_path, log=lambda s: None)
+    assert saved.strategy.num_shards == 8
+    reference = saved.strategy.to_host(saved.state)
+    run = train.build(config)
+    for name in ("single", "pmap"):
+        strategy = parallel.make_strategy(name)
+        ckpt = Checkpointer(tmp_path / "checkpoints")
+        state, _, step = ckpt.restore(run.template, strategy)
+        ckpt.close()
+        host = strategy.to_host(state)
+        assert step == 5
+        for a, b in zip(jax.tree.leaves(reference), jax.tree.leaves(host)):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_one_device_process_restores_an_eight_device_checkpoint(tmp_path):
+    config = _config("--config.train.steps=3", "--config.parallel.data=4", "--config.parallel.fsdp=2",
+                     "--config.model.hidden=(256,)")
+    train.train(config, tmp_path, log=lambda s: None)
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    out = subprocess.run([sys.executable, "-m", "zoo.cli", "eval", str(tmp_path)], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert '"step": 3' in out.stdout and (tmp_path / "eval.json").exists()
+
+
+def test_keeps_last_n_and_the_best(tmp_path):
+    config = _config("--config.train.steps=50", "--config.train.checkpoint_every=10",
+                     "--config.train.eval_every=10", "--config.train.keep_checkpoints=2",
+                     "--config.optimizer.learning_rate=0.003")
+    result = train.train(config, tmp_path, log=lambda s: None)
+    ckpt = Checkpointer(tmp_path / "checkpoints")
+    kept = ckpt.all_steps()
+    ckpt.close()
+    assert kept[-2:] == [40, 50] and len(kept) <= 3
+    assert np.isfinite(result.eval_metrics["loss"])
+
+
+def test_nonfinite_loss_stops_with_step_and_last_checkpoint(tmp_path):
+    config = _config("--config.train.steps=30", "--config.train.checkpoint_every=1",
+                     "--config.optimizer.learning_rate=1e30")
+    with pytest.raises(train.NonFiniteLossError,
+                       match=r"non-finite loss at step 2 .*last good checkpoint is step 1"):
+        train.train(config, tmp_path, log=lambda s: None)
+
+
+def test_nonfinite_updates_can_be_skipped_and_counted(tmp_path):
+    config = _config("--config.train.steps=6", "--config.optimizer.learning_rate=1e30",
+                     "--config.train.nonfinite=skip")
+    result = train.train(config, None, log=lambda s: None)
+    # Step 1 applies a huge update; every later loss is non-finite and its update is skipped.
+    assert result.skipped_updates == 5
+    assert int(result.strategy.to_host(result.state.step)) == 6
+
+
+def test_bad_config_key_lists_the_nearest(capsys):
+    code = cli.main(["train", "--config", CONFIG, "--config.train.stpes=5"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "config has no key 'train.stpes'; did you mean train.steps" in err
+
+
+def test_unknown_dataset_and_model(tmp_path):
+    with pytest.raises(ValueError, match="unknown dataset 'imagenet'; known: synthetic, mnist"):
+        train.build(_config("--config.data.dataset=imagenet"))
+    with pytest.raises(ValueError, match="unknown model family 'diffusion'; known: .*autoencoder"):
+        train.build(_config("--config.model.family=diffusion"))
+
+
+def test_zoo_train_on_mnist_offline_through_the_cli(tfds_dirs, tmp_path, capsys):
+    code = cli.main(["train", "--config", CONFIG, "--workdir", str(tmp_path),
+                     f"--config.data.tfds_data_dir={tfds_dirs['tfds_data_dir']}",
+                     f"--config.data.download_dir={tfds_dirs['download_dir']}",
+                     "--config.train.steps=20", "--config.train.log_every=10"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "step     20/20" in out and "eval at step 20" in out
+    assert (tmp_path / "tensorboard").is_dir() and any((tmp_path / "tensorboard").iterdir())
