@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import difflib
 import importlib.util
+import sys
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -21,7 +22,12 @@ def load_config_file(path: str | Path):
         raise ValueError(f"config file {str(path)!r} not found")
     spec = importlib.util.spec_from_file_location(f"zoo_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    # Config files build on their neighbours (``import default``), as in Flax's examples.
+    sys.path.insert(0, str(path.parent.absolute()))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent.absolute()))
     if not hasattr(module, "get_config"):
         raise ValueError(f"config file {str(path)!r} defines no get_config()")
     return module.get_config()

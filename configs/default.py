@@ -1,0 +1,25 @@
+"""Defaults every config starts from: data, optimizer, parallel layout, training loop.
+
+A config file calls ``default.get_config()`` and sets its model and what differs, so each file
+reads as the list of choices that make it what it is.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.model = ml_collections.ConfigDict()  # set by each config: family and its options
+    config.data = ml_collections.ConfigDict(dict(
+        dataset="mnist", batch_size=128, eval_batch_size=1000, synthetic_size=4096,
+        tfds_data_dir="", download_dir=""))
+    config.optimizer = ml_collections.ConfigDict(dict(
+        name="adam", learning_rate=1e-3, schedule="constant", warmup_steps=0, grad_clip_norm=0.0,
+        b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, momentum=0.0, end_factor=0.0,
+        decay_rate=0.5, transition_steps=0))
+    config.parallel = ml_collections.ConfigDict(dict(strategy="mesh", data=-1, fsdp=1))
+    config.train = ml_collections.ConfigDict(dict(
+        steps=1000, log_every=50, eval_every=0, checkpoint_every=500, keep_checkpoints=3,
+        best_metric="loss", best_mode="min", nonfinite="stop", seed=0, grad_accum_steps=1,
+        compute_dtype="float32", remat=False))
+    return config
