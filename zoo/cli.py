@@ -44,6 +44,27 @@ def _list(args, overrides) -> int:
     return 0
 
 
+def _sample(args, overrides) -> int:
+    from zoo import sample
+
+    written = sample.sample_main(args.path, args.out, seed=args.seed, dataset=args.dataset,
+                                 tfds_data_dir=args.tfds_data_dir, download_dir=args.download_dir)
+    for name, path in written.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def _generate(args, overrides) -> int:
+    from zoo import generate
+
+    texts = generate.generate_main(args.path, args.prompt, max_new_tokens=args.max_new_tokens,
+                                   temperature=args.temperature, top_k=args.top_k,
+                                   top_p=args.top_p, seed=args.seed)
+    for text in texts:
+        print(text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zoo", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -60,6 +81,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="a config file to use instead of the saved one "
                                                   "(--config.key=value overrides apply either way)")
     p.set_defaults(run=_eval)
+    p = sub.add_parser("sample", help="write sample PNGs from a run directory or checkpoint")
+    p.add_argument("path")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dataset", default=None)
+    p.add_argument("--tfds-data-dir", default=None)
+    p.add_argument("--download-dir", default=None)
+    p.set_defaults(run=_sample)
+    p = sub.add_parser("generate", help="generate text from a Hugging Face GPT-2 folder")
+    p.add_argument("path")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=100)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_generate)
+    p = sub.add_parser("bench", help="benchmark harness (zoo bench --help)", add_help=False)
+    p.set_defaults(run=None)
     p = sub.add_parser("list", help="list model families and configs")
     p.add_argument("--configs", default="configs")
     p.set_defaults(run=_list)
@@ -68,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "bench":  # its own parser; must run before JAX starts a backend
+        from zoo.bench import bench_main
+        return bench_main(argv[1:])
     args, rest = build_parser().parse_known_args(argv)
     overrides = [a for a in rest if a.startswith("--config.")]
     unknown = [a for a in rest if not a.startswith("--config.")]

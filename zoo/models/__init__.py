@@ -8,6 +8,11 @@ from zoo.core.family import Family
 
 FAMILIES = {
     "autoencoder": "zoo.models.autoencoder",
+    "vae": "zoo.models.vae",
+    "gan": "zoo.models.gan",
+    "classifier": "zoo.models.classifier",
+    "lstm": "zoo.models.lstm",
+    "transformer": "zoo.models.transformer",
 }
 
 

@@ -1,0 +1,75 @@
+"""What every peer shares: a train step over one or more players, each with its own Adam."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def make_optimizer(params, config: Mapping) -> torch.optim.Optimizer:
+    """Adam/AdamW as zoo's optax config asks (the fastest torch kernel that exists: fused)."""
+    name = config.get("name", "adam")
+    kwargs = dict(lr=float(config.get("learning_rate", 1e-3)),
+                  betas=(float(config.get("b1", 0.9)), float(config.get("b2", 0.999))),
+                  eps=float(config.get("eps", 1e-8)))
+    if name == "adam":
+        cls = torch.optim.Adam
+    elif name == "adamw":
+        cls, kwargs["weight_decay"] = torch.optim.AdamW, float(config.get("weight_decay", 0.0))
+    else:
+        raise ValueError(f"peers implement adam and adamw; got optimizer {name!r}")
+    params = list(params)
+    try:
+        return cls(params, fused=True, **kwargs)
+    except (RuntimeError, TypeError, ValueError):
+        return cls(params, foreach=True, **kwargs)
+
+
+def to_tensor(x, device, dtype=None) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(x)).to(device)
+    return t if dtype is None else t.to(dtype)
+
+
+def param_count(module: nn.Module) -> int:
+    """Trainable parameters (frozen ones, like the LSTM peer's zero ``bias_hh``, are not counted)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+class Peer:
+    """One training step of a torch model: ``loss = peer.step()``.
+
+    Subclasses set ``self.players`` (name -> ``nn.Module``, the same players as the zoo family)
+    and implement ``step``. ``compile()`` swaps each player's forward for ``torch.compile`` 's.
+    """
+
+    def __init__(self, players: dict[str, nn.Module], optimizer_config: Mapping, device: str):
+        self.device = device
+        self.players = {k: m.to(device) for k, m in players.items()}
+        self.optimizers = {k: make_optimizer(m.parameters(), optimizer_config)
+                           for k, m in self.players.items()}
+        self.fn = dict(self.players)  # what step() calls: the module or its compiled form
+        self.compiled = False
+
+    def compile(self, **kwargs) -> "Peer":
+        self.fn = {k: torch.compile(m, **kwargs) for k, m in self.players.items()}
+        self.compiled = True
+        return self
+
+    def param_count(self) -> dict[str, int]:
+        return {k: param_count(m) for k, m in self.players.items()}
+
+    def update(self, player: str, loss: torch.Tensor) -> None:
+        opt = self.optimizers[player]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def step(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def sync(self) -> None:
+        if str(self.device).startswith("cuda"):
+            torch.cuda.synchronize()

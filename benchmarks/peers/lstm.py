@@ -1,0 +1,56 @@
+"""PyTorch peer of ``zoo.models.lstm``: embedding, ``nn.LSTM`` (cuDNN on GPUs), vocabulary head.
+
+Flax's LSTM cell has one bias per gate; ``nn.LSTM`` has two (``bias_ih`` and ``bias_hh``) that are
+only ever summed. The peer freezes ``bias_hh`` at zero (not trained, not counted), so it computes
+the same function with the same trainable parameters and still runs the fused ``nn.LSTM`` kernel.
+The state starts from zeros each batch (the bench's LSTM case has ``carry_state=False``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from benchmarks.peers.common import Peer, to_tensor
+
+
+class LSTMLM(nn.Module):
+    def __init__(self, vocab_size, hidden_size=200, num_layers=2, embed_dim=None,
+                 tie_embeddings=False):
+        super().__init__()
+        embed_dim = embed_dim or hidden_size
+        self.embed = nn.Embedding(vocab_size, embed_dim)
+        self.lstm = nn.LSTM(embed_dim, hidden_size, num_layers, batch_first=True)
+        for name, p in self.lstm.named_parameters():
+            if name.startswith("bias_hh"):
+                nn.init.zeros_(p)
+                p.requires_grad_(False)
+        self.tie = tie_embeddings
+        self.out = None if tie_embeddings else nn.Linear(hidden_size, vocab_size)
+
+    def forward(self, tokens):
+        h, _ = self.lstm(self.embed(tokens))
+        return h @ self.embed.weight.T if self.tie else self.out(h)
+
+
+class LSTMPeer(Peer):
+    def __init__(self, config, optimizer_config, batch, device):
+        if float(config.get("dropout", 0.0)):
+            raise ValueError("the LSTM peer has no dropout")
+        model = LSTMLM(int(config["vocab_size"]), int(config.get("hidden_size", 200)),
+                       int(config.get("num_layers", 2)), config.get("embed_dim") or None,
+                       bool(config.get("tie_embeddings", False)))
+        super().__init__({"model": model}, optimizer_config, device)
+        self.tokens = to_tensor(batch["tokens"], device, torch.long)
+
+    def step(self):
+        logits = self.fn["model"](self.tokens[:, :-1])
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                               self.tokens[:, 1:].reshape(-1))
+        self.update("model", loss)
+        return loss
+
+
+def make_peer(config, optimizer_config, batch, device="cpu"):
+    return LSTMPeer(config, optimizer_config, batch, device)

@@ -1,0 +1,91 @@
+"""PyTorch peer of ``zoo.models.transformer``: GPT-2 (nanoGPT's layout), tied output embedding.
+
+Pre-LayerNorm blocks, fused q/k/v projection, ``F.scaled_dot_product_attention(is_causal=True)``
+(flash attention on GPUs), tanh-GELU MLP, learned positions, no dropout. ``dtype="bfloat16"``
+runs under ``torch.autocast`` (float32 master weights), as zoo computes in bfloat16.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from benchmarks.peers.common import Peer, to_tensor
+
+PRESETS = {
+    "tiny": dict(n_layer=2, n_head=2, n_embd=64, block_size=64),
+    "small_char": dict(n_layer=4, n_head=4, n_embd=128, block_size=128),
+    "char": dict(n_layer=6, n_head=6, n_embd=384, block_size=256),
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50257),
+}
+
+
+class Block(nn.Module):
+    def __init__(self, n_embd, n_head, eps):
+        super().__init__()
+        self.n_head = n_head
+        self.ln_1 = nn.LayerNorm(n_embd, eps=eps)
+        self.c_attn = nn.Linear(n_embd, 3 * n_embd)
+        self.attn_proj = nn.Linear(n_embd, n_embd)
+        self.ln_2 = nn.LayerNorm(n_embd, eps=eps)
+        self.c_fc = nn.Linear(n_embd, 4 * n_embd)
+        self.mlp_proj = nn.Linear(4 * n_embd, n_embd)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(self.ln_1(x)).split(C, dim=2)
+        q, k, v = (a.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for a in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.attn_proj(y.transpose(1, 2).reshape(B, T, C))
+        return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
+
+
+class GPT(nn.Module):
+    def __init__(self, vocab_size, block_size, n_layer, n_head, n_embd, layer_norm_eps=1e-5):
+        super().__init__()
+        self.wte = nn.Embedding(vocab_size, n_embd)
+        self.wpe = nn.Embedding(block_size, n_embd)
+        self.h = nn.ModuleList(Block(n_embd, n_head, layer_norm_eps) for _ in range(n_layer))
+        self.ln_f = nn.LayerNorm(n_embd, eps=layer_norm_eps)
+        for name, p in self.named_parameters():
+            if p.dim() == 2:
+                std = 0.02 / math.sqrt(2 * n_layer) if name.endswith("proj.weight") else 0.02
+                nn.init.normal_(p, 0.0, std)
+
+    def forward(self, tokens):
+        T = tokens.shape[1]
+        x = self.wte(tokens) + self.wpe(torch.arange(T, device=tokens.device))[None]
+        for block in self.h:
+            x = block(x)
+        return self.ln_f(x) @ self.wte.weight.T  # tied head
+
+
+class TransformerPeer(Peer):
+    def __init__(self, config, optimizer_config, batch, device):
+        if float(config.get("dropout", 0.0) or 0.0):
+            raise ValueError("the transformer peer has no dropout")
+        kw = dict(PRESETS.get(config.get("preset") or "tiny", PRESETS["tiny"]))
+        for key in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            if config.get(key) not in (None, ""):
+                kw[key] = int(config[key])
+        model = GPT(kw["vocab_size"], kw["block_size"], kw["n_layer"], kw["n_head"], kw["n_embd"],
+                    float(config.get("layer_norm_eps", 1e-5) or 1e-5))
+        super().__init__({"model": model}, optimizer_config, device)
+        self.tokens = to_tensor(batch["tokens"], device, torch.long)
+        self.autocast = config.get("dtype", "float32") == "bfloat16"
+
+    def step(self):
+        device_type = "cuda" if str(self.device).startswith("cuda") else "cpu"
+        with torch.autocast(device_type, torch.bfloat16, enabled=self.autocast):
+            logits = self.fn["model"](self.tokens[:, :-1])
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
+                               self.tokens[:, 1:].reshape(-1))
+        self.update("model", loss)
+        return loss
+
+
+def make_peer(config, optimizer_config, batch, device="cpu"):
+    return TransformerPeer(config, optimizer_config, batch, device)

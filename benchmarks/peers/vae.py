@@ -1,0 +1,62 @@
+"""PyTorch peer of ``zoo.models.vae`` (MLP, Bernoulli, unconditional): negative ELBO, one sample."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from benchmarks.peers.common import Peer, to_tensor
+
+
+def _mlp(sizes):
+    layers = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
+class MLPVAE(nn.Module):
+    def __init__(self, image_shape=(28, 28, 1), hidden=(512, 256), latent_dim=16):
+        super().__init__()
+        d = int(np.prod(image_shape))
+        self.enc = _mlp([d, *hidden])
+        self.mean = nn.Linear(hidden[-1], latent_dim)
+        self.logvar = nn.Linear(hidden[-1], latent_dim)
+        rev = list(reversed(hidden))
+        self.dec = _mlp([latent_dim, *rev])
+        self.out = nn.Linear(rev[-1], d)
+
+    def forward(self, x, u):
+        """x: (B, D) in [0, 1]; u: uniform noise for binarisation. Returns the mean -ELBO."""
+        x = (u < x).to(x.dtype)                          # dynamic binarisation
+        h = self.enc(x)
+        mean, logvar = self.mean(h), self.logvar(h)
+        z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
+        logits = self.out(self.dec(z))
+        recon = F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(1)
+        kl = 0.5 * (torch.exp(logvar) + mean ** 2 - 1.0 - logvar).sum(1)
+        return (recon + kl).mean()
+
+
+class VAEPeer(Peer):
+    def __init__(self, config, optimizer_config, batch, device):
+        if config.get("arch", "mlp") != "mlp" or int(config.get("num_classes", 0)):
+            raise ValueError("the VAE peer is the unconditional MLP VAE")
+        if config.get("likelihood", "bernoulli") != "bernoulli":
+            raise ValueError("the VAE peer has a Bernoulli likelihood")
+        model = MLPVAE(tuple(config.get("image_shape", (28, 28, 1))),
+                       tuple(config.get("hidden", (512, 256))), int(config.get("latent_dim", 16)))
+        super().__init__({"model": model}, optimizer_config, device)
+        x = batch["image"]
+        self.x = to_tensor(np.reshape(x, (x.shape[0], -1)), device)
+
+    def step(self):
+        loss = self.fn["model"](self.x, torch.rand_like(self.x))
+        self.update("model", loss)
+        return loss
+
+
+def make_peer(config, optimizer_config, batch, device="cpu"):
+    return VAEPeer(config, optimizer_config, batch, device)

@@ -1,0 +1,157 @@
+"""zoo bench: the harness at tiny sizes (every field present), peaks, timing, and the peers."""
+
+import json
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from zoo import bench, models
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+RECORD_FIELDS = {
+    "case", "family", "framework", "strategy", "devices", "batch_size", "compute_dtype", "step_s",
+    "examples_per_s", "tokens_per_s", "param_count", "compile_s", "device_kind", "loss_last",
+    "device_memory_stats", "flops_per_step_analytic", "flops_per_step_jaxpr",
+    "flops_per_step_xla", "xla_to_analytic", "flops_source", "achieved_flops_per_s",
+    "peak_flops_per_s_table", "mfu", "peak_flops_per_s_measured", "fraction_of_measured_peak"}
+ZOO_FIELDS = RECORD_FIELDS | {"lower_s", "compile_total_s", "memory_analysis",
+                              "peak_bytes_estimate", "speedup_vs_torch_eager",
+                              "speedup_vs_torch_compile"}
+META_FIELDS = {"jax", "jaxlib", "flax", "optax", "torch", "platform", "device_kind",
+               "device_count", "cpu_model", "suite", "date_utc", "command", "measured_peak",
+               "table_peak_flops_per_s", "peak_table", "steps", "warmup", "wall_s"}
+
+
+def test_time_stats_and_chrono():
+    s = bench.time_stats([float(x) for x in range(1, 101)])
+    assert s["n"] == 100 and s["median"] == 50.5 and s["min"] == 1 and s["max"] == 100
+    assert s["p10"] == pytest.approx(10.9) and s["p90"] == pytest.approx(90.1)
+    c = bench.Chrono()
+    c.time(lambda: None, n=3)
+    with pytest.raises(RuntimeError):
+        with c.lap():
+            raise RuntimeError("failed steps are not timed")
+    assert c.stats()["n"] == 3
+    with pytest.raises(ValueError):
+        bench.time_stats([])
+
+
+def test_run_alternating_interleaves_rounds():
+    calls = []
+    chronos = bench.run_alternating({"a": lambda: calls.append("a"),
+                                     "b": lambda: calls.append("b")},
+                                    warmup=1, steps=5, rounds=2)
+    assert calls == ["a", "b"] + ["a"] * 3 + ["b"] * 3 + ["a"] * 2 + ["b"] * 2
+    assert chronos["a"].stats()["n"] == chronos["b"].stats()["n"] == 5
+
+
+def test_peak_table_by_device_kind():
+    assert bench.table_peak_flops("NVIDIA H100 80GB HBM3", "bfloat16") == 989e12
+    assert bench.table_peak_flops("NVIDIA H100 PCIe", "bfloat16") == 756e12
+    assert bench.table_peak_flops("NVIDIA A100-SXM4-40GB", "bfloat16") == 312e12
+    assert bench.table_peak_flops("TPU v4", "bfloat16") == 275e12
+    assert bench.table_peak_flops("TPU v5 lite", "bfloat16") == 197e12
+    assert bench.table_peak_flops("TPU v5p", "bfloat16") == 459e12
+    assert bench.table_peak_flops("TPU v6 lite", "bfloat16") == 918e12
+    assert bench.table_peak_flops("cpu", "float32") is None
+
+
+def test_measured_matmul_peak_is_positive_flops():
+    m = bench.measure_matmul_peak(128, reps=3)
+    assert m["flops_per_matmul"] == 2 * 128 ** 3
+    assert m["best_flops_per_s"] >= m["median_flops_per_s"] > 0
+
+
+def test_synthetic_batch_matches_spec():
+    spec = {"image": jax.ShapeDtypeStruct((4, 4, 1), np.float32),
+            "tokens": jax.ShapeDtypeStruct((9,), np.int32)}
+    b = bench.synthetic_batch(spec, 3, int_high={"tokens": 5})
+    assert b["image"].shape == (3, 4, 4, 1) and b["image"].dtype == np.float32
+    assert b["tokens"].shape == (3, 9) and b["tokens"].dtype == np.int32
+    assert 0 <= b["tokens"].min() and b["tokens"].max() < 5
+
+
+def test_tiny_suite_has_every_field(tmp_path):
+    result = bench.run_suite(suite="tiny", cases=["autoencoder-mlp"], strategies=("single",),
+                             peers=("eager",), sweep=(2,), sweep_strategies=("mesh",), warmup=1,
+                             steps=20, rounds=2, peak_n=256, log=lambda s: None)
+    assert META_FIELDS <= set(result["meta"])
+    recs = result["records"]
+    assert not [r for r in recs if "error" in r], recs
+    kinds = {(r["framework"], r["strategy"], r["devices"]) for r in recs}
+    # The sweep ran in a subprocess with 2 host devices (this process has 8, see conftest).
+    assert kinds == {("zoo", "single", 1), ("torch-eager", "single", 1), ("zoo", "mesh", 2)}
+    for r in recs:
+        want = ZOO_FIELDS - ({"speedup_vs_torch_eager", "speedup_vs_torch_compile"}
+                             if r["devices"] > 1 else set()) if r["framework"] == "zoo" \
+            else RECORD_FIELDS
+        assert want <= set(r), (r["framework"], want - set(r))
+        assert r["step_s"]["n"] >= 20
+        assert r["step_s"]["p10"] <= r["step_s"]["median"] <= r["step_s"]["p90"]
+        assert r["examples_per_s"] == pytest.approx(r["batch_size"] / r["step_s"]["median"])
+        assert np.isfinite(r["loss_last"])
+        assert r["flops_per_step_analytic"] > 0 and r["fraction_of_measured_peak"] > 0
+    zoo = [r for r in recs if r["framework"] == "zoo" and r["devices"] == 1]
+    peer = next(r for r in recs if r["framework"] == "torch-eager")
+    for r in zoo:
+        assert r["compile_s"] > 0 and r["lower_s"] > 0 and r["peak_bytes_estimate"] > 0
+        assert r["flops_per_step_xla"] > 0 and r["xla_to_analytic"] > 0
+        assert r["speedup_vs_torch_eager"] == pytest.approx(
+            peer["step_s"]["median"] / r["step_s"]["median"])
+        assert r["param_count"] == peer["param_count"]
+    paths = bench.write_report(result, tmp_path)
+    loaded = json.loads(paths["json"].read_text())
+    assert len(loaded["records"]) == 3
+    md = paths["markdown"].read_text()
+    assert md.count("| autoencoder-mlp |") == 3 and "jax " + jax.__version__ in md
+    for name in ("throughput", "scaling", "peer_ratio"):
+        assert paths[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _peer_cases():
+    from zoo.bench import _case_table
+    return [pytest.param(c, suite, id=f"{suite}-{c.name}")
+            for suite in ("tiny", "quick") for c in _case_table(suite) if c.peer]
+
+
+@pytest.mark.parametrize("case,suite", _peer_cases())
+def test_peer_has_the_zoo_models_parameter_count(case, suite):
+    if case.family not in models.FAMILIES:
+        pytest.skip(f"family {case.family} is not registered yet")
+    from benchmarks import peers
+    from zoo.core.train_state import param_count
+    family = models.make_family(case.model_config())
+    batch = bench.synthetic_batch(family.batch_spec, 2, int_high=case.int_high)
+    params, _ = jax.eval_shape(family.init, jax.random.PRNGKey(0), batch)  # shapes, no compute
+    peer = peers.make_peer(case.peer, case.model_config(), case.optimizer, batch)
+    assert set(peer.players) == set(params)
+    assert peer.param_count() == {p: param_count(params[p]) for p in params}
+    if suite == "tiny":  # and the peer trains: a finite loss, parameters that move
+        before = [p.detach().clone() for m in peer.players.values() for p in m.parameters()]
+        loss = float(peer.step().detach())
+        after = [p.detach() for m in peer.players.values() for p in m.parameters()]
+        assert np.isfinite(loss)
+        assert any(not bool((a == b).all()) for a, b in zip(after, before))
+
+
+def test_bench_main_rejects_unknown_strategy():
+    with pytest.raises(SystemExit):
+        bench.bench_main(["--strategies", "nope"])
+
+
+def test_bench_main_writes_json_markdown_and_command(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = bench.bench_main(["--suite", "tiny", "--cases", "autoencoder-mlp", "--peers", "none",
+                           "--sweep", "", "--no-peak", "--no-plots", "--out", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "| autoencoder-mlp | zoo | single | 1 | 16 |" in printed
+    result = json.loads((out / "results.json").read_text())
+    assert [r["framework"] for r in result["records"]] == ["zoo"]
+    assert result["meta"]["measured_peak"] is None and result["meta"]["suite"] == "tiny"
+    assert (out / "command.txt").read_text().startswith("zoo bench --suite tiny")

@@ -1,0 +1,125 @@
+"""Generation: KV-cache decoding against full recompute, sampling, seeds, compiles, bad input."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from zoo import generate, models, text_data
+from zoo import tokenizers as tok
+from zoo.core import compiled, parallel
+from zoo.core.compiled import CompileCounter
+from zoo.core.train_state import TrainState
+from zoo.models import lstm, transformer
+
+TINY = dict(family="transformer", vocab_size=65, block_size=32, n_layer=2, n_head=2, n_embd=32,
+            seq_len=16, unit="char")
+
+
+@pytest.fixture(scope="module")
+def shakespeare(shared_data):
+    cfg = {"dataset": "tiny_shakespeare", "path": str(shared_data / "raw" / "tiny_shakespeare")}
+    return text_data.load_tokens(cfg, "train")
+
+
+@pytest.fixture(scope="module")
+def gpt(shakespeare):
+    _, tokenizer = shakespeare
+    model = transformer.make_model(TINY)
+    params = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    return generate.Generator(model, params, tokenizer, buckets=(8, 16))
+
+
+def _greedy_by_recompute(model, params, prompt, n, apply_fn, width=16):
+    """Greedy decoding by running the whole sequence for every token (padded: one compile)."""
+    seq = list(prompt)
+    for _ in range(n):
+        logits = apply_fn(params, jnp.asarray([seq + [0] * (width - len(seq))]))
+        seq.append(int(jnp.argmax(logits[0, len(seq) - 1])))
+    return seq[len(prompt):]
+
+
+def test_greedy_kv_cache_generation_equals_recompute_in_a_mixed_length_batch(gpt):
+    prompts = [[5, 9, 13], [1, 2, 3, 4, 5, 6, 7]]
+    out = gpt.generate_tokens(prompts, 6, temperature=0.0)
+    apply = jax.jit(lambda p, x: gpt.model.apply({"params": p}, x))
+    for prompt, row in zip(prompts, out):
+        assert row.tolist() == _greedy_by_recompute(gpt.model, gpt.params, prompt, 6, apply)
+
+
+def test_lstm_generates_through_the_same_api_and_generate_main():
+    cfg = dict(family="lstm", vocab_size=20, hidden_size=16, num_layers=2)
+    model = lstm.make_model(cfg)
+    params = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))["params"]
+    tokenizer = tok.CharTokenizer("abcdefghijklmnopqrst")
+    prompts = ["de", "fghij"]
+    out = generate.generate_main(prompt=prompts, model_config=cfg, params=params,
+                                 tokenizer=tokenizer.to_config(), max_new_tokens=5,
+                                 temperature=0.0)
+    apply = jax.jit(lambda p, x: model.apply({"params": p}, x)[0])
+    for prompt, text in zip(prompts, out):
+        want = _greedy_by_recompute(model, params, tokenizer.encode(prompt), 5, apply)
+        assert tokenizer.encode(text) == want
+
+
+def test_seeded_sampling_and_no_recompiles_within_a_bucket(gpt):
+    kw = dict(temperature=1.0, top_k=20, top_p=0.95)
+    a = gpt.generate_text(["ROMEO:", "JULIET: O"], 8, seed=1, **kw)
+    with CompileCounter() as counter:
+        b = gpt.generate_text(["ROMEO:", "JULIET: O"], 8, seed=1, **kw)
+        c = gpt.generate_text(["ROMEO:", "JULIET: O"], 8, seed=2, **kw)
+        gpt.generate_text(["To be, or not", "Ay"], 12, temperature=0.7, top_k=0, top_p=1.0)
+    assert a == b and a != c
+    assert counter.count == 0  # other lengths, settings and seeds reuse the compiled steps
+    assert all(len(t) == 8 for t in a)
+
+
+def test_sample_logits_top_k_and_top_p():
+    logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]] * 2000))
+    sample = jax.jit(generate.sample_logits)
+    draw = lambda **kw: np.asarray(sample(
+        logits, jax.random.PRNGKey(0), jnp.float32(kw.get("t", 1.0)), jnp.int32(kw.get("k", 0)),
+        jnp.float32(kw.get("p", 1.0))))
+    assert set(draw(k=2).tolist()) == {0, 1}
+    assert set(draw(p=0.7).tolist()) == {0, 1}      # 0.5 < 0.7 <= 0.8
+    assert set(draw().tolist()) == {0, 1, 2, 3}
+    assert set(draw(t=0.0).tolist()) == {0}
+    np.testing.assert_allclose(np.mean(draw() == 0), 0.5, atol=0.04)
+
+
+def test_bad_input_errors(gpt):
+    with pytest.raises(ValueError, match=r"2 character\(s\) outside the vocabulary.*'@'.*'é'"):
+        gpt.generate_text(["caf\u00e9 @ home"], 4)
+    with pytest.raises(ValueError, match="exceeds the model's context of 32 tokens"):
+        gpt.generate_text(["ROMEO: " * 4], 10)
+    with pytest.raises(ValueError, match="unknown tokenizer 'wordpiece'"):
+        generate.generate_main(prompt="hi", model_config=TINY, params=gpt.params,
+                               tokenizer={"name": "wordpiece"})
+
+
+def test_short_training_on_tiny_shakespeare_lowers_the_loss(shakespeare):
+    tokens, tokenizer = shakespeare
+    family = models.make_family({**TINY, "vocab_size": tokenizer.vocab_size})
+    it = text_data.WindowIterator(tokens, 16, 16, seed=0)
+    params, _ = family.init(jax.random.PRNGKey(0), None)
+    strategy = parallel.make_strategy("single")
+    state = strategy.place_state(TrainState.create(params=params["model"],
+                                                   tx=optax.adam(3e-3), seed=0))
+    step = compiled.compile_train_step(family.objective, strategy, batch_spec=family.batch_spec)
+    losses = []
+    for _ in range(60):
+        state, m = step(state, next(it))
+        losses.append(float(m["loss"]))
+    assert losses[0] > 3.9  # ln(65) = 4.17 at the start
+    assert np.mean(losses[-10:]) < losses[0] - 0.9, losses  # 3.3 nats: character frequencies
+
+
+@pytest.mark.slow
+def test_tiny_shakespeare_through_tfds_offline(tfds_dirs, shared_data):
+    cfg = {"dataset": "tiny_shakespeare", "source": "tfds", **tfds_dirs}
+    train = text_data.load_text(cfg, "train")
+    raw = (shared_data / "raw" / "tiny_shakespeare" / "input.txt").read_text()
+    assert len(train) == 1_003_854 and raw.startswith(train)
+    tokens, tokenizer = text_data.load_tokens(cfg, "test")
+    assert tokenizer.vocab_size == 65 and len(tokens) == 55_770

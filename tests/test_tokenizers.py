@@ -1,0 +1,94 @@
+"""Tokenizers: char and word vocabularies; zoo's own GPT-2 byte-level BPE against transformers'."""
+
+import collections
+import json
+
+import pytest
+
+from zoo import text_data
+from zoo import tokenizers as tok
+
+SAMPLES = [
+    "Hello world! It's a test, isn't it? We'll see: 12345 apples.",
+    "  leading spaces,\ttabs\nand newlines\n\n  and trailing   ",
+    "Unicode: café, naïve, 東京, emoji 🙂 — dashes… «quotes»",
+    "I'm you're they've she'd HE'LL 'quoted' words",
+    "x=1+2*3; y = [a_b, c-d]; #hash @at $100.00 50% done!!!",
+]
+
+
+def test_char_tokenizer_roundtrip_and_names_unknown_characters():
+    t = tok.CharTokenizer.from_text("hello world")
+    assert t.vocab_size == 8 and t.decode(t.encode("hold")) == "hold"
+    with pytest.raises(ValueError, match=r"2 character\(s\) outside.*'Z'.*'é'"):
+        t.encode("heZlo é")
+    again = tok.from_config(json.loads(json.dumps(t.to_config())))
+    assert again.encode("world") == t.encode("world")
+
+
+def test_ptb_word_tokenizer(shared_data):
+    cfg = {"dataset": "ptb", "path": str(shared_data / "raw" / "ptb")}
+    tokens, t = text_data.load_tokens(cfg, "valid")
+    assert t.vocab_size == 10_000 and len(tokens) == 73_760  # Mikolov's PTB with <eos>
+    line = "the company said it expects <unk> results\n"
+    assert t.decode(t.encode(line)) == line
+    with pytest.raises(ValueError, match=r"outside the vocabulary.*'zyzzyva'"):
+        t.encode("the zyzzyva said")
+
+
+def test_unknown_tokenizer_name():
+    with pytest.raises(ValueError, match="unknown tokenizer 'sentencepiece'"):
+        tok.get_tokenizer("sentencepiece", text="abc")
+    with pytest.raises(ValueError, match="unknown tokenizer"):
+        text_data.make_tokenizer({"dataset": "tiny_shakespeare", "tokenizer": "bytes"})
+
+
+def _train_bpe(text: str, num_merges: int, tmp_path):
+    """A small GPT-2-format vocabulary: 256 byte tokens plus greedy BPE merges learned on text."""
+    import regex
+    byte_enc = tok.bytes_to_unicode()
+    words = collections.Counter(
+        tuple(byte_enc[b] for b in w.encode()) for w in regex.findall(tok.GPT2_PATTERN, text))
+    vocab, merges = list(byte_enc.values()), []
+    for _ in range(num_merges):
+        pairs = collections.Counter()
+        for w, n in words.items():
+            for p in zip(w, w[1:]):
+                pairs[p] += n
+        if not pairs:
+            break
+        best = max(pairs, key=lambda p: (pairs[p], p))
+        merges.append(best)
+        vocab.append(best[0] + best[1])
+        merged = collections.Counter()
+        for w, n in words.items():
+            out, i = [], 0
+            while i < len(w):
+                if i < len(w) - 1 and (w[i], w[i + 1]) == best:
+                    out.append(w[i] + w[i + 1]); i += 2
+                else:
+                    out.append(w[i]); i += 1
+            merged[tuple(out)] += n
+        words = merged
+    vocab.append("<|endoftext|>")
+    (tmp_path / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
+    (tmp_path / "merges.txt").write_text(
+        "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    return tmp_path
+
+
+def test_gpt2_bpe_matches_transformers(tmp_path, shared_data):
+    transformers = pytest.importorskip("transformers")
+    text = (shared_data / "raw" / "tiny_shakespeare" / "input.txt").read_text()[:20_000]
+    path = _train_bpe(text + " ".join(SAMPLES), 300, tmp_path)
+    ours = tok.get_tokenizer("gpt2", path=path)
+    theirs = transformers.GPT2Tokenizer(str(path / "vocab.json"), str(path / "merges.txt"))
+    assert ours.vocab_size == len(theirs) == 256 + 300 + 1
+    for s in SAMPLES + [text[:3000]]:
+        ids = ours.encode(s)
+        assert ids == theirs.encode(s), s
+        assert ours.decode(ids) == s
+    assert len(ours.encode(text[:3000])) < 0.6 * len(text[:3000].encode())  # merges do merge
+    with pytest.raises(ValueError, match="merges.txt"):
+        (path / "merges.txt").unlink()
+        tok.get_tokenizer("gpt2", path=path)

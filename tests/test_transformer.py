@@ -1,0 +1,130 @@
+"""The GPT-style transformer: KV cache, causality, presets, context errors, single vs mesh."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from zoo import models
+from zoo.core import compiled, parallel
+from zoo.core.train_state import TrainState
+from zoo.models import transformer
+
+TINY = dict(family="transformer", preset="tiny", vocab_size=65, block_size=32, n_layer=2,
+            n_head=2, n_embd=32, seq_len=16, unit="char")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model = transformer.make_model(TINY)
+    params = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    return model, params
+
+
+def test_kv_cache_matches_full_recompute(tiny):
+    model, params = tiny
+    tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 20), 0, 65)
+    full = jax.jit(model.apply)({"params": params}, tokens)
+    # Rows prefilled to different lengths (right-padded), then fed one token at a time.
+    lengths = jnp.array([5, 9])
+    padded = jnp.where(jnp.arange(12) < lengths[:, None], tokens[:, :12], 0)
+    cache = transformer.init_cache(model, 2)
+    step = jax.jit(lambda tok, cache, start: model.apply(
+        {"params": params}, tok, cache, start, method=model.decode))
+    logits, cache = step(padded, cache, jnp.zeros(2, jnp.int32))
+    for b in range(2):
+        np.testing.assert_allclose(logits[b, :lengths[b]], full[b, :lengths[b]], atol=1e-5)
+    pos = lengths
+    for _ in range(8):
+        logits, cache = step(tokens[jnp.arange(2), pos][:, None], cache, pos)
+        np.testing.assert_allclose(logits[:, 0], full[jnp.arange(2), pos], atol=1e-5)
+        pos = pos + 1
+
+
+def test_causal(tiny):
+    model, params = tiny
+    a = jax.random.randint(jax.random.PRNGKey(2), (1, 16), 0, 65)
+    b = a.at[0, 10].set((a[0, 10] + 1) % 65)
+    apply = jax.jit(model.apply)
+    la, lb = apply({"params": params}, a), apply({"params": params}, b)
+    np.testing.assert_array_equal(la[0, :10], lb[0, :10])
+    assert float(jnp.max(jnp.abs(la[0, 10:] - lb[0, 10:]))) > 1e-3
+
+
+def test_context_length_error(tiny):
+    model, params = tiny
+    with pytest.raises(ValueError, match="33 tokens exceeds the model's context of 32"):
+        model.apply({"params": params}, jnp.zeros((1, 33), jnp.int32))
+    with pytest.raises(ValueError, match="seq_len=64 exceeds"):
+        models.make_family({**TINY, "seq_len": 64})
+    with pytest.raises(ValueError, match="unknown transformer preset 'gpt5'"):
+        transformer.make_model({**TINY, "preset": "gpt5"})
+
+
+@pytest.mark.parametrize("preset,expected", [("gpt2", 124_439_808), ("gpt2-medium", 354_823_168)])
+def test_gpt2_preset_sizes(preset, expected):
+    model = transformer.make_model({"preset": preset})
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))
+    assert sum(x.size for x in jax.tree.leaves(shapes)) == expected  # Hugging Face's counts
+
+
+def test_remat_and_bfloat16_agree_with_float32(tiny):
+    _, params = tiny
+    tokens = jax.random.randint(jax.random.PRNGKey(3), (2, 16), 0, 65)
+
+    def loss(model, p):
+        logits = model.apply({"params": p}, tokens[:, :-1])
+        return transformer.lm_metrics(logits, tokens[:, 1:], "char")[0]
+
+    base = transformer.make_model(TINY)
+    remat = transformer.make_model({**TINY, "remat": True})
+    bf16 = transformer.make_model({**TINY, "dtype": "bfloat16"})  # bf16 activations, f32 params
+    g32, g_remat, l32, l16 = jax.jit(lambda p: (
+        jax.grad(lambda q: loss(base, q))(p), jax.grad(lambda q: loss(remat, q))(p),
+        loss(base, p), loss(bf16, p)))(params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g32, g_remat)
+    assert abs(float(l16) - float(l32)) < 0.05
+
+
+def _train(strategy, family, params, batches):
+    # SGD: parameter differences then track gradient differences (Adam would amplify the tiny
+    # reduction-order differences of near-zero gradients).
+    state = TrainState.create(params=params, tx=optax.sgd(1.0), seed=0)
+    step = compiled.compile_train_step(family.objective, strategy, batch_spec=family.batch_spec)
+    state = strategy.place_state(state)
+    losses = []
+    for batch in batches:
+        state, m = step(state, batch)
+        losses.append(float(strategy.to_host(m)["loss"]))
+    return strategy.to_host(state.params), losses, state
+
+
+def test_single_and_mesh_fsdp_give_the_same_params():
+    family = models.make_family({**TINY, "n_layer": 1, "dropout": 0.1})
+    params, _ = family.init(jax.random.PRNGKey(0), None)
+    rng = np.random.default_rng(0)
+    batches = [{"tokens": rng.integers(0, 65, (8, 17)).astype(np.int32)} for _ in range(3)]
+    single, l1, _ = _train(parallel.make_strategy("single"), family, params["model"], batches)
+    mesh = parallel.make_strategy("mesh", data=4, fsdp=2)
+    sharded, l2, state = _train(mesh, family, params["model"], batches)
+    wte = state.params["model"]["wte"]["embedding"]
+    assert "fsdp" in str(wte.sharding.spec)  # the big leaves really are sharded
+    np.testing.assert_allclose(l1, l2, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), single, sharded)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cfg,batch", [
+    (TINY, {"tokens": np.zeros((4, 17), np.int32)}),
+    (dict(family="lstm", vocab_size=30, hidden_size=16, num_layers=2, seq_len=5),
+     {"tokens": np.zeros((4, 6), np.int32), "reset": np.zeros(4, np.int32)})])
+def test_flops_per_example_counts_every_matmul(cfg, batch):
+    from zoo import flops
+    from zoo.core import step as step_lib
+    family = models.make_family(cfg)
+    params, model_state = family.init(jax.random.PRNGKey(0), batch)
+    state = TrainState.create(params=params, tx={"model": optax.sgd(1.0)},
+                              model_state=model_state, seed=0)
+    counted = flops.jaxpr_flops(step_lib.make_train_step(family.objective), state, batch)
+    assert counted == pytest.approx(4 * family.flops_per_example, rel=1e-6)

@@ -1,0 +1,165 @@
+"""Quality reports for generated images and text, as JSON-able dicts (what ``zoo eval`` prints).
+
+* :func:`image_quality_report`: classifier-FID with its real-train vs real-test floor, improved
+  precision/recall (with the same floor), mode coverage and label entropy, and, for
+  class-conditional samples, the classifier's accuracy on them.
+* :func:`text_quality_report`: perplexity, bits per character, distinct-n (beside the distinct-n
+  of real text of the same lengths) and generation speed.
+
+Metric definitions are in :mod:`zoo.metrics`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from zoo import metrics as M
+
+
+def _images(x: Any, like: np.ndarray | None = None) -> np.ndarray:
+    """Images as float32 (N, H, W, C) in [0, 1]; accepts a dict with "image", (N, H, W) or (N, H*W*C)."""
+    if isinstance(x, Mapping):
+        x = x["image"]
+    x = np.asarray(x, np.float32)
+    if like is not None and x.ndim == 2:
+        x = x.reshape(len(x), *like.shape[1:])
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4:
+        raise ValueError(f"images must be (N, H, W, C); got shape {x.shape}")
+    if like is not None and x.shape[1:] != like.shape[1:]:
+        raise ValueError(f"generated images have shape {x.shape[1:]}; the real ones {like.shape[1:]}")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < -1e-3 or hi > 1 + 1e-3:
+        raise ValueError(f"images must be in [0, 1] (as the classifier was trained); got values in "
+                         f"[{lo:.3g}, {hi:.3g}] (logits or [-1, 1] images need converting first)")
+    return x
+
+
+def image_quality_report(classifier_params: Mapping | None, samples: Any, real_train: Any,
+                         real_test: Any, labels: np.ndarray | None = None, *, k: int = 3,
+                         max_real: int = 10000, seed: int = 0,
+                         speed: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """Quality and diversity of generated images, judged by a fixed zoo classifier.
+
+    Args:
+      classifier_params: a trained zoo classifier's params (``None``: the saved MNIST CNN,
+        :func:`zoo.models.classifier.load_params`).
+      samples: generated images (N, H, W, C) in [0, 1] (or a dict with ``"image"``).
+      real_train, real_test: real images, or dicts with ``"image"`` (and ``"label"``).
+      labels: for class-conditional samples, the labels (N,) they were asked to show.
+      k: the k of the k-NN manifolds for precision/recall.
+      max_real: at most this many real test images are used (drawn with ``seed``).
+      speed: e.g. :func:`zoo.metrics.generation_speed`'s result, copied into the report.
+
+    Returns a dict of floats/ints/lists: ``fid``, ``fid_floor`` (as many real training images as
+    samples vs the same test images), ``precision``, ``recall``, ``precision_floor``,
+    ``recall_floor``, ``classes_covered``, ``num_classes_produced``, ``label_entropy``,
+    ``label_entropy_normalized``, ``label_histogram``, ``real_label_entropy`` (the test images' own),
+    ``conditional_accuracy`` (with ``labels``), ``classifier_test_accuracy`` (when ``real_test``
+    has labels), ``num_samples``, ``num_real``.
+    """
+    from zoo.models import classifier
+
+    params = classifier.load_params() if classifier_params is None else classifier_params
+    test = _images(real_test)
+    test = M.subsample(test, max_real, seed)
+    train = _images(real_train)
+    gen = _images(samples, like=test)
+    if len(gen) < k + 1:
+        raise ValueError(f"need more than k={k} samples; got {len(gen)}")
+    train = M.subsample(train, len(gen), seed + 1)
+
+    f_test = classifier.features(params, test)
+    f_gen = classifier.features(params, gen)
+    f_train = classifier.features(params, train)
+    report: dict[str, Any] = {"num_samples": int(len(gen)), "num_real": int(len(test))}
+    report["fid"] = M.fid_from_features(f_gen, f_test)
+    report["fid_floor"] = M.fid_from_features(f_train, f_test)
+    pr = M.precision_recall(f_test, f_gen, k)
+    pr_floor = M.precision_recall(f_test, f_train, k)
+    report.update(pr)
+    report.update({"precision_floor": pr_floor["precision"], "recall_floor": pr_floor["recall"]})
+
+    logits_gen = classifier.predict_logits(params, gen)
+    num_classes = logits_gen.shape[-1]
+    report.update(M.mode_coverage(logits_gen, num_classes))
+    logits_test = classifier.predict_logits(params, test)
+    report["real_label_entropy"] = M.mode_coverage(logits_test, num_classes)["label_entropy"]
+    if isinstance(real_test, Mapping) and "label" in real_test:
+        test_labels = M.subsample(np.asarray(real_test["label"]), max_real, seed)
+        report["classifier_test_accuracy"] = M.conditional_accuracy(logits_test, test_labels)
+    if labels is not None:
+        report["conditional_accuracy"] = M.conditional_accuracy(logits_gen, labels)
+    if speed:
+        report.update({k_: float(v) for k_, v in speed.items()})
+    return report
+
+
+def text_quality_report(samples: Sequence[Any], *, mean_nll: float | None = None,
+                        unit: str = "char", reference: Sequence[Any] | str | None = None,
+                        ns: Sequence[int] = (1, 2, 3, 4), seed: int = 0,
+                        speed: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """Likelihood, diversity and speed of a text model.
+
+    Args:
+      samples: generated texts (strings, or token-id sequences).
+      mean_nll: the model's mean negative log-likelihood per ``unit`` on held-out text, in nats
+        (e.g. the validation loss); gives ``perplexity`` and, for characters, ``bits_per_char``.
+      unit: ``"char"`` or ``"token"``.
+      reference: real text (one string, or a list of texts); ``distinct_n_reference`` is computed on
+        pieces of it with the samples' lengths (drawn with ``seed``), so the two compare directly.
+      speed: e.g. :func:`zoo.metrics.generation_speed`'s result (``samples_per_s``,
+        ``tokens_per_s``), copied into the report.
+    """
+    if unit not in ("char", "token"):
+        raise ValueError(f"unit must be char or token; got {unit!r}")
+    samples = list(samples)
+    report: dict[str, Any] = {"num_samples": len(samples),
+                              "mean_sample_length": float(np.mean([len(s) for s in samples]))
+                              if samples else 0.0}
+    if mean_nll is not None:
+        report["nll_per_" + unit] = float(mean_nll)
+        report["perplexity"] = M.perplexity(mean_nll)
+        if unit == "char":
+            report["bits_per_char"] = M.bits_per_char(mean_nll)
+    for n in ns:
+        report[f"distinct_{n}"] = M.distinct_n(samples, n)
+    if reference is not None and samples:
+        pieces = _reference_pieces(reference, [len(s) for s in samples], seed)
+        for n in ns:
+            report[f"distinct_{n}_reference"] = M.distinct_n(pieces, n)
+    if speed:
+        report.update({k: float(v) for k, v in speed.items()})
+    return report
+
+
+def _reference_pieces(reference, lengths: Sequence[int], seed: int) -> list:
+    """Random contiguous pieces of the reference text, one per sample, of the samples' lengths."""
+    if isinstance(reference, str) or (isinstance(reference, np.ndarray) and reference.ndim == 1):
+        reference = [reference]
+    reference = [r for r in reference if len(r)]
+    rng = np.random.default_rng(seed)
+    pieces = []
+    for n in lengths:
+        r = reference[int(rng.integers(len(reference)))]
+        n = min(n, len(r))
+        start = int(rng.integers(len(r) - n + 1))
+        pieces.append(r[start:start + n])
+    return pieces
+
+
+def is_json_able(report: Mapping[str, Any]) -> bool:
+    """True if every value is a finite float, an int, a str or a list of those (what JSON keeps)."""
+    def ok(v):
+        if isinstance(v, bool) or isinstance(v, (int, str)):
+            return True
+        if isinstance(v, float):
+            return math.isfinite(v)
+        if isinstance(v, list):
+            return all(ok(x) for x in v)
+        return False
+    return all(isinstance(k, str) and ok(v) for k, v in report.items())

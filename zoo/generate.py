@@ -1,0 +1,206 @@
+"""Batched incremental text generation for zoo's language models.
+
+A :class:`Generator` wraps a model and its params. ``generate`` encodes the prompts, pads them on
+the right to a length bucket, runs the whole prompt once (prefill: fills the transformer's key/value
+cache, or runs the LSTM to its carried state), then calls one compiled step per new token: sample
+from the last logits, feed the sampled token, update the cache. Each row has its own length, so
+prompts of different lengths share a batch. Compiles happen once per (batch size, bucket) for the
+prefill and once per batch size for the step, never per token or per prompt length in a bucket.
+
+Sampling: ``temperature=0`` is greedy; otherwise softmax(logits / temperature) restricted to the
+``top_k`` most likely tokens (0: all) and to the smallest set whose probability reaches ``top_p``
+(1.0: all). The settings are traced values, so changing them does not recompile. A ``seed`` fixes
+the draws: the same seed, prompts and settings give the same text.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from zoo import tokenizers as tok
+from zoo.models import lstm as lstm_lib
+from zoo.models import transformer as transformer_lib
+
+DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048)
+
+
+def sample_logits(logits: jax.Array, rng: jax.Array, temperature, top_k, top_p) -> jax.Array:
+    """Token ids (B,) from logits (B, V): greedy if temperature <= 0, else top-k/top-p sampling."""
+    logits = logits.astype(jnp.float32)
+    V = logits.shape[-1]
+    greedy = jnp.argmax(logits, axis=-1)
+    scaled = logits / jnp.maximum(temperature, 1e-6)
+    desc = -jnp.sort(-scaled, axis=-1)                                   # (B, V), largest first
+    k = jnp.where(top_k > 0, jnp.minimum(top_k, V), V)
+    desc = jnp.where(jnp.arange(V) < k, desc, -jnp.inf)                  # top-k
+    probs = jax.nn.softmax(desc, axis=-1)
+    keep = (jnp.cumsum(probs, axis=-1) - probs) < top_p                  # top-p; keeps the first
+    keep = keep | (top_p >= 1.0)
+    threshold = jnp.min(jnp.where(keep & (desc > -jnp.inf), desc, jnp.inf), axis=-1, keepdims=True)
+    scaled = jnp.where(scaled >= threshold, scaled, -jnp.inf)
+    sampled = jax.random.categorical(rng, scaled, axis=-1)
+    return jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
+
+
+def bucket_for(length: int, buckets: Sequence[int], max_len: int | None) -> int:
+    """The smallest bucket holding ``length`` (capped at the model's context)."""
+    for b in sorted(buckets):
+        if b >= length:
+            return min(b, max_len) if max_len else b
+    if max_len and length <= max_len:
+        return max_len
+    return int(2 ** np.ceil(np.log2(length)))
+
+
+class Generator:
+    """Batched generation with a transformer (KV cache) or an LSTM (carried state).
+
+    Example::
+
+        gen = Generator(model, params, tokenizer)
+        texts = gen.generate_text(["ROMEO:", "JULIET:"], max_new_tokens=100, temperature=0.8,
+                                  top_k=40, seed=0)
+    """
+
+    def __init__(self, model, params, tokenizer: tok.Tokenizer | None = None, *,
+                 buckets: Sequence[int] = DEFAULT_BUCKETS):
+        if not isinstance(model, (transformer_lib.GPT, lstm_lib.LSTMLM)):
+            raise ValueError(f"cannot generate with a {type(model).__name__}; zoo generates with "
+                             "GPT and LSTMLM models")
+        self.model, self.params, self.tokenizer = model, params, tokenizer
+        self.buckets = tuple(buckets)
+        self.is_transformer = isinstance(model, transformer_lib.GPT)
+        self.max_len = model.block_size if self.is_transformer else None
+        self._prefill = jax.jit(self._prefill_impl)
+        self._step = jax.jit(self._step_impl, donate_argnums=(1,))
+
+    # -- the model behind one interface: extend(tokens (B, T), cache, start (B,), lengths (B,)) --
+    def _init_cache(self, batch_size: int):
+        if self.is_transformer:
+            return transformer_lib.init_cache(self.model, batch_size)
+        return self.model.initial_carry(batch_size)
+
+    def _extend(self, params, tokens, cache, start, lengths):
+        if self.is_transformer:
+            return self.model.apply({"params": params}, tokens, cache, start,
+                                    method=self.model.decode)
+        return self.model.apply({"params": params}, tokens, cache, seq_lengths=lengths)
+
+    def _prefill_impl(self, params, tokens, lengths):
+        B = tokens.shape[0]
+        logits, cache = self._extend(params, tokens, self._init_cache(B),
+                                     jnp.zeros((B,), jnp.int32), lengths)
+        return logits[jnp.arange(B), lengths - 1], cache
+
+    def _step_impl(self, params, cache, logits, lengths, rng, i, temperature, top_k, top_p):
+        token = sample_logits(logits, jax.random.fold_in(rng, i), temperature, top_k, top_p)
+        logits, cache = self._extend(params, token[:, None], cache, lengths,
+                                     jnp.ones_like(lengths))
+        return token, logits[:, 0], cache, lengths + 1
+
+    def generate_tokens(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, *,
+                        temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                        seed: int = 0) -> np.ndarray:
+        """``max_new_tokens`` new ids for each prompt (lists of ids): an int32 array (B, N)."""
+        if not prompts:
+            raise ValueError("no prompts given")
+        lengths = np.array([len(p) for p in prompts], np.int32)
+        if lengths.min() < 1:
+            raise ValueError("a prompt is empty; generation starts from at least one token")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        if top_k < 0 or temperature < 0:
+            raise ValueError("top_k and temperature must be >= 0")
+        vocab = self.model.vocab_size
+        bad = sorted({int(t) for p in prompts for t in p if not 0 <= int(t) < vocab})
+        if bad:
+            raise ValueError(f"prompt token ids {bad[:10]} are outside the vocabulary of {vocab}")
+        if self.max_len and int(lengths.max()) + max_new_tokens > self.max_len:
+            raise ValueError(
+                f"prompt of {int(lengths.max())} tokens + {max_new_tokens} new tokens exceeds the "
+                f"model's context of {self.max_len} tokens")
+        bucket = bucket_for(int(lengths.max()), self.buckets, self.max_len)
+        padded = np.zeros((len(prompts), bucket), np.int32)
+        for i, p in enumerate(prompts):
+            padded[i, :len(p)] = p
+        logits, cache = self._prefill(self.params, jnp.asarray(padded), jnp.asarray(lengths))
+        cur = jnp.asarray(lengths)
+        rng = jax.random.PRNGKey(seed)
+        settings = (jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p))
+        out = []
+        for i in range(max_new_tokens):
+            token, logits, cache, cur = self._step(self.params, cache, logits, cur, rng,
+                                                   np.int32(i), *settings)
+            out.append(token)
+        return np.stack([np.asarray(t) for t in out], axis=1)
+
+    def encode(self, prompt: str) -> list[int]:
+        if self.tokenizer is None:
+            raise ValueError("this generator has no tokenizer; pass token ids to generate_tokens")
+        return self.tokenizer.encode(prompt)
+
+    def generate_text(self, prompts: str | Sequence[str], max_new_tokens: int = 100,
+                      **sampling: Any) -> list[str]:
+        """The continuation (without the prompt) of each prompt string."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        ids = self.generate_tokens([self.encode(p) for p in prompts], max_new_tokens, **sampling)
+        return [self.tokenizer.decode(row) for row in ids]
+
+
+def generate(model, params, tokenizer: tok.Tokenizer, prompt: str | Sequence[str],
+             max_new_tokens: int = 100, **sampling: Any) -> list[str]:
+    """One-off generation (compiles on each call; keep a :class:`Generator` to reuse compiles)."""
+    return Generator(model, params, tokenizer).generate_text(prompt, max_new_tokens, **sampling)
+
+
+def model_for(model_config):
+    """The generating module of a transformer or LSTM model config."""
+    family = model_config.get("family")
+    if family == "transformer":
+        return transformer_lib.make_model(model_config)
+    if family == "lstm":
+        return lstm_lib.make_model(model_config)
+    raise ValueError(f"cannot generate with model family {family!r}; use transformer or lstm")
+
+
+@functools.lru_cache(maxsize=4)
+def _load_gpt2(path: str):
+    from zoo import convert_gpt2
+    model, params = convert_gpt2.load(path)
+    return model, params, tok.GPT2Tokenizer.from_dir(path)
+
+
+def generate_main(path: str | None = None, prompt: str | Sequence[str] = "", *,
+                  model_config=None, params=None, tokenizer: tok.Tokenizer | dict | None = None,
+                  max_new_tokens: int = 100, temperature: float = 0.8, top_k: int = 0,
+                  top_p: float = 1.0, seed: int = 0, dtype: str | None = None) -> list[str]:
+    """What ``zoo generate`` runs: the continuations of ``prompt``.
+
+    Either ``path`` is a Hugging Face GPT-2 folder (``config.json``, ``model.safetensors`` or
+    ``pytorch_model.bin``, ``vocab.json``, ``merges.txt``), converted on the fly; or the caller has
+    restored a zoo run and passes ``model_config`` (the run's ``config.model``), ``params`` (the
+    model player's params) and ``tokenizer`` (a tokenizer or its ``to_config()`` dict).
+    """
+    if params is not None:
+        if model_config is None or tokenizer is None:
+            raise ValueError("generating from params needs model_config and tokenizer too")
+        if dtype:
+            model_config = {**dict(model_config), "dtype": dtype}
+        model = model_for(model_config)
+        if isinstance(tokenizer, dict):
+            tokenizer = tok.from_config(tokenizer)
+    elif path is not None and (Path(path) / "config.json").exists():
+        model, params, tokenizer = _load_gpt2(str(path))
+    else:
+        raise ValueError(f"{path!r} is not a Hugging Face GPT-2 folder (no config.json); for a zoo "
+                         "run pass model_config, params and tokenizer")
+    return Generator(model, params, tokenizer).generate_text(
+        prompt, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)

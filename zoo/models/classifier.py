@@ -1,0 +1,308 @@
+"""Classifiers: logistic regression, an MLP and a small convnet (the discriminative baseline).
+
+The same shared train step trains them as every generative family; the objective is softmax
+cross-entropy and the metrics are ``loss`` and ``accuracy``. A trained MNIST CNN is also the fixed
+feature extractor of zoo's image-quality metrics (:mod:`zoo.metrics`): :func:`features` gives its
+penultimate-layer activations and :func:`predict_logits` its class scores.
+
+The CNN is the usual small MNIST convnet (conv3x3-32, pool, conv3x3-64, pool, dropout, dense-128,
+dropout, dense-10), after the Keras ``mnist_cnn`` example and the Flax MNIST example. The module a
+set of params belongs to is read back from the params' shapes (:func:`model_from_params`), so
+``features(params, images)`` needs nothing but the params.
+
+Train the classifier the metrics use, and save its params (1.7 MB)::
+
+    python -m zoo.models.classifier configs/classifier_mnist_cnn.py --save zoo/assets/mnist_cnn.msgpack
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import linen as nn
+from flax import serialization
+
+from zoo.core.family import Family
+from zoo.core.step import Update
+
+ARCHS = ("logreg", "mlp", "cnn")
+ASSET_DIR = Path(__file__).resolve().parents[1] / "assets"
+DEFAULT_PARAMS_PATH = ASSET_DIR / "mnist_cnn.msgpack"
+
+
+class LogisticRegression(nn.Module):
+    """Multinomial logistic regression on the flattened image; its "features" are the pixels."""
+
+    num_classes: int = 10
+
+    def features(self, x: jax.Array, train: bool = False) -> jax.Array:
+        return x.reshape(x.shape[0], -1)
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        return nn.Dense(self.num_classes, name="out")(self.features(x, train))
+
+
+class MLP(nn.Module):
+    """Dense+ReLU hidden layers with dropout after each; features are the last hidden layer."""
+
+    hidden: Sequence[int] = (512, 512)
+    num_classes: int = 10
+    dropout: float = 0.2
+
+    def setup(self):
+        self.dense = [nn.Dense(h, name=f"dense_{i}") for i, h in enumerate(self.hidden)]
+        self.drop = nn.Dropout(self.dropout)
+        self.out = nn.Dense(self.num_classes, name="out")
+
+    def features(self, x: jax.Array, train: bool = False) -> jax.Array:
+        h = x.reshape(x.shape[0], -1)
+        for i, layer in enumerate(self.dense):
+            if i:
+                h = self.drop(h, deterministic=not train)
+            h = nn.relu(layer(h))
+        return h
+
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        h = self.drop(self.features(x, train), deterministic=not train)
+        return self.out(h)
+
+
+class CNN(nn.Module):
+    """conv3x3+ReLU+maxpool2 per entry of ``features``, dropout, dense+ReLU, dropout, dense.
+
+    ``features(x)`` is the dense+ReLU layer's output (before dropout): the penultimate layer.
+    """
+
+    features_: Sequence[int] = (32, 64)
+    dense: int = 128
+    num_classes: int = 10
+    conv_dropout: float = 0.25
+    dropout: float = 0.5
+
+    def setup(self):
+        self.convs = [nn.Conv(f, (3, 3), padding="SAME", name=f"conv_{i}")
+                      for i, f in enumerate(self.features_)]
+        self.hidden = nn.Dense(self.dense, name="hidden")
+        self.drop_conv = nn.Dropout(self.conv_dropout)
+        self.drop = nn.Dropout(self.dropout)
+        self.out = nn.Dense(self.num_classes, name="out")
+
+    def features(self, x: jax.Array, train: bool = False) -> jax.Array:
+        chex.assert_rank(x, 4)
+        h = x
+        for conv in self.convs:
+            h = nn.max_pool(nn.relu(conv(h)), (2, 2), strides=(2, 2))
+        h = self.drop_conv(h, deterministic=not train)
+        return nn.relu(self.hidden(h.reshape(h.shape[0], -1)))
+
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        h = self.drop(self.features(x, train), deterministic=not train)
+        return self.out(h)
+
+
+def make_model(config) -> nn.Module:
+    """The classifier module from a model config (keys: arch, num_classes, hidden, features,
+    dense, dropout, conv_dropout)."""
+    arch = config.get("arch", "cnn")
+    k = int(config.get("num_classes", 10))
+    if arch == "logreg":
+        return LogisticRegression(k)
+    if arch == "mlp":
+        return MLP(tuple(config.get("hidden", (512, 512))), k, float(config.get("dropout", 0.2)))
+    if arch == "cnn":
+        return CNN(tuple(config.get("features", (32, 64))), int(config.get("dense", 128)), k,
+                   float(config.get("conv_dropout", 0.25)), float(config.get("dropout", 0.5)))
+    raise ValueError(f"unknown classifier arch {arch!r}; choose one of {', '.join(ARCHS)}")
+
+
+def cross_entropy_metrics(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, dict]:
+    """Mean softmax cross-entropy and the metrics ``loss`` and ``accuracy`` (batch means)."""
+    logits = logits.astype(jnp.float32)
+    loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+    accuracy = jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
+    return loss, {"loss": loss, "accuracy": accuracy}
+
+
+def make_family(config) -> Family:
+    """The classifier family (player ``"model"``); the batch holds ``image`` and ``label``."""
+    model = make_model(config)
+    shape = tuple(config.get("image_shape", (28, 28, 1)))
+
+    def loss_fn(params, model_state, batch, rng):
+        logits = model.apply({"params": params["model"]}, batch["image"], train=True,
+                             rngs={"dropout": rng})
+        loss, metrics = cross_entropy_metrics(logits, batch["label"])
+        return loss, metrics, model_state
+
+    def eval_metrics(params, model_state, batch, rng):
+        logits = model.apply({"params": params["model"]}, batch["image"], train=False)
+        return cross_entropy_metrics(logits, batch["label"])[1]
+
+    def init(rng, batch):
+        params = model.init(rng, jnp.asarray(batch["image"][:1]), train=False)["params"]
+        return {"model": params}, {"model": {}}
+
+    return Family(
+        name="classifier",
+        modules={"model": model},
+        init=init,
+        objective=(Update("model", loss_fn),),
+        eval_metrics=eval_metrics,
+        batch_spec={"image": jax.ShapeDtypeStruct(shape, jnp.float32),
+                    "label": jax.ShapeDtypeStruct((), jnp.int32)},
+        flops_per_example=_flops_per_example(model, shape),
+    )
+
+
+def _flops_per_example(model: nn.Module, shape: Sequence[int]) -> float:
+    """Forward+backward FLOPs per example: 3 x (2 x multiply-adds) of the conv and dense layers."""
+    h, w, c = shape
+    macs = 0
+    if isinstance(model, CNN):
+        for f in model.features_:
+            macs += h * w * c * f * 9
+            h, w, c = h // 2, w // 2, f
+        macs += h * w * c * model.dense + model.dense * model.num_classes
+    elif isinstance(model, MLP):
+        d = h * w * c
+        for n in model.hidden:
+            macs, d = macs + d * n, n
+        macs += d * model.num_classes
+    else:
+        macs = h * w * c * model.num_classes
+    return float(6 * macs)
+
+
+# ----------------------------------------------------------------------------------------------
+# The classifier as a fixed feature extractor.
+
+
+def _unwrap(params: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Accepts a player's params, ``{"model": params}`` or ``{"params": params}``."""
+    for key in ("model", "params"):
+        if set(params) == {key}:
+            params = params[key]
+    return params
+
+
+def model_from_params(params: Mapping[str, Any]) -> nn.Module:
+    """The classifier module these params belong to, read from their names and shapes.
+
+    Dropout rates do not matter at inference and are left at their defaults.
+    """
+    p = _unwrap(params)
+    k = int(np.shape(p["out"]["kernel"])[-1])
+    if "conv_0" in p:
+        n = sum(1 for name in p if name.startswith("conv_"))
+        feats = tuple(int(np.shape(p[f"conv_{i}"]["kernel"])[-1]) for i in range(n))
+        return CNN(feats, int(np.shape(p["hidden"]["kernel"])[-1]), k)
+    if "dense_0" in p:
+        n = sum(1 for name in p if name.startswith("dense_"))
+        return MLP(tuple(int(np.shape(p[f"dense_{i}"]["kernel"])[-1]) for i in range(n)), k)
+    return LogisticRegression(k)
+
+
+def _batched(fn, images: np.ndarray, batch_size: int) -> np.ndarray:
+    images = np.asarray(images, np.float32)
+    if images.ndim == 3:  # (N, H, W): add the channel
+        images = images[..., None]
+    out = [np.asarray(fn(jnp.asarray(images[i:i + batch_size])))
+           for i in range(0, len(images), batch_size)]
+    return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+
+_JITTED: dict = {}
+
+
+def _apply_fn(model: nn.Module, method: str):
+    key = (model, method)
+    if key not in _JITTED:
+        _JITTED[key] = jax.jit(lambda p, x: model.apply(
+            {"params": p}, x, train=False, method=getattr(type(model), method)))
+    return _JITTED[key]
+
+
+def features(params: Mapping[str, Any], images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """Penultimate-layer features (N, D) of ``images`` (N, H, W, C) in [0, 1], as float32 numpy.
+
+    Works for any classifier of this family; the module is read from the params' shapes. Images
+    go through in batches of ``batch_size`` so large sets fit in memory.
+    """
+    model = model_from_params(params)
+    fn = _apply_fn(model, "features")
+    p = _unwrap(params)
+    return _batched(lambda x: fn(p, x), images, batch_size)
+
+
+def predict_logits(params: Mapping[str, Any], images: np.ndarray,
+                   batch_size: int = 1000) -> np.ndarray:
+    """Class logits (N, K) of ``images``, as float32 numpy."""
+    model = model_from_params(params)
+    fn = _apply_fn(model, "__call__")
+    p = _unwrap(params)
+    return _batched(lambda x: fn(p, x), images, batch_size)
+
+
+def save_params(params: Mapping[str, Any], path: str | Path = DEFAULT_PARAMS_PATH) -> Path:
+    """Writes a classifier's params (float32) with flax msgpack serialization."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    host = jax.tree.map(lambda x: np.asarray(x, np.float32), dict(_unwrap(params)))
+    path.write_bytes(serialization.msgpack_serialize(host))
+    return path
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS_PATH) -> dict:
+    """Params written by :func:`save_params` (the default: zoo's trained MNIST CNN)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"no classifier params at {path}; train them with `python -m zoo.models.classifier "
+            f"configs/classifier_mnist_cnn.py --save {path}`")
+    return serialization.msgpack_restore(path.read_bytes())
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """``python -m zoo.models.classifier CONFIG [--save PATH] [--workdir DIR]``: train, evaluate on
+    the test split, optionally save the params. Prints the wall time and test metrics."""
+    import argparse
+    import importlib.util
+    import json
+    import time
+
+    from zoo.train import train
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("config", help="a configs/classifier_*.py file")
+    parser.add_argument("--save", default=None, help="write the trained params here")
+    parser.add_argument("--workdir", default=None)
+    parser.add_argument("--steps", type=int, default=None, help="override config.train.steps")
+    args = parser.parse_args(argv)
+    spec = importlib.util.spec_from_file_location("zoo_config", args.config)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    if args.steps:
+        config.train.steps = args.steps
+    t0 = time.perf_counter()
+    result = train(config, args.workdir)
+    wall = time.perf_counter() - t0
+    params = result.strategy.to_host(result.state.params)["model"]
+    summary = {"config": args.config, "steps": int(config.train.steps), "wall_s": round(wall, 1),
+               "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+               **{f"test_{k}": v for k, v in result.eval_metrics.items()}}
+    if args.save:
+        summary["saved"] = str(save_params(params, args.save))
+    print(json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

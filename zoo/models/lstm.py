@@ -1,0 +1,191 @@
+"""LSTM language models: Zaremba, Sutskever & Vinyals (2014) on PTB, and character-level models.
+
+Embedding, a stack of LSTM layers (flax's ``OptimizedLSTMCell`` under ``nn.RNN``, a scan over
+time), dropout on the non-recurrent connections only (Zaremba et al.: embedding output, between
+layers, before the softmax), and a softmax output that is tied to the embedding or not.
+
+Truncated backpropagation through time: the family's model state holds each layer's ``(c, h)`` for
+every batch row, and the loss returns the state after the batch, so row i of the next batch
+(:class:`zoo.text_data.StreamIterator`) starts where row i of this one stopped. Gradients do not
+flow across batches; a batch with ``reset == 1`` starts from zeros. The carried state is global:
+it trains under the ``single`` and ``mesh`` strategies with ``grad_accum_steps == 1``
+(``carry_state=False`` trains anywhere, each batch from zeros).
+"""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from zoo import flops
+from zoo.core.family import Family
+from zoo.core.step import Update
+from zoo.models.transformer import UNITS, lm_metrics
+
+Carry = list  # per layer: (c, h), each (B, hidden_size)
+
+
+def symmetric_uniform(scale: float):
+    """U(-scale, scale), Zaremba et al.'s initialisation of every weight."""
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -scale, scale)
+    return init
+
+
+class LSTMLM(nn.Module):
+    """``LSTMLM(...)(tokens (B, T), carry) -> (logits (B, T, vocab) float32, new carry)``."""
+
+    vocab_size: int
+    hidden_size: int = 200
+    num_layers: int = 2
+    embed_dim: int | None = None  # None: hidden_size
+    dropout: float = 0.0
+    tie_embeddings: bool = False
+    init_scale: float = 0.1
+    dtype: jnp.dtype = jnp.float32
+
+    def initial_carry(self, batch_size: int) -> Carry:
+        z = jnp.zeros((batch_size, self.hidden_size), jnp.float32)
+        return [(z, z) for _ in range(self.num_layers)]
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array, carry: Carry | None = None, deterministic: bool = True,
+                 seq_lengths: jax.Array | None = None):
+        chex.assert_rank(tokens, 2)
+        B = tokens.shape[0]
+        carry = self.initial_carry(B) if carry is None else carry
+        chex.assert_equal(len(carry), self.num_layers)
+        embed_dim = self.embed_dim or self.hidden_size
+        if self.tie_embeddings and embed_dim != self.hidden_size:
+            raise ValueError(f"tied embeddings need embed_dim ({embed_dim}) == hidden_size "
+                             f"({self.hidden_size})")
+        init = symmetric_uniform(self.init_scale)
+        drop = nn.Dropout(self.dropout)
+        embed = nn.Embed(self.vocab_size, embed_dim, embedding_init=init, dtype=self.dtype,
+                         name="embed")
+        x = drop(embed(tokens), deterministic=deterministic)
+        new_carry = []
+        for i, layer_carry in enumerate(carry):
+            chex.assert_shape(layer_carry, (B, self.hidden_size))
+            cell = nn.OptimizedLSTMCell(self.hidden_size, kernel_init=init,
+                                        recurrent_kernel_init=init, bias_init=init,
+                                        dtype=self.dtype, name=f"lstm_{i}")
+            layer_carry, x = nn.RNN(cell)(
+                x, initial_carry=tuple(layer_carry), seq_lengths=seq_lengths, return_carry=True)
+            new_carry.append(layer_carry)
+            x = drop(x, deterministic=deterministic)
+        if self.tie_embeddings:
+            logits = embed.attend(x)
+        else:
+            logits = nn.Dense(self.vocab_size, dtype=self.dtype, kernel_init=init, bias_init=init,
+                              name="out")(x)
+        return logits.astype(jnp.float32), new_carry
+
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def make_model(config) -> LSTMLM:
+    vocab = config.get("vocab_size", None)
+    if not vocab:
+        raise ValueError("the LSTM needs model.vocab_size (the tokenizer's vocabulary)")
+    dtype = config.get("dtype", "float32")
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    return LSTMLM(vocab_size=int(vocab), hidden_size=int(config.get("hidden_size", 200)),
+                  num_layers=int(config.get("num_layers", 2)),
+                  embed_dim=config.get("embed_dim", None) or None,
+                  dropout=float(config.get("dropout", 0.0)),
+                  tie_embeddings=bool(config.get("tie_embeddings", False)),
+                  init_scale=float(config.get("init_scale", 0.1)), dtype=DTYPES[dtype])
+
+
+def _carry_for(model: LSTMLM, model_state: dict, batch) -> Carry:
+    """The carried state for this batch: zeros on ``reset`` rows."""
+    B = batch["tokens"].shape[0]
+    carry = model_state.get("carry")
+    if carry is None:
+        return model.initial_carry(B)
+    if carry[0][0].shape[0] != B:
+        raise ValueError(
+            f"the LSTM carries a state for {carry[0][0].shape[0]} rows but the loss sees {B}: "
+            "carried state needs the single or mesh strategy and grad_accum_steps=1 "
+            "(or set model.carry_state=False)")
+    keep = (1 - batch["reset"]).astype(jnp.float32)[:, None]
+    return [(c * keep, h * keep) for c, h in carry]
+
+
+def make_family(config) -> Family:
+    """The LSTM LM family. Keys: vocab_size, hidden_size, num_layers, embed_dim, dropout,
+    tie_embeddings, init_scale, dtype, seq_len, unit (char, word), carry_state (default True).
+    Batches: ``{"tokens": (B, seq_len + 1) int32, "reset": (B,) int32}``; the model state is
+    ``{"carry": [(c, h)] * num_layers}`` for the global batch."""
+    model = make_model(config)
+    seq_len = int(config.get("seq_len", 35))
+    unit = config.get("unit", "word")
+    if unit not in UNITS:
+        raise ValueError(f"unknown unit {unit!r}; choose one of {', '.join(UNITS)}")
+    carry_state = bool(config.get("carry_state", True))
+
+    def loss_fn(params, model_state, batch, rng):
+        tokens = batch["tokens"]
+        state = model_state["model"]
+        carry = _carry_for(model, state, batch) if carry_state else None
+        logits, new_carry = model.apply({"params": params["model"]}, tokens[:, :-1], carry,
+                                        deterministic=False, rngs={"dropout": rng})
+        loss, metrics = lm_metrics(logits, tokens[:, 1:], unit)
+        if carry_state:
+            state = {**state, "carry": jax.lax.stop_gradient(new_carry)}
+        return loss, metrics, {**model_state, "model": state}
+
+    def eval_metrics(params, model_state, batch, rng):
+        # Each eval batch starts from zeros: the carried state belongs to the training stream.
+        # evaluate() below carries the state through a whole split, as the papers report.
+        tokens = batch["tokens"]
+        logits, _ = model.apply({"params": params["model"]}, tokens[:, :-1])
+        return lm_metrics(logits, tokens[:, 1:], unit)[1]
+
+    def init(rng, batch):
+        tokens = jnp.asarray(batch["tokens"])
+        params = jax.jit(model.init)(rng, tokens[:1, :-1])["params"]
+        state = {"carry": model.initial_carry(tokens.shape[0])} if carry_state else {}
+        return {"model": params}, {"model": state}
+
+    per_token = 3 * flops.lstm_forward_flops_per_token(  # backward = 2x forward
+        input_dim=model.embed_dim or model.hidden_size, hidden_dim=model.hidden_size,
+        num_layers=model.num_layers, vocab_size=model.vocab_size)
+    return Family(
+        name="lstm",
+        modules={"model": model},
+        init=init,
+        objective=(Update("model", loss_fn),),
+        eval_metrics=eval_metrics,
+        batch_spec={"tokens": jax.ShapeDtypeStruct((seq_len + 1,), jnp.int32),
+                    "reset": jax.ShapeDtypeStruct((), jnp.int32)},
+        flops_per_example=float(seq_len * per_token),
+    )
+
+
+def evaluate(model: LSTMLM, params, tokens: np.ndarray, batch_size: int, seq_len: int,
+             unit: str = "word") -> dict[str, float]:
+    """Loss over a whole split read as contiguous streams, the state carried batch to batch (how
+    Zaremba et al. report test perplexity). Perplexity and bits per character are of the mean loss.
+    """
+    from zoo.text_data import StreamIterator
+
+    @jax.jit
+    def run(carry, batch_tokens):
+        logits, carry = model.apply({"params": params}, batch_tokens[:, :-1], carry)
+        return lm_metrics(logits, batch_tokens[:, 1:], unit)[0], carry
+
+    carry, total, n = model.initial_carry(batch_size), 0.0, 0
+    for batch in StreamIterator(tokens, batch_size, seq_len, process_index=0,
+                                process_count=1).epoch_batches():
+        loss, carry = run(carry, jnp.asarray(batch["tokens"]))
+        total, n = total + float(loss), n + 1
+    loss = total / max(n, 1)
+    return {"loss": loss, "perplexity": float(np.exp(loss)),
+            "bits_per_char": float(loss / np.log(2))}

@@ -1,0 +1,254 @@
+"""Text datasets and language-model batching.
+
+Datasets:
+* ``tiny_shakespeare`` (1.1M characters): through TFDS, offline from a download cache
+  (``source="tfds"``: TFDS's train/validation/test splits), or from the raw ``input.txt``
+  (``source="raw"``: the first 90% trains, the last 10% is both validation and test, as nanoGPT).
+* ``ptb``: Mikolov's Penn Treebank, read from ``ptb.{train,valid,test}.txt`` in ``path``
+  (word level, 10k words; ``ptb_char`` reads the same text one character at a time).
+
+Batches hold ``tokens`` of shape (B, T+1): inputs are ``tokens[:, :-1]``, targets ``tokens[:, 1:]``.
+
+* :class:`StreamIterator` lays the token stream out as B contiguous rows and walks them T tokens at
+  a time, so row i of a batch continues row i of the previous batch: truncated backpropagation
+  through time carries the LSTM's state across batches. ``reset`` is 1 on the first batch of each
+  epoch (the carried state starts from zeros there).
+* :class:`WindowIterator` draws B random windows per batch (nanoGPT's batching, for transformers).
+
+Both are deterministic, give each process its slice of the global batch, and save and restore
+their position with ``state()`` / ``restore()`` like :class:`zoo.data.BatchIterator`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+
+from zoo import tokenizers as tok
+
+TEXT_DATASETS = ("tiny_shakespeare", "ptb", "ptb_char")
+SPLITS = ("train", "validation", "test")
+PTB_FILES = {"train": "ptb.train.txt", "validation": "ptb.valid.txt", "valid": "ptb.valid.txt",
+             "test": "ptb.test.txt"}
+SHARED_DATA_ENV = "ZOO_SHARED_DATA"
+
+
+def _get(cfg, key, default=None):
+    if isinstance(cfg, Mapping):
+        return cfg.get(key, default)
+    return cfg.get(key, default) if hasattr(cfg, "get") else default
+
+
+def default_raw_dir() -> Path:
+    """``$ZOO_SHARED_DATA/raw`` or ``../shared/data/raw`` beside the repository."""
+    shared = os.environ.get(SHARED_DATA_ENV)
+    root = Path(shared) if shared else Path(__file__).resolve().parents[2] / "shared" / "data"
+    return root / "raw"
+
+
+def _check_split(split: str) -> str:
+    split = "validation" if split == "valid" else split
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    return split
+
+
+def tiny_shakespeare_raw(split: str, path: str | os.PathLike | None = None) -> str:
+    """tiny_shakespeare from ``input.txt`` (``path``: the file or its folder); 90/10 split."""
+    split = _check_split(split)
+    path = Path(path) if path else default_raw_dir() / "tiny_shakespeare"
+    if path.is_dir():
+        path = path / "input.txt"
+    if not path.exists():
+        raise ValueError(f"tiny_shakespeare text not found at {path}")
+    text = path.read_text(encoding="utf-8")
+    cut = int(0.9 * len(text))
+    return text[:cut] if split == "train" else text[cut:]
+
+
+def tiny_shakespeare_tfds(split: str, *, data_dir: str | os.PathLike | None = None,
+                          download_dir: str | os.PathLike | None = None) -> str:
+    """tiny_shakespeare through TFDS (prepared offline from ``download_dir``), cached as text."""
+    from zoo import data as data_lib
+
+    split = _check_split(split)
+    data_dir = Path(data_dir) if data_dir else data_lib.default_data_dir()
+    cache = data_dir / "zoo_text" / f"tiny_shakespeare-{split}.txt"
+    if not cache.exists():
+        import tensorflow_datasets as tfds  # lazy: only to prepare the dataset once
+
+        download_dir = download_dir or os.environ.get(data_lib.DOWNLOAD_DIR_ENV)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        builder = tfds.builder("tiny_shakespeare", data_dir=str(data_dir))
+        kwargs: dict[str, Any] = {}
+        if download_dir:
+            kwargs = dict(
+                download_dir=str(data_lib._writable_download_dir(Path(download_dir), data_dir)),
+                download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+        builder.download_and_prepare(**kwargs)
+        examples = tfds.as_numpy(builder.as_dataset(split=split))
+        text = "".join(ex["text"].decode("utf-8") for ex in examples)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, cache)
+    return cache.read_text(encoding="utf-8")
+
+
+def ptb_text(split: str, path: str | os.PathLike | None = None) -> str:
+    """A PTB split's text (``path``: the folder holding ``ptb.{train,valid,test}.txt``)."""
+    split = _check_split(split)
+    path = Path(path) if path else default_raw_dir() / "ptb"
+    file = path / PTB_FILES[split]
+    if not file.exists():
+        raise ValueError(f"PTB file {file} not found; set data.path to the folder holding "
+                         "ptb.train.txt, ptb.valid.txt and ptb.test.txt")
+    return file.read_text(encoding="utf-8")
+
+
+def load_text(data_config, split: str) -> str:
+    """The raw text of ``split`` of ``data_config.dataset``."""
+    name = _get(data_config, "dataset", "tiny_shakespeare")
+    path = _get(data_config, "path") or None
+    if name == "tiny_shakespeare":
+        if _get(data_config, "source", "raw") == "tfds":
+            return tiny_shakespeare_tfds(split, data_dir=_get(data_config, "tfds_data_dir") or None,
+                                         download_dir=_get(data_config, "download_dir") or None)
+        return tiny_shakespeare_raw(split, path)
+    if name in ("ptb", "ptb_char"):
+        return ptb_text(split, path)
+    raise ValueError(f"unknown text dataset {name!r}; choose one of {', '.join(TEXT_DATASETS)}")
+
+
+def make_tokenizer(data_config) -> tok.Tokenizer:
+    """The config's tokenizer (``char``, ``word`` or ``gpt2``), built from the training text."""
+    default = "word" if _get(data_config, "dataset") == "ptb" else "char"
+    name = _get(data_config, "tokenizer", default)
+    if name == "gpt2":
+        return tok.get_tokenizer("gpt2", path=_get(data_config, "tokenizer_path"))
+    if name not in tok.TOKENIZERS:
+        raise ValueError(f"unknown tokenizer {name!r}; choose one of {', '.join(tok.TOKENIZERS)}")
+    return tok.get_tokenizer(name, text=load_text(data_config, "train"))
+
+
+def load_tokens(data_config, split: str, tokenizer: tok.Tokenizer | None = None
+                ) -> tuple[np.ndarray, tok.Tokenizer]:
+    """``split`` encoded as int32 ids, and the tokenizer (built from the train split if None)."""
+    tokenizer = tokenizer or make_tokenizer(data_config)
+    return np.asarray(tokenizer.encode(load_text(data_config, split)), np.int32), tokenizer
+
+
+def _local_rows(global_batch_size: int, process_index: int | None, process_count: int | None):
+    import jax
+
+    index = jax.process_index() if process_index is None else process_index
+    count = jax.process_count() if process_count is None else process_count
+    if global_batch_size % count:
+        raise ValueError(f"global batch of {global_batch_size} does not divide over {count} "
+                         "processes")
+    local = global_batch_size // count
+    return slice(index * local, (index + 1) * local)
+
+
+class StreamIterator:
+    """Contiguous batches for truncated BPTT: ``{"tokens": (B, T+1), "reset": (B,)}``.
+
+    The stream is cut into B rows of ``len(tokens) // B`` tokens; batch j holds columns
+    ``[j*T, j*T + T]`` of every row (consecutive batches overlap by one token: the last target of
+    one is the first input of the next). An epoch is ``(len // B - 1) // T`` batches.
+    """
+
+    def __init__(self, tokens: np.ndarray, global_batch_size: int, seq_len: int, *,
+                 process_index: int | None = None, process_count: int | None = None):
+        tokens = np.asarray(tokens, np.int32)
+        row = len(tokens) // global_batch_size
+        self.batches_per_epoch = (row - 1) // seq_len
+        if self.batches_per_epoch < 1:
+            raise ValueError(f"{len(tokens)} tokens make no batch of {global_batch_size} rows of "
+                             f"{seq_len + 1} tokens")
+        self.rows = tokens[:global_batch_size * row].reshape(global_batch_size, row)
+        self.rows = self.rows[_local_rows(global_batch_size, process_index, process_count)]
+        self.seq_len = seq_len
+        self.epoch, self.index = 0, 0
+
+    def state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def restore(self, state: Mapping[str, int]) -> None:
+        self.epoch, self.index = int(state["epoch"]), int(state["index"])
+
+    def _batch(self, j: int) -> dict[str, np.ndarray]:
+        lo = j * self.seq_len
+        reset = np.full((len(self.rows),), int(j == 0), np.int32)
+        return {"tokens": self.rows[:, lo:lo + self.seq_len + 1], "reset": reset}
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self.index >= self.batches_per_epoch:
+            self.epoch, self.index = self.epoch + 1, 0
+        batch = self._batch(self.index)
+        self.index += 1
+        return batch
+
+    def epoch_batches(self) -> Iterator[dict[str, np.ndarray]]:
+        """One pass in order, from a reset state (for evaluation)."""
+        for j in range(self.batches_per_epoch):
+            yield self._batch(j)
+
+
+class WindowIterator:
+    """B windows of T+1 tokens at random offsets per batch: ``{"tokens": (B, T+1)}``.
+
+    Batch s draws its offsets from ``(seed, s)``, so a restored iterator repeats exactly.
+    """
+
+    def __init__(self, tokens: np.ndarray, global_batch_size: int, seq_len: int, *, seed: int = 0,
+                 process_index: int | None = None, process_count: int | None = None):
+        self.tokens = np.asarray(tokens, np.int32)
+        if len(self.tokens) < seq_len + 2:
+            raise ValueError(f"{len(self.tokens)} tokens are too few for windows of {seq_len + 1}")
+        self.global_batch_size, self.seq_len, self.seed = global_batch_size, seq_len, seed
+        self.local = _local_rows(global_batch_size, process_index, process_count)
+        self.index = 0
+
+    def state(self) -> dict[str, int]:
+        return {"index": self.index}
+
+    def restore(self, state: Mapping[str, int]) -> None:
+        self.index = int(state["index"])
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng([self.seed, self.index])
+        self.index += 1
+        starts = rng.integers(0, len(self.tokens) - self.seq_len - 1, self.global_batch_size)
+        starts = starts[self.local]
+        return {"tokens": self.tokens[starts[:, None] + np.arange(self.seq_len + 1)]}
+
+    def epoch_batches(self) -> Iterator[dict[str, np.ndarray]]:
+        """Non-overlapping windows in order, covering the split once (for evaluation)."""
+        n = (len(self.tokens) - 1) // self.seq_len
+        starts = np.arange(n) * self.seq_len
+        for lo in range(0, n - self.global_batch_size + 1, self.global_batch_size):
+            s = starts[lo:lo + self.global_batch_size][self.local]
+            yield {"tokens": self.tokens[s[:, None] + np.arange(self.seq_len + 1)]}
+
+
+def make_iterator(data_config, tokens: np.ndarray, *, seed: int = 0, batch_size: int | None = None,
+                  **process) -> StreamIterator | WindowIterator:
+    """``data.batching``: ``stream`` (contiguous, TBPTT) or ``random`` windows; ``data.seq_len``."""
+    batching = _get(data_config, "batching", "random")
+    batch_size = int(batch_size or _get(data_config, "batch_size"))
+    seq_len = int(_get(data_config, "seq_len"))
+    if batching == "stream":
+        return StreamIterator(tokens, batch_size, seq_len, **process)
+    if batching == "random":
+        return WindowIterator(tokens, batch_size, seq_len, seed=seed, **process)
+    raise ValueError(f"unknown batching {batching!r}; choose stream or random")
