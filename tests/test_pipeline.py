@@ -70,6 +70,11 @@ def test_sigkill_at_a_random_step_then_resume_is_bitwise_identical(tmp_path):
     kill_at = random.Random().randint(12, 48)
     victim = _zoo_train(tmp_path / "killed", *steps)
     _wait_for_step(tmp_path / "killed", victim, kill_at)
+    # Saves are async: make sure at least one finished (renamed into place) before the kill, so
+    # the rerun has something to resume from. A kill mid-save leaves only orbax's tmp directory.
+    deadline = time.time() + 60
+    while not (tmp_path / "killed" / "checkpoints" / "10").is_dir() and time.time() < deadline:
+        time.sleep(0.05)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     resumed = _zoo_train(tmp_path / "killed", *steps)
