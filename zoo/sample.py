@@ -17,6 +17,7 @@ files for a trained ``vae`` or ``gan`` family and returns their paths by name:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from pathlib import Path
@@ -138,6 +139,16 @@ def _lerp(a, b, steps):
 
 def _class_rows(num_classes, n_cols):
     return jnp.repeat(jnp.arange(num_classes, dtype=jnp.int32), n_cols)
+
+
+def with_sample_fn(family: Family) -> Family:
+    """``family`` with a ``sample_fn`` writing :func:`write_samples` PNGs to ``out_dir/step_<step>``."""
+
+    def sample_fn(params, model_state, rng, out_dir, step):
+        return write_samples(family, params, model_state,
+                             Path(out_dir) / f"step_{int(step):07d}", rng)
+
+    return dataclasses.replace(family, sample_fn=sample_fn)
 
 
 def write_samples(family: Family, params: Mapping, model_state: Mapping, out_dir: str | Path,

@@ -30,8 +30,6 @@ model state; each update keeps only its own player's new statistics.
 
 from __future__ import annotations
 
-import dataclasses
-from pathlib import Path
 from typing import Sequence
 
 import chex
@@ -41,6 +39,7 @@ import numpy as np
 from flax import linen as nn
 
 from zoo.core.family import Family
+from zoo.sample import with_sample_fn
 from zoo.core.parallel import PMAP_AXIS
 from zoo.core.step import Update
 
@@ -345,18 +344,7 @@ def make_family(config) -> Family:
         eval_metrics=eval_metrics,
         batch_spec=spec,
     )
-    return dataclasses.replace(family, sample_fn=_sample_fn(family))
-
-
-def _sample_fn(family):
-    """Family.sample_fn: PNGs of samples and interpolations in ``out_dir/step_<step>``."""
-
-    def sample_fn(params, model_state, rng, out_dir, step):
-        from zoo import sample  # lazy: PIL and matplotlib only when drawing
-        return sample.write_samples(family, params, model_state,
-                                    Path(out_dir) / f"step_{int(step):07d}", rng)
-
-    return sample_fn
+    return with_sample_fn(family)
 
 
 # ---- generation, for zoo.sample ----------------------------------------------------------------

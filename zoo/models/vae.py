@@ -16,9 +16,7 @@ fits in memory; it is the usual estimate of a VAE's test log-likelihood.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from pathlib import Path
 from typing import Sequence
 
 import chex
@@ -29,6 +27,7 @@ import optax
 from flax import linen as nn
 
 from zoo.core.family import Family
+from zoo.sample import with_sample_fn
 from zoo.core.step import Update
 
 ARCHS = ("mlp", "conv")
@@ -279,18 +278,7 @@ def make_family(config) -> Family:
     family = Family(name="vae", modules={PLAYER: model}, init=init,
                     objective=(Update(PLAYER, loss_fn),),
                     eval_metrics=lambda *a: loss_fn(*a)[1], batch_spec=spec)
-    return dataclasses.replace(family, sample_fn=_sample_fn(family))
-
-
-def _sample_fn(family):
-    """Family.sample_fn: PNGs of samples and interpolations in ``out_dir/step_<step>``."""
-
-    def sample_fn(params, model_state, rng, out_dir, step):
-        from zoo import sample  # lazy: PIL and matplotlib only when drawing
-        return sample.write_samples(family, params, model_state,
-                                    Path(out_dir) / f"step_{int(step):07d}", rng)
-
-    return sample_fn
+    return with_sample_fn(family)
 
 
 # ---- generation, for zoo.sample ----------------------------------------------------------------
