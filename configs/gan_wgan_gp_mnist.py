@@ -5,30 +5,17 @@ gradient penalty lambda = 10, n_critic = 5, Adam 1e-4 with beta1 0, beta2 0.9; t
 configs/gan_deep_mnist.py (no BatchNorm in the critic, as the paper asks), batch 64.
 """
 
+import default
 import ml_collections
 
 
 def get_config() -> ml_collections.ConfigDict:
-    return _config(
-        model=dict(family="gan", arch="mlp", image_shape=(28, 28, 1), latent_dim=100,
-                   g_hidden=(256, 512, 1024), d_hidden=(512, 256), loss="wasserstein",
-                   gradient_penalty=10.0, n_critic=5, num_classes=0, conditioning="projection",
-                   embed_dim=10),
-        optimizer=dict(learning_rate=1e-4, b1=0.0, b2=0.9), batch_size=64, steps=4000)
-
-
-def _config(model: dict, optimizer: dict, batch_size: int, steps: int):
-    config = ml_collections.ConfigDict()
-    config.model = ml_collections.ConfigDict(model)
-    config.data = ml_collections.ConfigDict(dict(
-        dataset="mnist", batch_size=batch_size, eval_batch_size=1000, synthetic_size=4096,
-        tfds_data_dir="", download_dir=""))
-    config.optimizer = ml_collections.ConfigDict(dict(
-        dict(name="adam", learning_rate=1e-3, schedule="constant", warmup_steps=0,
-             grad_clip_norm=0.0, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, momentum=0.0,
-             end_factor=0.0), **optimizer))
-    config.parallel = ml_collections.ConfigDict(dict(strategy="mesh", data=-1, fsdp=1))
-    config.train = ml_collections.ConfigDict(dict(
-        steps=steps, log_every=100, seed=0, grad_accum_steps=1, compute_dtype="float32",
-        remat=False))
+    config = default.get_config()
+    config.model = ml_collections.ConfigDict(dict(
+        family="gan", arch="mlp", image_shape=(28, 28, 1), latent_dim=100,
+        g_hidden=(256, 512, 1024), d_hidden=(512, 256), loss="wasserstein", gradient_penalty=10.0,
+        n_critic=5, num_classes=0, conditioning="projection", embed_dim=10))
+    config.optimizer.update(learning_rate=1e-4, b1=0.0, b2=0.9)
+    config.data.batch_size = 64
+    config.train.update(steps=4000, log_every=100, best_metric="")
     return config

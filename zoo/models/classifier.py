@@ -273,10 +273,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     """``python -m zoo.models.classifier CONFIG [--save PATH] [--workdir DIR]``: train, evaluate on
     the test split, optionally save the params. Prints the wall time and test metrics."""
     import argparse
-    import importlib.util
     import json
     import time
 
+    from zoo.config import load_config_file
     from zoo.train import train
 
     parser = argparse.ArgumentParser(description=main.__doc__)
@@ -285,10 +285,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--steps", type=int, default=None, help="override config.train.steps")
     args = parser.parse_args(argv)
-    spec = importlib.util.spec_from_file_location("zoo_config", args.config)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = load_config_file(args.config)
     if args.steps:
         config.train.steps = args.steps
     t0 = time.perf_counter()
