@@ -6,25 +6,23 @@ Effectiveness of Recurrent Neural Networks" and github.com/karpathy/char-rnn. Th
 across batches (truncated BPTT over contiguous streams). 65 characters in tiny_shakespeare.
 """
 
+import default
 import ml_collections
 
 SEQ_LEN = 50
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
+    config = default.get_config()
     config.model = ml_collections.ConfigDict(dict(
-        family="lstm", vocab_size=65, hidden_size=128, num_layers=2, embed_dim=0,
-        dropout=0.0, tie_embeddings=False, init_scale=0.08, dtype="float32", seq_len=SEQ_LEN,
-        unit="char", carry_state=True))
-    config.data = ml_collections.ConfigDict(dict(
-        dataset="tiny_shakespeare", source="tfds", path="", tokenizer="char", batching="stream",
-        seq_len=SEQ_LEN, batch_size=50, eval_batch_size=50, tfds_data_dir="", download_dir=""))
-    config.optimizer = ml_collections.ConfigDict(dict(
-        name="adam", learning_rate=2e-3, schedule="exponential", warmup_steps=10 * 400,
-        transition_steps=400, decay_rate=0.97, grad_clip_norm=5.0))
-    config.parallel = ml_collections.ConfigDict(dict(strategy="single", data=-1, fsdp=1))
-    config.train = ml_collections.ConfigDict(dict(
-        steps=20_000, log_every=100, seed=0, grad_accum_steps=1, compute_dtype="float32",
-        remat=False))
+        family="lstm", vocab_size=0, hidden_size=128, num_layers=2, embed_dim=0, dropout=0.0,
+        tie_embeddings=False, init_scale=0.08, dtype="float32", seq_len=SEQ_LEN, unit="char",
+        carry_state=True))
+    config.data = default.text_data("tiny_shakespeare", source="tfds", batching="stream",
+                                    seq_len=SEQ_LEN, batch_size=50)
+    config.optimizer.update(learning_rate=2e-3, schedule="exponential", warmup_steps=10 * 400,
+                            transition_steps=400, decay_rate=0.97, grad_clip_norm=5.0)
+    config.parallel.strategy = "single"
+    config.train.update(steps=20_000, log_every=100, eval_every=1000, checkpoint_every=1000)
+    default.text_sampling(config)
     return config

@@ -214,5 +214,5 @@ def test_zoo_train_on_mnist_offline_through_the_cli(tfds_dirs, tmp_path, capsys)
                      "--config.train.steps=20", "--config.train.log_every=10"])
     out = capsys.readouterr().out
     assert code == 0
-    assert "step     20/20" in out and "eval at step 20" in out
+    assert "step     20/20" in out and "eval (test) at step 20" in out
     assert (tmp_path / "tensorboard").is_dir() and any((tmp_path / "tensorboard").iterdir())

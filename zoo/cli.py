@@ -23,7 +23,9 @@ def _eval(args, overrides) -> int:
     if args.config:
         config = config_lib.apply_overrides(config_lib.load_config_file(args.config), overrides)
         overrides = []
-    train.evaluate_checkpoint(args.path, config=config, overrides=overrides, step=args.step)
+    train.evaluate_checkpoint(args.path, config=config, overrides=overrides, step=args.step,
+                              split=args.split, quality=not args.no_quality,
+                              num_samples=args.num_samples, iwae_k=args.iwae_k)
     return 0
 
 
@@ -60,8 +62,8 @@ def _generate(args, overrides) -> int:
     texts = generate.generate_main(args.path, args.prompt, max_new_tokens=args.max_new_tokens,
                                    temperature=args.temperature, top_k=args.top_k,
                                    top_p=args.top_p, seed=args.seed)
-    for text in texts:
-        print(text)
+    for prompt, text in zip(args.prompt, texts):
+        print(prompt + text + ("\n" if len(texts) > 1 else ""))
     return 0
 
 
@@ -74,10 +76,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="a config file in configs/")
     p.add_argument("--workdir", default=None, help="where metrics and checkpoints go")
     p.set_defaults(run=_train)
-    p = sub.add_parser("eval", help="evaluate a checkpoint on the test split",
-                       description="zoo eval RUN_DIR [--step N] [--config FILE --config.key=value]")
+    p = sub.add_parser("eval", help="evaluate a checkpoint: metrics and sample quality",
+                       description="zoo eval RUN_DIR [--step N] [--split test] [--iwae-k K] "
+                                   "[--config FILE --config.key=value]. Prints the eval metrics "
+                                   "and, for generative models, the quality report (FID, "
+                                   "precision/recall, mode coverage; perplexity, distinct-n; "
+                                   "generation speed), and writes them to RUN_DIR/eval.json.")
     p.add_argument("path", help="a run directory (the --workdir of zoo train)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
+    p.add_argument("--split", default="test", help="the split to evaluate (default: test)")
+    p.add_argument("--no-quality", action="store_true", help="eval metrics only, no samples")
+    p.add_argument("--num-samples", type=int, default=10_000,
+                   help="images generated for the image-quality report (default 10000)")
+    p.add_argument("--iwae-k", type=int, default=0,
+                   help="VAE: also the IWAE-k test log-likelihood (e.g. 5000; slow)")
     p.add_argument("--config", default=None, help="a config file to use instead of the saved one "
                                                   "(--config.key=value overrides apply either way)")
     p.set_defaults(run=_eval)
@@ -89,9 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tfds-data-dir", default=None)
     p.add_argument("--download-dir", default=None)
     p.set_defaults(run=_sample)
-    p = sub.add_parser("generate", help="generate text from a Hugging Face GPT-2 folder")
+    p = sub.add_parser("generate", help="generate text from a zoo language-model run or a "
+                                        "Hugging Face GPT-2 folder",
+                       description="zoo generate PATH --prompt TEXT: PATH is a zoo train workdir "
+                                   "of an lstm or transformer run, or a GPT-2 folder "
+                                   "(config.json, model.safetensors, vocab.json, merges.txt)")
     p.add_argument("path")
-    p.add_argument("--prompt", required=True)
+    p.add_argument("--prompt", required=True, action="append",
+                   help="a prompt; repeat for a batch of prompts")
     p.add_argument("--max-new-tokens", type=int, default=100)
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--top-k", type=int, default=0)

@@ -16,6 +16,7 @@ the draws: the same seed, prompts and settings give the same text.
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -171,11 +172,74 @@ def model_for(model_config):
     raise ValueError(f"cannot generate with model family {family!r}; use transformer or lstm")
 
 
+def default_prompt(tokenizer: tok.Tokenizer, text: str | None, num_tokens: int = 8) -> str:
+    """The first ``num_tokens`` tokens of ``text`` (a held-out split), or a newline."""
+    if not text:
+        return "\n"
+    head = text[:2000]
+    if len(text) > 2000 and " " in head:  # cut between words: a word tokenizer needs whole ones
+        head = head[:head.rindex(" ")]
+    return tokenizer.decode(tokenizer.encode(head)[:num_tokens])
+
+
+def text_sample_fn(model, tokenizer: tok.Tokenizer, prompt: str, *, num_samples: int = 2,
+                   max_new_tokens: int = 200, temperature: float = 0.8, top_k: int = 0):
+    """A family ``sample_fn`` for language models: writes ``num_samples`` continuations of
+    ``prompt`` to ``out_dir/step_<step>.txt`` and returns the text written.
+
+    One :class:`Generator` is kept across calls (the params are an argument of its compiled
+    functions), so sampling at each evaluation compiles once per run.
+    """
+    generator = None
+    prompt_ids = tokenizer.encode(prompt)
+
+    def sample_fn(params, model_state, rng, out_dir, step):
+        nonlocal generator
+        if generator is None:
+            generator = Generator(model, params["model"], tokenizer)
+        generator.params = params["model"]
+        n = max_new_tokens
+        if generator.max_len:
+            n = min(n, generator.max_len - len(prompt_ids))
+        seed = int(jax.random.randint(rng, (), 0, 2**31 - 1))
+        texts = generator.generate_text([prompt] * num_samples, n, temperature=temperature,
+                                        top_k=top_k, seed=seed)
+        body = "\n\n".join(f"--- sample {i} (temperature {temperature}) ---\n{prompt}{t}"
+                            for i, t in enumerate(texts))
+        out = Path(out_dir) / f"step_{int(step):07d}.txt"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(body + "\n", encoding="utf-8")
+        return body
+
+    return sample_fn
+
+
 @functools.lru_cache(maxsize=4)
 def _load_gpt2(path: str):
     from zoo import convert_gpt2
     model, params = convert_gpt2.load(path)
     return model, params, tok.GPT2Tokenizer.from_dir(path)
+
+
+def load_run(path: str | Path):
+    """(model, params, tokenizer) of a language model: a ``zoo train`` run directory (its newest
+    checkpoint, with the config and tokenizer saved in it) or a Hugging Face GPT-2 folder."""
+    from zoo import sample
+
+    path = Path(path)
+    if (path / "config.json").is_file():
+        return _load_gpt2(str(path))
+    ckpt_dir = sample._orbax_dir(path)
+    if ckpt_dir is None:
+        raise ValueError(f"{str(path)!r} is neither a zoo run directory (no checkpoints/) nor a "
+                         "Hugging Face GPT-2 folder (no config.json)")
+    params, _, config, extra_data = sample._load_checkpoint(ckpt_dir, with_data=True)
+    saved = extra_data.get("tokenizer")
+    if not saved and (ckpt_dir.parent / "tokenizer.json").is_file():
+        saved = json.loads((ckpt_dir.parent / "tokenizer.json").read_text())
+    if not saved:
+        raise ValueError(f"the run in {path} saved no tokenizer: it is not a language model run")
+    return model_for(config.get("model", {})), params["model"], tok.from_config(saved)
 
 
 def generate_main(path: str | None = None, prompt: str | Sequence[str] = "", *,
@@ -184,10 +248,12 @@ def generate_main(path: str | None = None, prompt: str | Sequence[str] = "", *,
                   top_p: float = 1.0, seed: int = 0, dtype: str | None = None) -> list[str]:
     """What ``zoo generate`` runs: the continuations of ``prompt``.
 
-    Either ``path`` is a Hugging Face GPT-2 folder (``config.json``, ``model.safetensors`` or
-    ``pytorch_model.bin``, ``vocab.json``, ``merges.txt``), converted on the fly; or the caller has
-    restored a zoo run and passes ``model_config`` (the run's ``config.model``), ``params`` (the
-    model player's params) and ``tokenizer`` (a tokenizer or its ``to_config()`` dict).
+    Either ``path`` is a ``zoo train`` run directory of a language model (``lstm`` or
+    ``transformer``; its newest checkpoint, config and tokenizer) or a Hugging Face GPT-2 folder
+    (``config.json``, ``model.safetensors`` or ``pytorch_model.bin``, ``vocab.json``,
+    ``merges.txt``), converted on the fly; or the caller passes ``model_config`` (a run's
+    ``config.model``), ``params`` (the model player's params) and ``tokenizer`` (a tokenizer or
+    its ``to_config()`` dict).
     """
     if params is not None:
         if model_config is None or tokenizer is None:
@@ -197,10 +263,9 @@ def generate_main(path: str | None = None, prompt: str | Sequence[str] = "", *,
         model = model_for(model_config)
         if isinstance(tokenizer, dict):
             tokenizer = tok.from_config(tokenizer)
-    elif path is not None and (Path(path) / "config.json").exists():
-        model, params, tokenizer = _load_gpt2(str(path))
+    elif path is not None:
+        model, params, tokenizer = load_run(path)
     else:
-        raise ValueError(f"{path!r} is not a Hugging Face GPT-2 folder (no config.json); for a zoo "
-                         "run pass model_config, params and tokenizer")
+        raise ValueError("generate_main needs a path (a zoo run or a GPT-2 folder) or params")
     return Generator(model, params, tokenizer).generate_text(
         prompt, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)

@@ -172,6 +172,43 @@ def write_samples(family: Family, params: Mapping, model_state: Mapping, out_dir
     raise ValueError(f"zoo.sample draws the vae and gan families; got {family.name!r}")
 
 
+def num_classes(family: Family) -> int:
+    """How many classes a ``vae`` or ``gan`` family is conditioned on (0: unconditional)."""
+    module = family.modules["model" if family.name == "vae" else "generator"]
+    return int(module.num_classes)
+
+
+def generate_images(family: Family, params: Mapping, model_state: Mapping, rng: jax.Array, n: int,
+                    labels: np.ndarray | None = None, batch_size: int = 1000) -> np.ndarray:
+    """``n`` images in [0, 1] from a ``vae`` (z from the prior) or ``gan`` family, as numpy
+    (N, H, W, C); ``labels`` (N,) for a conditional model. One compile per batch shape."""
+    from zoo.models import gan, vae
+
+    if family.name == "vae":
+        model, p = family.modules["model"], params["model"]
+        latent = model.latent_dim
+        decode = jax.jit(lambda z, y: vae.decode_images(model, p, z, y))
+    elif family.name == "gan":
+        model, p = family.modules["generator"], params["generator"]
+        s, latent = dict(model_state.get("generator", {})), model.latent_dim
+        decode = jax.jit(lambda z, y: gan.generate(model, p, s, z, y))
+    else:
+        raise ValueError(f"zoo generates images with the vae and gan families; got {family.name!r}")
+    if model.num_classes and labels is None:
+        raise ValueError(f"this {family.name} is conditioned on {model.num_classes} classes; "
+                         "pass labels")
+    out = []
+    for i, start in enumerate(range(0, n, batch_size)):
+        m = min(batch_size, n - start)
+        z = jax.random.normal(jax.random.fold_in(rng, i), (batch_size, latent))
+        y = None
+        if model.num_classes:  # pad the last batch so every call has the same shape
+            y = np.zeros(batch_size, np.int32)
+            y[:m] = labels[start:start + m]
+        out.append(np.asarray(decode(z, y))[:m])
+    return np.concatenate(out)
+
+
 def _names(num_classes, class_names):
     return list(class_names) if class_names else [f"class {c}" for c in range(num_classes)]
 
@@ -325,8 +362,9 @@ def _orbax_dir(path: Path) -> Path | None:
     return None
 
 
-def _load_checkpoint(directory: Path) -> tuple[dict, dict, dict]:
-    """(params, model_state, config) from the newest checkpoint that zoo.checkpoint wrote."""
+def _load_checkpoint(directory: Path, with_data: bool = False) -> tuple:
+    """(params, model_state, config) from the newest checkpoint that zoo.checkpoint wrote, and
+    its data state (iterator position, tokenizer) if ``with_data``."""
     import orbax.checkpoint as ocp
 
     manager = ocp.CheckpointManager(directory.absolute())
@@ -334,8 +372,9 @@ def _load_checkpoint(directory: Path) -> tuple[dict, dict, dict]:
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(), extra=ocp.args.JsonRestore()))
     to_np = lambda tree: jax.tree.map(np.asarray, tree)
-    return (to_np(restored.state["params"]), to_np(restored.state.get("model_state", {})),
-            dict(restored.extra.get("config", {})))
+    out = (to_np(restored.state["params"]), to_np(restored.state.get("model_state", {})),
+           dict(restored.extra.get("config", {})))
+    return (*out, dict(restored.extra.get("data", {}))) if with_data else out
 
 
 def load_run(path: str | Path) -> tuple[Family, dict, dict, dict]:

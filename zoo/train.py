@@ -21,8 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zoo import data as data_lib
-from zoo import models
+from zoo import input_pipeline, models
 from zoo.core import compiled, optim, parallel
 from zoo.core.family import Family
 from zoo.core.train_state import TrainState, param_count
@@ -49,25 +48,6 @@ def make_strategy(parallel_config) -> parallel.Strategy:
         return parallel.make_strategy("mesh", data=int(parallel_config.get("data", -1)),
                                       fsdp=int(parallel_config.get("fsdp", 1)))
     return parallel.make_strategy(name)
-
-
-def load_data(data_config, family: Family, split: str, *, seed: int) -> dict[str, np.ndarray]:
-    """Arrays for ``split`` holding the keys of ``family.batch_spec``."""
-    name = data_config.get("dataset", "synthetic")
-    known = ("synthetic", *data_lib.IMAGE_DATASETS)
-    if name == "synthetic":
-        shape = family.batch_spec["image"].shape
-        n = int(data_config.get("synthetic_size", 4096))
-        arrays = data_lib.synthetic_images(n, shape, seed=seed + (split != "train"))
-    elif name in data_lib.IMAGE_DATASETS:
-        arrays = data_lib.load_tfds(name, split, data_dir=data_config.get("tfds_data_dir") or None,
-                                    download_dir=data_config.get("download_dir") or None)
-    else:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(known)}")
-    missing = set(family.batch_spec) - set(arrays)
-    if missing:
-        raise ValueError(f"dataset {name!r} has no {sorted(missing)} for family {family.name!r}")
-    return {k: arrays[k] for k in family.batch_spec}
 
 
 @dataclasses.dataclass
@@ -121,10 +101,15 @@ class PreemptionGuard:
 
 
 class Progress:
-    """One status line: step, loss, throughput, ETA (redrawn in place on a terminal)."""
+    """One status line: step, loss, throughput, ETA (redrawn in place on a terminal).
 
-    def __init__(self, total: int, start: int, batch_size: int, log: Callable[[str], None]):
+    ``tokens_per_example`` (language models) adds tokens/s to examples/s.
+    """
+
+    def __init__(self, total: int, start: int, batch_size: int, log: Callable[[str], None],
+                 tokens_per_example: int = 0):
         self.total, self.start, self.batch_size, self.log = total, start, batch_size, log
+        self.tokens_per_example = tokens_per_example
         self.t0 = time.perf_counter()
         self.tty = log is print and sys.stdout.isatty()
 
@@ -133,8 +118,10 @@ class Progress:
         rate = (step - self.start) / max(elapsed, 1e-9)
         eta = (self.total - step) / max(rate, 1e-9)
         shown = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+        tokens = (f"{rate * self.batch_size * self.tokens_per_example:,.0f} tok/s  "
+                  if self.tokens_per_example else "")
         return (f"step {step:>6}/{self.total}  {shown}  {rate * self.batch_size:,.0f} ex/s  "
-                f"eta {int(eta) // 60}:{int(eta) % 60:02d}")
+                f"{tokens}eta {int(eta) // 60}:{int(eta) % 60:02d}")
 
     def update(self, step: int, metrics: dict[str, float]) -> None:
         if self.tty:
@@ -182,19 +169,31 @@ class MetricWriter:
 class Run:
     """Everything built from a config, before training starts."""
 
+    config: Any                       # the config, with model.vocab_size filled in for text
     family: Family
     strategy: parallel.Strategy
     template: TrainState              # host state at step 0 (shapes, optimizers)
     train_step: compiled.CompiledStep
     eval_step: compiled.CompiledStep
-    train_arrays: dict[str, np.ndarray]
-    eval_arrays: dict[str, np.ndarray]
+    data: input_pipeline.RunData
+    sample_fn: Callable | None        # writes samples at each evaluation (images or text)
 
 
-def build(config, *, splits: tuple[str, ...] = ("train", "test")) -> Run:
-    """Family, strategy, data, initial state and compiled steps from a config."""
+def build(config, *, train: bool = True, eval_split: str | None = None,
+          tokenizer: dict | None = None) -> Run:
+    """Family, strategy, data, initial state and compiled steps from a config.
+
+    ``train=False`` loads only the evaluation split (``eval_split``, default the config's). For
+    text, ``tokenizer`` is a saved tokenizer's ``to_config()`` (a resumed or evaluated run uses
+    the one it trained with); otherwise one is built from the training split.
+    """
     tc = config.train
     seed = int(tc.get("seed", 0))
+    input_pipeline.check_dataset(config.data)
+    text_tokenizer = None
+    if input_pipeline.is_text(config.data):
+        text_tokenizer = input_pipeline.make_tokenizer(config.data, tokenizer)
+        config = input_pipeline.with_vocab_size(config, text_tokenizer)
     family = models.make_family(config.model)
     strategy = make_strategy(config.get("parallel", {}))
     grad_accum = int(tc.get("grad_accum_steps", 1))
@@ -206,28 +205,62 @@ def build(config, *, splits: tuple[str, ...] = ("train", "test")) -> Run:
                          f"{', '.join(NONFINITE_POLICIES)}")
     # Fail before loading data or compiling if the batch cannot be split as asked.
     parallel.check_divisible(batch_size, strategy.num_shards, "devices", grad_accum)
-    train_arrays = load_data(config.data, family, "train", seed=seed) if "train" in splits else {}
-    eval_arrays = load_data(config.data, family, "test", seed=seed)
-    init_batch = {k: v[:batch_size] for k, v in (train_arrays or eval_arrays).items()}
-    params, model_state = family.init(jax.random.PRNGKey(seed), init_batch)
+    data = input_pipeline.make_run_data(config.data, family, seed=seed, train=train,
+                                        eval_split=eval_split, tokenizer=text_tokenizer)
+    params, model_state = family.init(jax.random.PRNGKey(seed), data.example)
     optimizers = config.get("optimizers", None)  # per player, else one config for all
     tx = {p: optim.make_optimizer(optimizers[p] if optimizers and p in optimizers
                                   else config.optimizer, int(tc.steps)) for p in params}
     template = TrainState.create(params=params, tx=tx, model_state=model_state,
                                  rng=jax.random.PRNGKey(seed + 1))
+    _check_best_metric(tc.get("best_metric", ""), family, template, data.example)
     train_step = compiled.compile_train_step(
         family.objective, strategy, batch_spec=family.batch_spec, grad_accum_steps=grad_accum,
         compute_dtype=dtype, remat=bool(tc.get("remat", False)),
         skip_nonfinite=nonfinite == "skip")
     eval_step = compiled.compile_eval_step(family.eval_metrics, strategy,
                                            batch_spec=family.batch_spec, compute_dtype=dtype)
-    return Run(family, strategy, template, train_step, eval_step, train_arrays, eval_arrays)
+    sample_fn = family.sample_fn
+    if text_tokenizer is not None:
+        from zoo import generate
+        sample_fn = generate.text_sample_fn(
+            family.modules["model"], text_tokenizer,
+            tc.get("sample_prompt", "") or generate.default_prompt(text_tokenizer, data.eval_text),
+            max_new_tokens=int(tc.get("sample_tokens", 200)))
+    return Run(config, family, strategy, template, train_step, eval_step, data, sample_fn)
 
 
-def _eval_batches(config, arrays):
-    n = len(next(iter(arrays.values())))
-    size = min(int(config.data.get("eval_batch_size", config.data.batch_size)), n)
-    return data_lib.BatchIterator(arrays, size, shuffle=False).epoch_batches()
+def _check_best_metric(name: str, family: Family, template: TrainState, example) -> None:
+    """Refuses a ``train.best_metric`` that evaluation will not report (an abstract trace)."""
+    if not name:
+        return
+    names = jax.eval_shape(family.eval_metrics, template.params, template.model_state, example,
+                           jax.random.PRNGKey(0)).keys()
+    if name not in names:
+        raise ValueError(f"train.best_metric={name!r} is not an eval metric of the "
+                         f"{family.name} family; choose one of {', '.join(sorted(names))}, or '' "
+                         "to keep only the latest checkpoints")
+
+
+def evaluate_run(run: Run, state) -> dict[str, float]:
+    """The run's evaluation metrics on its evaluation split."""
+    if run.family.evaluate is not None:
+        return run.family.evaluate(run.strategy.to_host(state.params),
+                                   run.strategy.to_host(state.model_state), run.data.eval_batches())
+    return evaluate(run.eval_step, state, run.data.eval_batches())
+
+
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def _saved_tokenizer(workdir: Path | None) -> dict | None:
+    """The tokenizer a run in ``workdir`` trained with, if it has checkpoints to resume."""
+    if workdir is None or not (workdir / TOKENIZER_FILE).is_file():
+        return None
+    ckpts = workdir / "checkpoints"
+    if not (ckpts.is_dir() and any(d.name.isdigit() for d in ckpts.iterdir())):
+        return None
+    return json.loads((workdir / TOKENIZER_FILE).read_text())
 
 
 def _config_dict(config) -> dict:
@@ -247,10 +280,14 @@ def train(config, workdir: str | Path | None = None,
     tc = config.train
     seed, steps = int(tc.get("seed", 0)), int(tc.steps)
     batch_size = int(config.data.batch_size)
-    run = build(config)
-    strategy = run.strategy
-    it = data_lib.BatchIterator(run.train_arrays, batch_size, seed=seed)
     workdir = Path(workdir) if workdir is not None else None
+    saved_tokenizer = _saved_tokenizer(workdir)
+    run = build(config, tokenizer=saved_tokenizer)
+    config, strategy, it = run.config, run.strategy, run.data.train
+    tokenizer = run.data.tokenizer.to_config() if run.data.tokenizer is not None else None
+    if tokenizer is not None and workdir is not None and jax.process_index() == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / TOKENIZER_FILE).write_text(json.dumps(tokenizer))
 
     ckpt = None
     state, start, skipped = None, 0, 0
@@ -270,7 +307,9 @@ def train(config, workdir: str | Path | None = None,
         f"global batch {batch_size}, steps {start}->{steps}")
 
     writer = MetricWriter(workdir)
-    progress = Progress(steps, start, batch_size, log)
+    spec = run.family.batch_spec
+    tokens = spec["tokens"].shape[0] - 1 if isinstance(spec, dict) and "tokens" in spec else 0
+    progress = Progress(steps, start, batch_size, log, tokens)
     log_every = int(tc.get("log_every", 50))
     eval_every = int(tc.get("eval_every", 0)) or steps
     save_every = int(tc.get("checkpoint_every", 0)) or steps
@@ -282,7 +321,8 @@ def train(config, workdir: str | Path | None = None,
         if ckpt is None:
             return
         ckpt.save(step, state, strategy, metrics=metrics, config=_config_dict(config),
-                  data_state={"iterator": it.state(), "skipped_updates": skipped})
+                  data_state={"iterator": it.state(), "skipped_updates": skipped,
+                              "tokenizer": tokenizer})
         last_saved = step
 
     stop_on_nonfinite = tc.get("nonfinite", "stop") == "stop"
@@ -312,13 +352,16 @@ def train(config, workdir: str | Path | None = None,
                         writer.write(step, m)
                 if evaluating:
                     progress.newline()
-                    eval_metrics = evaluate(run.eval_step, state, _eval_batches(config, run.eval_arrays))
-                    log(f"eval at step {step}: " + "  ".join(f"{k} {v:.4g}" for k, v in eval_metrics.items()))
+                    eval_metrics = evaluate_run(run, state)
+                    log(f"eval ({run.data.eval_split}) at step {step}: "
+                        + "  ".join(f"{k} {v:.4g}" for k, v in eval_metrics.items()))
                     writer.write(step, eval_metrics, prefix="eval")
-                    if run.family.sample_fn is not None and workdir is not None and jax.process_index() == 0:
-                        run.family.sample_fn(strategy.to_host(state.params),
-                                             strategy.to_host(state.model_state),
-                                             jax.random.PRNGKey(step), workdir / "samples", step)
+                    if run.sample_fn is not None and workdir is not None and jax.process_index() == 0:
+                        written = run.sample_fn(strategy.to_host(state.params),
+                                                strategy.to_host(state.model_state),
+                                                jax.random.PRNGKey(step), workdir / "samples", step)
+                        if isinstance(written, str):  # text: show what the model writes now
+                            log(f"sample at step {step}:\n{written}")
                 if saving:
                     save(step, eval_metrics if evaluating and eval_metrics else None)
                 if guard.stop_requested():
@@ -342,18 +385,23 @@ def train(config, workdir: str | Path | None = None,
 
 
 def evaluate_checkpoint(path: str | Path, *, config=None, overrides: list[str] = (),
-                        step: int | None = None,
+                        step: int | None = None, split: str = "test", quality: bool = True,
+                        num_samples: int = 10_000, iwae_k: int = 0,
                         log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Evaluates a run directory (or its ``checkpoints/``) on the test split.
+    """Evaluates a run directory (or its ``checkpoints/``) on ``split`` (default test).
 
-    Uses the config saved in the checkpoint unless one is given, with ``--config.key=value``
-    overrides applied. A saved mesh layout that does not fit this machine's devices is replaced by
-    a data-parallel mesh over all of them (the checkpoint restores under any layout). Returns the
-    metrics and writes them to ``eval.json`` in the run directory.
+    Uses the config (and, for text, the tokenizer) saved in the checkpoint unless a config is
+    given, with ``--config.key=value`` overrides applied. A saved mesh layout that does not fit
+    this machine's devices is replaced by a data-parallel mesh over all of them (the checkpoint
+    restores under any layout). With ``quality``, generative families also get the quality report
+    of :func:`zoo.eval_quality.run_quality_report` (``num_samples`` samples; ``iwae_k > 0`` adds a
+    VAE's IWAE-k test log-likelihood). Returns the results and writes them to ``eval.json`` in the
+    run directory.
     """
     import ml_collections
 
     from zoo import config as config_lib
+    from zoo import eval_quality
     from zoo.checkpoint import Checkpointer
 
     path = Path(path)
@@ -362,12 +410,12 @@ def evaluate_checkpoint(path: str | Path, *, config=None, overrides: list[str] =
         raise ValueError(f"{path} is not a run directory: no checkpoints/ in it")
     ckpt = Checkpointer(ckpt_dir)
     try:
+        latest = step if step is not None else ckpt.latest_step()
+        if latest is None:
+            raise ValueError(f"no checkpoint in {ckpt_dir}")
+        extra = dict(ckpt.manager.restore(latest, args=ckpt_args_extra()).extra)
         if config is None:
-            latest = step if step is not None else ckpt.latest_step()
-            if latest is None:
-                raise ValueError(f"no checkpoint in {ckpt_dir}")
-            extra = ckpt.manager.restore(latest, args=ckpt_args_extra())
-            config = ml_collections.ConfigDict(dict(extra.extra)["config"])
+            config = ml_collections.ConfigDict(extra["config"])
         config = config_lib.apply_overrides(config, overrides)
         pc = config.get("parallel", {})
         if pc.get("strategy", "mesh") == "mesh" and (
@@ -376,12 +424,21 @@ def evaluate_checkpoint(path: str | Path, *, config=None, overrides: list[str] =
             log(f"zoo: the saved mesh data={pc.get('data')} x fsdp={pc.get('fsdp')} does not fit "
                 f"{jax.device_count()} device(s); evaluating data-parallel over all of them")
             config.parallel.data, config.parallel.fsdp = -1, 1
-        run = build(config, splits=("test",))
+        run = build(config, train=False, eval_split=split,
+                    tokenizer=extra.get("data", {}).get("tokenizer"))
         state, _, restored_step = ckpt.restore(run.template, run.strategy, step=step, log=log)
     finally:
         ckpt.close()
-    metrics = evaluate(run.eval_step, state, _eval_batches(config, run.eval_arrays))
-    result = {"step": restored_step, "family": run.family.name, "metrics": metrics}
+    metrics = evaluate_run(run, state)
+    result = {"step": restored_step, "family": run.family.name, "split": split,
+              "metrics": metrics}
+    if quality:
+        report = eval_quality.run_quality_report(
+            run.family, run.strategy.to_host(state.params), run.strategy.to_host(state.model_state),
+            run.config, data=run.data, metrics=metrics, num_samples=num_samples, iwae_k=iwae_k,
+            log=log)
+        if report:
+            result["quality"] = report
     out = ckpt_dir.parent / "eval.json"
     if jax.process_index() == 0:
         out.write_text(json.dumps(result, indent=2))

@@ -25,6 +25,9 @@ class Family:
       flops_per_example: forward+backward FLOPs of one training example (for MFU); None: unknown.
       sample_fn: ``sample_fn(params, model_state, rng, out_dir, step)`` writes samples (images or
         text) at each evaluation; None: the family writes none.
+      evaluate: ``evaluate(params, model_state, batches) -> metrics`` over one in-order pass of a
+        split, for families whose evaluation carries state from batch to batch (the LSTM); None:
+        the mean of ``eval_metrics`` over the batches.
     """
 
     name: str
@@ -35,3 +38,4 @@ class Family:
     batch_spec: PyTree
     flops_per_example: float | None = None
     sample_fn: Callable | None = None
+    evaluate: Callable | None = None

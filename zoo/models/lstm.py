@@ -143,7 +143,7 @@ def make_family(config) -> Family:
 
     def eval_metrics(params, model_state, batch, rng):
         # Each eval batch starts from zeros: the carried state belongs to the training stream.
-        # evaluate() below carries the state through a whole split, as the papers report.
+        # evaluate() below carries a state of its own through a whole split (family.evaluate).
         tokens = batch["tokens"]
         logits, _ = model.apply({"params": params["model"]}, tokens[:, :-1])
         return lm_metrics(logits, tokens[:, 1:], unit)[1]
@@ -166,26 +166,31 @@ def make_family(config) -> Family:
         batch_spec={"tokens": jax.ShapeDtypeStruct((seq_len + 1,), jnp.int32),
                     "reset": jax.ShapeDtypeStruct((), jnp.int32)},
         flops_per_example=float(seq_len * per_token),
+        # With a carried state, evaluation carries it through the split too (stream batches).
+        evaluate=(lambda params, model_state, batches: evaluate(model, params["model"], batches,
+                                                                 unit)) if carry_state else None,
     )
 
 
-def evaluate(model: LSTMLM, params, tokens: np.ndarray, batch_size: int, seq_len: int,
-             unit: str = "word") -> dict[str, float]:
-    """Loss over a whole split read as contiguous streams, the state carried batch to batch (how
-    Zaremba et al. report test perplexity). Perplexity and bits per character are of the mean loss.
+def evaluate(model: LSTMLM, params, batches, unit: str = "word") -> dict[str, float]:
+    """Mean loss over ``batches`` read in order as contiguous streams (a
+    :class:`zoo.text_data.StreamIterator` pass), the state carried batch to batch: how Zaremba et
+    al. report test perplexity. Perplexity (or bits per character) is of the mean loss.
     """
-    from zoo.text_data import StreamIterator
-
     @jax.jit
     def run(carry, batch_tokens):
         logits, carry = model.apply({"params": params}, batch_tokens[:, :-1], carry)
         return lm_metrics(logits, batch_tokens[:, 1:], unit)[0], carry
 
-    carry, total, n = model.initial_carry(batch_size), 0.0, 0
-    for batch in StreamIterator(tokens, batch_size, seq_len, process_index=0,
-                                process_count=1).epoch_batches():
-        loss, carry = run(carry, jnp.asarray(batch["tokens"]))
+    carry, total, n = None, 0.0, 0
+    for batch in batches:
+        tokens = jnp.asarray(batch["tokens"])
+        carry = model.initial_carry(tokens.shape[0]) if carry is None else carry
+        loss, carry = run(carry, tokens)
         total, n = total + float(loss), n + 1
-    loss = total / max(n, 1)
-    return {"loss": loss, "perplexity": float(np.exp(loss)),
-            "bits_per_char": float(loss / np.log(2))}
+    if not n:
+        raise ValueError("the evaluation split makes no batch; lower data.eval_batch_size")
+    loss = total / n
+    if unit == "char":
+        return {"loss": loss, "bits_per_char": float(loss / np.log(2))}
+    return {"loss": loss, "perplexity": float(np.exp(loss))}

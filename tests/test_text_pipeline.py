@@ -1,0 +1,127 @@
+"""Language models through the one pipeline: zoo train on text, tokenizers saved with the run,
+carried-state evaluation, exact resume, zoo eval's text report and zoo generate on a run."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from configs_loader import CONFIGS, load_config
+from zoo import cli, train
+from zoo.config import apply_overrides
+
+# A tiny transformer on tiny_shakespeare's raw text (the pipeline is under test, not the model).
+TRANSFORMER = ["--config.model.n_layer=2", "--config.model.n_head=2", "--config.model.n_embd=32",
+               "--config.model.block_size=32", "--config.model.seq_len=32",
+               "--config.data.seq_len=32", "--config.data.batch_size=8",
+               "--config.data.eval_batch_size=64", "--config.train.log_every=10",
+               "--config.train.sample_tokens=20"]
+# A tiny LSTM on PTB, state carried across batches.
+LSTM = ["--config.model.hidden_size=32", "--config.model.seq_len=10", "--config.data.seq_len=10",
+        "--config.data.batch_size=8", "--config.data.eval_batch_size=8",
+        "--config.train.log_every=5", "--config.train.sample_tokens=10",
+        "--config.optimizer.warmup_steps=0"]
+
+
+def _config(name, *overrides):
+    return apply_overrides(load_config(name), overrides)
+
+
+def test_zoo_train_eval_generate_on_tiny_shakespeare(tmp_path, capsys):
+    code = cli.main(["train", "--config", str(CONFIGS / "transformer_char_cpu.py"), "--workdir",
+                     str(tmp_path), *TRANSFORMER, "--config.train.steps=60",
+                     "--config.train.eval_every=30", "--config.train.checkpoint_every=30"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "eval (validation) at step 60" in out and "tok/s" in out
+    history = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    losses = [h["train"]["loss"] for h in history if "train" in h]
+    assert losses[0] > 3.5 and losses[-1] < losses[0] - 0.5, losses  # ln(65) = 4.17 at the start
+    # The tokenizer is saved with the run and text samples are written at each evaluation.
+    tokenizer = json.loads((tmp_path / "tokenizer.json").read_text())
+    assert tokenizer["name"] == "char" and len(tokenizer["chars"]) == 65
+    samples = sorted((tmp_path / "samples").glob("step_*.txt"))
+    assert [p.name for p in samples] == ["step_0000030.txt", "step_0000060.txt"]
+    assert "--- sample 0" in samples[-1].read_text()
+
+    assert cli.main(["eval", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert result["split"] == "test" and result["step"] == 60
+    quality = result["quality"]
+    np.testing.assert_allclose(quality["bits_per_char"], result["metrics"]["bits_per_char"])
+    assert 0 < quality["distinct_2"] <= 1 and 0 < quality["distinct_2_reference"] <= 1
+    assert quality["tokens_per_s"] > 0 and quality["num_samples"] == 20
+
+    capsys.readouterr()
+    args = ["generate", str(tmp_path), "--prompt", "ROMEO:", "--prompt", "JULIET:",
+            "--max-new-tokens", "12", "--seed", "3"]
+    assert cli.main(args) == 0
+    first = capsys.readouterr().out
+    assert cli.main(args) == 0
+    assert capsys.readouterr().out == first  # seeded
+    assert first.startswith("ROMEO:") and "\nJULIET:" in first
+    assert len(first.split("\n\n")[0]) == len("ROMEO:") + 12  # one character per token
+    # Characters the model never saw are named.
+    assert cli.main(["generate", str(tmp_path), "--prompt", "ROMEO: ñ€"]) == 2
+    assert "'ñ'" in capsys.readouterr().err
+
+
+def _train_lstm(workdir, *overrides):
+    return train.train(_config("lstm_ptb_small", *LSTM, *overrides), workdir, log=lambda s: None)
+
+
+def test_lstm_on_ptb_resumes_exactly_with_its_stream_position(tmp_path):
+    steps = ["--config.train.steps=12", "--config.train.checkpoint_every=4",
+             "--config.train.eval_every=12"]
+    whole = _train_lstm(tmp_path / "whole", *steps)
+    _train_lstm(tmp_path / "cut", "--config.train.steps=8", "--config.train.checkpoint_every=4",
+                "--config.train.eval_every=8")
+    resumed = _train_lstm(tmp_path / "cut", *steps)  # resumes at step 8
+    a, b = jax.device_get(whole.state), jax.device_get(resumed.state)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(x, y)
+    # Carried evaluation over the validation split: perplexity is exp(mean loss) per word.
+    m = whole.eval_metrics
+    assert set(m) == {"loss", "perplexity"}
+    np.testing.assert_allclose(m["perplexity"], np.exp(m["loss"]), rtol=1e-6)
+    assert m["perplexity"] < 10_000  # better than uniform over the vocabulary after 12 steps
+
+
+def test_text_config_errors(tmp_path):
+    with pytest.raises(ValueError, match="model.vocab_size=50 is smaller than the 65 tokens"):
+        train.build(_config("transformer_char_cpu", *TRANSFORMER, "--config.model.vocab_size=50"))
+    with pytest.raises(ValueError, match="unknown dataset 'wikitext'; known: .*tiny_shakespeare"):
+        train.build(_config("transformer_char_cpu", "--config.data.dataset=wikitext"))
+    with pytest.raises(ValueError, match="unknown tokenizer 'wordpiece'; choose one of char"):
+        train.build(_config("transformer_char_cpu", "--config.data.tokenizer=wordpiece"))
+    with pytest.raises(ValueError, match="train.best_metric='accuracy' is not an eval metric of "
+                                         "the transformer family; choose one of bits_per_char"):
+        train.build(_config("transformer_char_cpu", *TRANSFORMER,
+                            "--config.train.best_metric=accuracy"))
+
+
+def test_zoo_generate_refuses_a_folder_that_is_no_run(tmp_path, capsys):
+    assert cli.main(["generate", str(tmp_path), "--prompt", "hi"]) == 2
+    assert "neither a zoo run directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.py")), ids=lambda p: p.stem)
+def test_every_config_builds_its_family(path):
+    from zoo import input_pipeline, models, tokenizers
+
+    config = load_config(path.stem)
+    if path.stem == "default":
+        assert not config.model  # every other config sets the model
+        return
+    assert set(config) >= {"model", "data", "optimizer", "parallel", "train"}
+    input_pipeline.check_dataset(config.data)
+    if input_pipeline.is_text(config.data):
+        vocab = config.model.vocab_size or 65
+        config = input_pipeline.with_vocab_size(
+            config, tokenizers.CharTokenizer([chr(i) for i in range(vocab)]))
+    family = models.make_family(config.model)
+    assert family.objective and family.batch_spec

@@ -1,0 +1,146 @@
+"""A run's data from its config: the training iterator, evaluation passes and, for text, the tokenizer.
+
+Image datasets (``mnist``, ``fashion_mnist``, ``cifar10``, ``synthetic``) come from
+:mod:`zoo.data`; text datasets (``tiny_shakespeare``, ``ptb``, ``ptb_char``) from
+:mod:`zoo.text_data`. Either way the training iterator is deterministic for a seed, gives each
+process its slice of the global batch, and saves and restores its position (``state()`` /
+``restore()``), which the checkpoint holds.
+
+Text runs build their tokenizer from the training split (``char``, ``word``) or from GPT-2's files
+(``gpt2``), or take a saved one (a resumed or evaluated run uses the tokenizer it trained with).
+:func:`with_vocab_size` fills ``model.vocab_size`` from it.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from zoo import data as data_lib
+from zoo import text_data
+from zoo import tokenizers as tok
+from zoo.core.family import Family
+
+Batch = dict[str, np.ndarray]
+
+
+@dataclasses.dataclass
+class RunData:
+    """What the training loop reads.
+
+    Attributes:
+      train: ``next(train)`` is this process's part of the next global batch; ``train.state()``
+        and ``train.restore(state)`` save and restore its position. None when only evaluating.
+      eval_batches: ``eval_batches()`` is one in-order pass over the evaluation split.
+      eval_split: the split ``eval_batches`` reads.
+      example: one batch of training shapes (to initialise the model).
+      tokenizer: the text tokenizer (None for images).
+      eval_text: the evaluation split's text (None for images): prompts and reference n-grams.
+    """
+
+    train: Any | None
+    eval_batches: Callable[[], Iterator[Batch]]
+    eval_split: str
+    example: Batch
+    tokenizer: tok.Tokenizer | None = None
+    eval_text: str | None = None
+
+
+def known_datasets() -> tuple[str, ...]:
+    return ("synthetic", *data_lib.IMAGE_DATASETS, *text_data.TEXT_DATASETS)
+
+
+def is_text(data_config) -> bool:
+    return data_config.get("dataset", "synthetic") in text_data.TEXT_DATASETS
+
+
+def check_dataset(data_config) -> None:
+    name = data_config.get("dataset", "synthetic")
+    if name not in known_datasets():
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(known_datasets())}")
+
+
+def make_tokenizer(data_config, saved: dict | None = None) -> tok.Tokenizer:
+    """The saved tokenizer (a ``to_config()`` dict) if given, else one built from the config."""
+    return tok.from_config(saved) if saved else text_data.make_tokenizer(data_config)
+
+
+def with_vocab_size(config, tokenizer: tok.Tokenizer):
+    """A copy of ``config`` whose ``model.vocab_size`` is the tokenizer's when unset (0 or None).
+
+    A larger vocabulary is allowed (GPT-2 is often padded to a multiple of 64); a smaller one
+    cannot embed every token and is refused.
+    """
+    config = copy.deepcopy(config)
+    vocab = config.model.get("vocab_size", 0) or 0
+    if not vocab:
+        config.model.vocab_size = tokenizer.vocab_size
+    elif vocab < tokenizer.vocab_size:
+        raise ValueError(f"model.vocab_size={vocab} is smaller than the {tokenizer.vocab_size} "
+                         f"tokens of the {type(tokenizer).__name__}; set model.vocab_size=0 to "
+                         "take the tokenizer's")
+    return config
+
+
+def load_images(data_config, family: Family, split: str, *, seed: int) -> Batch:
+    """Arrays of ``split`` holding the keys of ``family.batch_spec``."""
+    name = data_config.get("dataset", "synthetic")
+    if name == "synthetic":
+        shape = family.batch_spec["image"].shape
+        n = int(data_config.get("synthetic_size", 4096))
+        arrays = data_lib.synthetic_images(n, shape, seed=seed + (split != "train"))
+    else:
+        arrays = data_lib.load_tfds(name, split, data_dir=data_config.get("tfds_data_dir") or None,
+                                    download_dir=data_config.get("download_dir") or None)
+    missing = set(family.batch_spec) - set(arrays)
+    if missing:
+        raise ValueError(f"dataset {name!r} has no {sorted(missing)} for family {family.name!r}")
+    return {k: arrays[k] for k in family.batch_spec}
+
+
+def make_run_data(data_config, family: Family, *, seed: int, train: bool = True,
+                  eval_split: str | None = None, tokenizer: tok.Tokenizer | None = None
+                  ) -> RunData:
+    """The run's data (see :class:`RunData`).
+
+    ``eval_split`` defaults to ``data.eval_split`` (``validation`` for text, ``test`` for images,
+    MNIST having no validation split). Families that evaluate a whole split in order
+    (``family.evaluate``, the LSTM carrying its state) get every row of it in every process.
+    """
+    check_dataset(data_config)
+    batch_size = int(data_config.batch_size)
+    eval_size = int(data_config.get("eval_batch_size", 0) or batch_size)
+    text = is_text(data_config)
+    eval_split = eval_split or data_config.get("eval_split", "") or (
+        "validation" if text else "test")
+    whole_split = {"process_index": 0, "process_count": 1} if family.evaluate else {}
+
+    if not text:
+        train_arrays = load_images(data_config, family, "train", seed=seed) if train else None
+        eval_arrays = load_images(data_config, family, eval_split, seed=seed)
+        n_eval = len(next(iter(eval_arrays.values())))
+        eval_iter = lambda: data_lib.BatchIterator(
+            eval_arrays, min(eval_size, n_eval), shuffle=False, **whole_split).epoch_batches()
+        source = train_arrays or eval_arrays
+        example = {k: v[:batch_size] for k, v in source.items()}
+        it = data_lib.BatchIterator(train_arrays, batch_size, seed=seed) if train else None
+        return RunData(it, eval_iter, eval_split, example)
+
+    if tokenizer is None:
+        raise ValueError("a text dataset needs its tokenizer (input_pipeline.make_tokenizer)")
+    eval_text = text_data.load_text(data_config, eval_split)
+    eval_tokens = np.asarray(tokenizer.encode(eval_text), np.int32)
+    eval_iter = lambda: text_data.make_iterator(
+        data_config, eval_tokens, batch_size=eval_size, **whole_split).epoch_batches()
+    it = None
+    if train:
+        train_tokens, _ = text_data.load_tokens(data_config, "train", tokenizer)
+        it = text_data.make_iterator(data_config, train_tokens, seed=seed)
+        example = next(text_data.make_iterator(data_config, train_tokens, seed=seed))
+    else:
+        example = next(text_data.make_iterator(data_config, eval_tokens, seed=seed,
+                                               batch_size=min(batch_size, eval_size)))
+    return RunData(it, eval_iter, eval_split, example, tokenizer, eval_text)
