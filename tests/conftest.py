@@ -2,8 +2,12 @@
 
 import os
 
+# 8 CPU devices are 8 threads on 2 cores: under load one can reach a collective more than XLA's
+# default 40 s after the others, which aborts the process. Wait up to 10 minutes instead.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8").strip()
+                           " --xla_force_host_platform_device_count=8"
+                           " --xla_cpu_collective_call_terminate_timeout_seconds=600"
+                           " --xla_cpu_collective_call_warn_stuck_timeout_seconds=120").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from pathlib import Path  # noqa: E402

@@ -129,3 +129,29 @@ def test_vae_trained_on_mnist_beats_untrained(mnist):
     print(f"same 100 images: ELBO {float(elbo):.2f}, IWAE-500 {float(iwae):.2f} nats")
     assert float(iwae) >= float(elbo), (float(iwae), float(elbo))
     assert float(iwae) < 0
+
+
+def test_zoo_eval_reports_quality_and_iwae_for_a_vae_run(tfds_dirs, tmp_path):
+    """zoo eval on a (short) real MNIST run: eval metrics, classifier-FID beside its floor,
+    precision/recall, mode coverage, generation speed and the IWAE test NLL, in eval.json."""
+    import json
+
+    from configs_loader import load_config
+    from zoo import train
+    from zoo.config import apply_overrides
+
+    config = apply_overrides(load_config("vae_mnist"), [
+        f"--config.data.tfds_data_dir={tfds_dirs['tfds_data_dir']}",
+        f"--config.data.download_dir={tfds_dirs['download_dir']}",
+        "--config.train.steps=200", "--config.model.hidden=(128,)", "--config.data.batch_size=96"])
+    train.train(config, tmp_path, log=lambda s: None)
+    result = train.evaluate_checkpoint(tmp_path, num_samples=500, iwae_k=10, log=lambda s: None)
+    assert json.loads((tmp_path / "eval.json").read_text()) == result
+    q, elbo_nll = result["quality"], result["metrics"]["loss"]
+    assert q["num_samples"] == 500 and q["samples_per_s"] > 0
+    # 200 steps draw blurry digits: far from real data, but every class appears.
+    assert q["fid"] > 3 * q["fid_floor"] > 0
+    assert 0 <= q["precision"] <= 1 and 0 <= q["recall"] <= 1 and q["classes_covered"] >= 0.9
+    # IWAE-10 is a tighter bound than the one-sample ELBO: a lower NLL, by a few nats at most.
+    assert elbo_nll - 20 < q["test_nll_iwae"] < elbo_nll, (q["test_nll_iwae"], elbo_nll)
+    assert q["iwae_k"] == 10 and q["iwae_images"] == 10_000
