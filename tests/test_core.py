@@ -9,7 +9,7 @@ from flax import linen as nn
 
 from zoo import data
 from zoo.core import compiled, parallel
-from zoo.core.step import Update, make_train_step
+from zoo.core.step import PER_EXAMPLE, Update, make_train_step
 from zoo.core.train_state import TrainState
 from zoo.models import autoencoder
 
@@ -226,6 +226,88 @@ def test_users_own_flax_module_and_loss():
     assert losses[-1] < 0.1 * losses[0]
 
 
+# A model state with both kinds of leaf: "mean", a BatchNorm-like batch statistic (averaged over
+# shards), and a per-example running value "h" for each batch row (h <- h / 2 + x, per row).
+ROWS = 16
+
+
+def _rows_loss(params, batch, rng, model_state):
+    x = batch["x"]
+    loss = jnp.mean((x * params["w"]) ** 2)
+    new_state = {"mean": jnp.mean(x, axis=0),
+                 PER_EXAMPLE: {"h": 0.5 * model_state[PER_EXAMPLE]["h"] + x}}
+    return loss, {"loss": loss}, new_state
+
+
+def _rows_state(rows=ROWS):
+    h0 = np.arange(rows * 3, dtype=np.float32).reshape(rows, 3)  # every row different
+    return TrainState.create(params={"w": jnp.ones(3)}, tx=optax.sgd(0.1), seed=0,
+                             model_state={"mean": jnp.zeros(3), PER_EXAMPLE: {"h": h0}})
+
+
+def _rows_batches(n, rows=ROWS):
+    rng = np.random.default_rng(0)
+    return [{"x": rng.normal(size=(rows, 3)).astype(np.float32)} for _ in range(n)]
+
+
+ROWS_RUNS = [("single", {}, 1), ("pmap", {}, 1), ("mesh", {"data": 4, "fsdp": 2}, 1),
+             ("pmap", {}, 2), ("mesh", {"data": 8}, 2)]
+
+
+@pytest.mark.parametrize("name,options,grad_accum_steps", ROWS_RUNS, ids=str)
+def test_per_example_state_follows_its_rows_and_the_rest_is_averaged(name, options,
+                                                                     grad_accum_steps):
+    strategy = parallel.make_strategy(name, **options)
+    host = _rows_state()
+    h0 = host.model_state["model"][PER_EXAMPLE]["h"]
+    state = strategy.place_state(host)
+    placed_h = state.model_state["model"][PER_EXAMPLE]["h"]
+    if name == "pmap":  # device d holds its contiguous slice of rows, as it does of the batch
+        per_device = ROWS // 8
+        for d, device in enumerate(strategy.devices):
+            shard, = [s for s in placed_h.addressable_shards if s.device == device]
+            np.testing.assert_array_equal(shard.data[0], h0[d * per_device:(d + 1) * per_device])
+    step = compiled.compile_train_step(_rows_loss, strategy, grad_accum_steps=grad_accum_steps)
+    x1, x2 = (b["x"] for b in _rows_batches(2))
+    for x in (x1, x2):
+        state, _ = step(state, {"x": x})
+    if name == "mesh":  # still sharded like the batch after the steps
+        assert state.model_state["model"][PER_EXAMPLE]["h"].sharding.is_equivalent_to(
+            strategy.batch_sharding, 2)
+    got = strategy.to_host(state.model_state)["model"]
+    # Each row's own running value: not averaged over devices, not reordered by microbatches.
+    np.testing.assert_allclose(got[PER_EXAMPLE]["h"], 0.25 * h0 + 0.5 * x1 + x2, rtol=1e-6)
+    # The statistic is averaged over devices: the global batch mean (with k microbatches, the
+    # last microbatch's, rows k-1, 2k-1, ...: non-per-example state passes through them in order).
+    k = grad_accum_steps
+    np.testing.assert_allclose(got["mean"], x2[k - 1::k].mean(axis=0), rtol=1e-5, atol=1e-6)
+    assert strategy.canonical_state(state).model_state["model"][PER_EXAMPLE]["h"].shape == (ROWS, 3)
+
+
+@pytest.mark.parametrize("name,options,grad_accum_steps",
+                         [("pmap", {}, 1), ("pmap", {}, 2), ("mesh", {"data": 4, "fsdp": 2}, 1),
+                          ("mesh", {"data": 8}, 1)],
+                         ids=str)
+def test_per_example_state_compiles_once_over_ten_steps(name, options, grad_accum_steps):
+    strategy = parallel.make_strategy(name, **options)
+    state = strategy.place_state(_rows_state())
+    # Step 2 reuses step 1's executable only if the placed state has the shardings the step's
+    # outputs have (pmap once recompiled on a mismatch here).
+    placed = jax.tree.map(lambda x: x.sharding, state)
+    step = compiled.compile_train_step(_rows_loss, strategy, grad_accum_steps=grad_accum_steps)
+    batches = _rows_batches(10)
+    state, _ = step(state, batches[0])
+    for x, sharding in zip(jax.tree.leaves(state), jax.tree.leaves(placed)):
+        assert x.sharding.is_equivalent_to(sharding, x.ndim), (x.sharding, sharding)
+    traces = step.num_traces
+    with compiled.CompileCounter() as compiles:
+        for b in batches[1:]:
+            state, metrics = step(state, b)
+        jax.block_until_ready(metrics)
+    assert compiles.count == 0 and step.num_traces == traces
+    assert int(strategy.to_host(state.step)) == 10
+
+
 class TestBadInput:
     def _step(self, name="mesh", **options):
         family = _ae()
@@ -265,6 +347,23 @@ class TestBadInput:
         with pytest.raises(ValueError, match="does not divide into 4 microbatches over 8 devices; "
                                              "use a multiple of 32"):
             step.place_batch({"image": np.zeros((48, 28, 28, 1), np.float32)})
+
+    @pytest.mark.parametrize("name", ["single", "pmap", "mesh"])
+    def test_per_example_state_for_another_batch_size(self, name):
+        strategy = parallel.make_strategy(name)
+        state = strategy.place_state(_rows_state(16))
+        step = compiled.compile_train_step(_rows_loss, strategy)
+        with pytest.raises(ValueError, match=r"per-example state model_state\['model'\]"
+                                             r"\['per_example'\]\['h'\] has 16 rows but the "
+                                             r"global batch has 8 examples"):
+            step(state, _rows_batches(1, rows=8)[0])
+        assert step.num_traces == 0
+
+    @pytest.mark.parametrize("name", ["pmap", "mesh"])
+    def test_per_example_state_that_does_not_divide_over_devices(self, name):
+        with pytest.raises(ValueError, match=r"\['per_example'\]\['h'\] has 12 rows, which do "
+                                             r"not divide over 8 devices"):
+            parallel.make_strategy(name).place_state(_rows_state(12))
 
     def test_unknown_strategy(self):
         with pytest.raises(ValueError, match="unknown strategy 'ddp'; choose one of single, pmap, mesh"):

@@ -1,7 +1,8 @@
 """A step compiled by a strategy, with its input checks.
 
 ``CompiledStep`` is what training loops call. Before anything reaches XLA it checks that the batch
-has the declared (or first-seen) shapes and dtypes and divides over the devices, so bad input gets a
+has the declared (or first-seen) shapes and dtypes and divides over the devices, and that a train
+state's per-example model state has one row per example of the global batch, so bad input gets a
 ``ValueError`` that names the problem instead of a retrace or a deep XLA traceback. It also counts
 traces, so "compiled once" is a number a test can read.
 """
@@ -52,6 +53,19 @@ def check_batch(batch: PyTree, spec: BatchSpec) -> None:
             raise ValueError(f"{name} has dtype {got_dtype}; expected {want.dtype}")
 
 
+def check_per_example_state(state: TrainState, placed_batch: PyTree,
+                            strategy: parallel.Strategy) -> None:
+    """Raises ValueError naming the first per-example model-state leaf whose rows are not the
+    global batch size (see ``zoo.core.step.PER_EXAMPLE``)."""
+    batch_rows = strategy.global_rows(jax.tree.leaves(placed_batch)[0])
+    for path, x in step_lib.per_example_leaves(state.model_state):
+        rows = strategy.global_rows(x)
+        if rows != batch_rows:
+            raise ValueError(
+                f"per-example state model_state{jax.tree_util.keystr(path)} has {rows} rows but "
+                f"the global batch has {batch_rows} examples; it needs one row per example")
+
+
 class CompiledStep:
     """A pure step compiled by a strategy: ``outputs = compiled(state, batch)``.
 
@@ -61,12 +75,15 @@ class CompiledStep:
       batch_spec: the expected batch (see :data:`BatchSpec`); if ``None`` the first batch sets it.
       grad_accum_steps: checked against the batch size before compiling.
       donate_state: donate the input state's buffers to the output (train steps do).
+      check_per_example: check that the state's per-example model state has a row per example of
+        the global batch (train steps; an eval batch may have another size).
     """
 
     def __init__(self, fn: Callable, strategy: parallel.Strategy, *,
                  batch_spec: BatchSpec | None = None, grad_accum_steps: int = 1,
-                 donate_state: bool = True):
+                 donate_state: bool = True, check_per_example: bool = False):
         self.strategy = strategy
+        self.check_per_example = check_per_example
         self.batch_spec = batch_spec
         self.grad_accum_steps = grad_accum_steps
         self.num_traces = 0
@@ -89,6 +106,8 @@ class CompiledStep:
     def __call__(self, state: TrainState, batch: PyTree, *, placed: bool = False):
         if not placed:
             batch = self.place_batch(batch)
+        if self.check_per_example:
+            check_per_example_state(state, batch, self.strategy)
         return self.compiled(state, batch)
 
 
@@ -97,7 +116,8 @@ def compile_train_step(objective, strategy: parallel.Strategy, *, batch_spec: Ba
     """``make_train_step(objective, **step_options)`` compiled under ``strategy``."""
     fn = step_lib.make_train_step(objective, axis_name=strategy.axis_name, **step_options)
     return CompiledStep(fn, strategy, batch_spec=batch_spec,
-                        grad_accum_steps=step_options.get("grad_accum_steps", 1))
+                        grad_accum_steps=step_options.get("grad_accum_steps", 1),
+                        check_per_example=True)
 
 
 def compile_eval_step(metrics_fn: Callable, strategy: parallel.Strategy, *,

@@ -9,6 +9,9 @@
   largest dimension that divides by ``fsdp`` (replicated where none does). Spans processes when
   ``jax.distributed`` is initialised: each process feeds its local slice of the global batch.
 
+Per-example model state (``zoo.core.step.PER_EXAMPLE``, e.g. an LSTM's carried ``(c, h)``) is
+placed like the batch: split over devices under ``pmap`` and ``mesh``, never replicated or averaged.
+
 For the same global batch and seed all three give the same numbers up to float32 reduction order.
 """
 
@@ -46,6 +49,16 @@ def batch_size(batch: PyTree) -> int:
     if len(dims) != 1:
         raise ValueError(f"batch leaves disagree on the batch size: {sorted(dims)}")
     return dims.pop()
+
+
+def check_per_example_rows(state: PyTree, n: int) -> None:
+    """Raises ValueError unless every per-example leaf of ``state`` splits over ``n`` devices."""
+    for path, x in step_lib.per_example_leaves(state):
+        rows = np.shape(x)[0] if np.ndim(x) else 0
+        if rows == 0 or rows % n:
+            raise ValueError(f"per-example state {jax.tree_util.keystr(path)} has {rows} rows, "
+                             f"which do not divide over {n} devices; it needs one row per example "
+                             "of the global batch")
 
 
 def check_divisible(global_batch: int, n: int, what: str, grad_accum_steps: int = 1) -> None:
@@ -97,6 +110,10 @@ class Strategy(abc.ABC):
     def global_batch_size(self, local_batch: PyTree) -> int:
         return batch_size(local_batch) * jax.process_count()
 
+    def global_rows(self, x) -> int:
+        """The global leading (batch) dimension of a placed batch or per-example state leaf."""
+        return int(np.shape(x)[0])
+
     def check_batch(self, local_batch: PyTree, grad_accum_steps: int = 1) -> None:
         check_divisible(self.global_batch_size(local_batch), self.num_shards, "devices",
                         grad_accum_steps)
@@ -144,8 +161,16 @@ class Pmap(Strategy):
         return len(self.devices)
 
     def place_state(self, state):
-        # Same mesh axis name as pmap's outputs, so step 2 sees the shardings step 1 compiled for.
-        return flax.jax_utils.replicate(state, self.devices, axis_name=PMAP_AXIS)
+        # Per-example rows are split like the batch (device d holds its contiguous slice), the rest
+        # replicated. Same mesh axis name as pmap's outputs, so step 2 sees the shardings step 1
+        # compiled for.
+        n = len(self.devices)
+        check_per_example_rows(state, n)
+        split = NamedSharding(jax.sharding.Mesh(np.array(self.devices), (PMAP_AXIS,)), P(PMAP_AXIS))
+        return step_lib.map_per_example(
+            state,
+            lambda x: jax.device_put(x.reshape(n, -1, *x.shape[1:]), split, may_alias=False),
+            lambda x: flax.jax_utils.replicate(x, self.devices, axis_name=PMAP_AXIS))
 
     def place_batch(self, batch):
         n = len(self.devices)
@@ -156,12 +181,17 @@ class Pmap(Strategy):
         return jax.pmap(fn, axis_name=PMAP_AXIS, devices=self.devices,
                         donate_argnums=(0,) if donate_state else ())
 
+    def global_rows(self, x):
+        return int(np.shape(x)[0] * np.shape(x)[1])  # (devices, rows per device, ...)
+
     def to_host(self, tree):
-        # Replicated state and pmean-ed metrics: every device holds the same value.
-        return jax.device_get(jax.tree.map(lambda x: x[0], tree))
+        return jax.device_get(self.canonical_state(tree))
 
     def canonical_state(self, state):
-        return jax.tree.map(lambda x: x[0], state)
+        # Replicated state and pmean-ed metrics are the same on every device: take device 0's.
+        # Per-example rows differ per device: put the slices back together, in order.
+        return step_lib.map_per_example(state, lambda x: x.reshape(-1, *x.shape[2:]),
+                                        lambda x: x[0])
 
     def restore_shardings(self, state):
         return jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(self.devices[0]), state)
@@ -207,8 +237,10 @@ class Mesh(Strategy):
         return self.data * self.fsdp
 
     def state_shardings(self, state: PyTree) -> PyTree:
-        return jax.tree.map(lambda x: NamedSharding(self.mesh, fsdp_spec(np.shape(x), self.fsdp)),
-                            state)
+        """Per-example leaves are sharded like the batch; the rest by :func:`fsdp_spec`."""
+        return step_lib.map_per_example(
+            state, lambda x: self.batch_sharding,
+            lambda x: NamedSharding(self.mesh, fsdp_spec(np.shape(x), self.fsdp)))
 
     def restore_shardings(self, state):
         return self.state_shardings(state)
@@ -221,6 +253,7 @@ class Mesh(Strategy):
             # Works across processes: each process fills its own devices from its (identical) copy.
             return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
 
+        check_per_example_rows(state, self.num_shards)
         return jax.tree.map(put, state, self.state_shardings(state))
 
     def place_batch(self, batch):
@@ -236,9 +269,8 @@ class Mesh(Strategy):
         # metrics are global on every process. The new state keeps the old state's shardings.
         def with_constraints(state, batch):
             out = fn(state, batch)
-            shard = lambda tree: jax.tree.map(
-                lambda x: jax.lax.with_sharding_constraint(
-                    x, NamedSharding(self.mesh, fsdp_spec(x.shape, self.fsdp))), tree)
+            shard = lambda tree: jax.tree.map(jax.lax.with_sharding_constraint, tree,
+                                              self.state_shardings(tree))
             if isinstance(out, tuple) and len(out) == 2 and type(out[0]) is type(state):
                 return shard(out[0]), jax.lax.with_sharding_constraint(out[1], self.replicated)
             return jax.lax.with_sharding_constraint(out, self.replicated)

@@ -7,6 +7,24 @@ a pure function that a parallel strategy (``zoo.core.parallel``) compiles once.
 An objective is a sequence of :class:`Update` s, applied in order inside one step. A single model has
 one update; a GAN has two (discriminator ``n_critic`` times, then generator), each moving one
 player's params with that player's optimizer.
+
+Per-example model state (:data:`PER_EXAMPLE`): most model state describes the model (BatchNorm
+statistics) and is averaged over data shards. A recurrent model trained with truncated BPTT also
+carries state *per batch row* from one batch to the next (an LSTM's ``(c, h)``): row i of the state
+belongs to row i of the batch. Such leaves go under ``model_state[player][PER_EXAMPLE]``; their
+leading dimension is the global batch. The step and the strategies then treat them like the batch:
+
+* with gradient accumulation they are split into microbatches exactly as the batch is (strided,
+  see :func:`split_microbatches`); each microbatch's loss sees and returns its own rows, and the
+  new rows are put back in the original order;
+* under ``pmap`` they are neither replicated nor averaged: device d holds (and updates) its
+  contiguous slice of rows, the one its slice of the batch has;
+* under ``mesh`` they are sharded like the batch: ``("data", "fsdp")`` on the leading dimension;
+* checkpoints (``Strategy.canonical_state``) and ``Strategy.to_host`` hold them as global arrays.
+
+So the same global batch gives the same new state under every strategy and any
+``grad_accum_steps``. Any leaf under a ``PER_EXAMPLE`` dict key counts, so the key is reserved:
+do not use it as a param or module name.
 """
 
 from __future__ import annotations
@@ -27,6 +45,25 @@ Metrics = dict[str, jax.Array]
 # model_state are dicts keyed by player; the gradient is taken with respect to one player's params.
 PlayerLossFn = Callable[[dict, dict, PyTree, jax.Array], tuple[jax.Array, Metrics, dict]]
 
+# The model-state key for state with one row per batch example (see the module docstring).
+PER_EXAMPLE = "per_example"
+
+
+def is_per_example(path) -> bool:
+    """Whether the leaf at key ``path`` (a jax key path) is per-example: under a PER_EXAMPLE key."""
+    return any(isinstance(k, jax.tree_util.DictKey) and k.key == PER_EXAMPLE for k in path)
+
+
+def per_example_leaves(tree: PyTree) -> list[tuple[Any, jax.Array]]:
+    """``(path, leaf)`` for every per-example leaf of ``tree``."""
+    return [(p, x) for p, x in jax.tree_util.tree_leaves_with_path(tree) if is_per_example(p)]
+
+
+def map_per_example(tree: PyTree, per_example_fn: Callable, other_fn: Callable) -> PyTree:
+    """``per_example_fn`` on the per-example leaves of ``tree``, ``other_fn`` on the others."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: per_example_fn(x) if is_per_example(path) else other_fn(x), tree)
+
 
 @dataclasses.dataclass(frozen=True)
 class Update:
@@ -35,6 +72,8 @@ class Update:
     ``loss_fn(params, model_state, batch, rng)`` gets every player's params and model state (dicts
     keyed by player) and returns ``(loss, metrics, new_model_state)``. Metrics must be batch means
     (they are averaged over microbatches and data shards). ``prefix`` is put before metric names.
+    Per-example model state (:data:`PER_EXAMPLE`) comes with the rows of the batch the loss sees,
+    and the loss returns it for those rows.
     """
 
     player: str
@@ -111,15 +150,32 @@ def split_microbatches(batch: PyTree, k: int) -> PyTree:
     return jax.tree.map(split, batch)
 
 
+def merge_microbatches(micro: PyTree) -> PyTree:
+    """The inverse of :func:`split_microbatches`: (k, B/k, ...) back to (B, ...) in batch order."""
+    return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1).reshape(-1, *x.shape[2:]), micro)
+
+
+def _partition(tree):
+    """``(per-example leaves, other leaves, merge)``; ``merge(rows, others)`` rebuilds the tree."""
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    mask = [is_per_example(path) for path, _ in leaves]
+    rows = [x for (_, x), m in zip(leaves, mask) if m]
+    others = [x for (_, x), m in zip(leaves, mask) if not m]
+
+    def merge(rows, others):
+        rows, others = iter(rows), iter(others)
+        return treedef.unflatten([next(rows) if m else next(others) for m in mask])
+
+    return rows, others, merge
+
+
 def _pmean(tree, axis_name):
+    """Averages floating leaves over ``axis_name``; per-example leaves are each shard's own rows."""
     if axis_name is None:
         return tree
-    return jax.tree.map(
-        lambda x: lax.pmean(x, axis_name)
-        if jnp.issubdtype(jnp.result_type(x), jnp.inexact)
-        else x,
-        tree,
-    )
+    mean = lambda x: (lax.pmean(x, axis_name) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+                      else x)
+    return map_per_example(tree, lambda x: x, mean)
 
 
 def _all_finite(tree) -> jax.Array:
@@ -147,22 +203,28 @@ def _grads_and_metrics(update, params, model_state, batch, rng, *, grad_accum_st
         return grad_fn(params[player], model_state, batch, rng)
 
     k = grad_accum_steps
-    micro = split_microbatches(batch, k)
-    first = jax.tree.map(lambda x: x[0], micro)
-    grad_shape, (metric_shape, _) = jax.eval_shape(grad_fn, params[player], model_state, first, rng)
+    # Per-example state is split into microbatches with the batch and scanned over beside it; the
+    # rest of the model state (BatchNorm statistics) is carried from microbatch to microbatch.
+    rows, others, merge = _partition(model_state)
+    micro, micro_rows = split_microbatches((batch, rows), k)
+    first, first_rows = jax.tree.map(lambda x: x[0], (micro, micro_rows))
+    grad_shape, (metric_shape, _) = jax.eval_shape(
+        grad_fn, params[player], merge(first_rows, others), first, rng)
     zeros = lambda tree: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), tree)
 
     def body(carry, xs):
-        grad_sum, metric_sum, model_state = carry
-        mb, i = xs
-        g, (m, model_state) = grad_fn(params[player], model_state, mb, jax.random.fold_in(rng, i))
+        grad_sum, metric_sum, others = carry
+        mb, mb_rows, i = xs
+        g, (m, new_state) = grad_fn(params[player], merge(mb_rows, others), mb,
+                                    jax.random.fold_in(rng, i))
+        new_rows, others, _ = _partition(new_state)
         return (jax.tree.map(jnp.add, grad_sum, g), jax.tree.map(jnp.add, metric_sum, m),
-                model_state), None
+                others), new_rows
 
-    (grad_sum, metric_sum, model_state), _ = lax.scan(
-        body, (zeros(grad_shape), zeros(metric_shape), model_state), (micro, jnp.arange(k)))
+    (grad_sum, metric_sum, others), new_rows = lax.scan(
+        body, (zeros(grad_shape), zeros(metric_shape), others), (micro, micro_rows, jnp.arange(k)))
     mean = lambda tree: jax.tree.map(lambda x: x / k, tree)
-    return mean(grad_sum), (mean(metric_sum), model_state)
+    return mean(grad_sum), (mean(metric_sum), merge(merge_microbatches(new_rows), others))
 
 
 def make_train_step(
@@ -180,7 +242,9 @@ def make_train_step(
       objective: a loss function (see :func:`single_player_objective`) or a sequence of
         :class:`Update` s, applied in order.
       grad_accum_steps: k > 1 splits the batch into k microbatches and averages their gradients
-        under ``lax.scan``; with a mean loss this equals one step on the whole batch.
+        under ``lax.scan``; with a mean loss this equals one step on the whole batch. Per-example
+        model state (:data:`PER_EXAMPLE`) is split with the batch; other model state passes
+        through the microbatches in order.
       compute_dtype: e.g. ``jnp.bfloat16`` for mixed precision: params stay float32, the loss is
         computed on params and floating inputs cast to this dtype, gradients come back float32.
         Losses should upcast model outputs to float32 before reducing.
@@ -188,8 +252,9 @@ def make_train_step(
         Models also take a ``remat`` option that rematerialises per layer, which saves more memory.
       skip_nonfinite: if a loss or gradient is NaN or infinite, keep the old params, optimizer and
         model state for that step (the step counter still advances) and report ``skipped = 1``.
-      axis_name: the mapped axis to average gradients, metrics and model state over; set by the
-        ``pmap`` strategy, ``None`` otherwise (under ``jit`` with shardings the batch is global).
+      axis_name: the mapped axis to average gradients, metrics and model state over (all but its
+        per-example leaves, which hold each shard's own rows); set by the ``pmap`` strategy,
+        ``None`` otherwise (under ``jit`` with shardings the batch is global).
 
     The step's rng is ``fold_in(fold_in(state.rng, step), shard)`` (shard only under ``pmap``; under
     ``jit`` random draws over the global batch already differ across shards), then folded in per

@@ -4,6 +4,13 @@ A state holds one or several *players*, each with its own parameters, optax opti
 non-trainable model state (BatchNorm statistics and the like). An autoencoder has one player,
 ``"model"``; a GAN has two, ``"generator"`` and ``"discriminator"``. There is no second code path:
 a single-model state is a state with one player.
+
+Model state comes in two kinds. Most of it describes the model (BatchNorm statistics) and is the
+same on every device. State kept per batch row, such as the ``(c, h)`` a recurrent model carries
+from one batch to the next in truncated BPTT, goes under ``model_state[player][PER_EXAMPLE]``
+(``zoo.core.step.PER_EXAMPLE``, ``"per_example"``): every leaf there has the global batch as its
+leading dimension, row i belonging to batch row i, and is split over devices and microbatches
+like the batch (see ``zoo.core.step``).
 """
 
 from __future__ import annotations
@@ -25,7 +32,8 @@ class TrainState(struct.PyTreeNode):
 
     ``params``, ``opt_state`` and ``model_state`` are dicts keyed by player name; ``tx`` holds each
     player's optax optimizer and is static (not a pytree leaf), so a state passes through
-    ``jax.jit`` and ``jax.pmap`` as data.
+    ``jax.jit`` and ``jax.pmap`` as data. ``model_state[player]["per_example"]`` holds state with a
+    row per example of the global batch (see the module docstring).
 
     Example::
 

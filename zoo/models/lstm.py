@@ -7,9 +7,10 @@ layers, before the softmax), and a softmax output that is tied to the embedding 
 Truncated backpropagation through time: the family's model state holds each layer's ``(c, h)`` for
 every batch row, and the loss returns the state after the batch, so row i of the next batch
 (:class:`zoo.text_data.StreamIterator`) starts where row i of this one stopped. Gradients do not
-flow across batches; a batch with ``reset == 1`` starts from zeros. The carried state is global:
-it trains under the ``single`` and ``mesh`` strategies with ``grad_accum_steps == 1``
-(``carry_state=False`` trains anywhere, each batch from zeros).
+flow across batches; a row with ``reset == 1`` starts from zeros. The state is per-example model
+state (``model_state["model"][PER_EXAMPLE]["carry"]``, see :mod:`zoo.core.step`), so the shared
+step splits it over devices and microbatches like the batch: it trains under every strategy and
+with gradient accumulation. ``carry_state=False`` starts every batch from zeros.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from flax import linen as nn
 
 from zoo import flops
 from zoo.core.family import Family
-from zoo.core.step import Update
+from zoo.core.step import PER_EXAMPLE, Update
 from zoo.models.transformer import UNITS, lm_metrics
 
 Carry = list  # per layer: (c, h), each (B, hidden_size)
@@ -103,18 +104,9 @@ def make_model(config) -> LSTMLM:
                   init_scale=float(config.get("init_scale", 0.1)), dtype=DTYPES[dtype])
 
 
-def _carry_for(model: LSTMLM, model_state: dict, batch) -> Carry:
-    """The carried state for this batch: zeros on ``reset`` rows."""
-    B = batch["tokens"].shape[0]
-    carry = model_state.get("carry")
-    if carry is None:
-        return model.initial_carry(B)
-    if carry[0][0].shape[0] != B:
-        raise ValueError(
-            f"the LSTM carries a state for {carry[0][0].shape[0]} rows but the loss sees {B}: "
-            "carried state needs the single or mesh strategy and grad_accum_steps=1 "
-            "(or set model.carry_state=False)")
-    keep = (1 - batch["reset"]).astype(jnp.float32)[:, None]
+def _reset(carry: Carry, reset: jax.Array) -> Carry:
+    """The carried state with the rows where ``reset == 1`` zeroed (a stream starts again)."""
+    keep = (1 - reset).astype(jnp.float32)[:, None]
     return [(c * keep, h * keep) for c, h in carry]
 
 
@@ -122,7 +114,7 @@ def make_family(config) -> Family:
     """The LSTM LM family. Keys: vocab_size, hidden_size, num_layers, embed_dim, dropout,
     tie_embeddings, init_scale, dtype, seq_len, unit (char, word), carry_state (default True).
     Batches: ``{"tokens": (B, seq_len + 1) int32, "reset": (B,) int32}``; the model state is
-    ``{"carry": [(c, h)] * num_layers}`` for the global batch."""
+    ``{PER_EXAMPLE: {"carry": [(c, h)] * num_layers}}``, each (global B, hidden_size)."""
     model = make_model(config)
     seq_len = int(config.get("seq_len", 35))
     unit = config.get("unit", "word")
@@ -133,12 +125,13 @@ def make_family(config) -> Family:
     def loss_fn(params, model_state, batch, rng):
         tokens = batch["tokens"]
         state = model_state["model"]
-        carry = _carry_for(model, state, batch) if carry_state else None
+        # The step hands the loss the carried rows of exactly the batch rows it sees.
+        carry = _reset(state[PER_EXAMPLE]["carry"], batch["reset"]) if carry_state else None
         logits, new_carry = model.apply({"params": params["model"]}, tokens[:, :-1], carry,
                                         deterministic=False, rngs={"dropout": rng})
         loss, metrics = lm_metrics(logits, tokens[:, 1:], unit)
         if carry_state:
-            state = {**state, "carry": jax.lax.stop_gradient(new_carry)}
+            state = {**state, PER_EXAMPLE: {"carry": jax.lax.stop_gradient(new_carry)}}
         return loss, metrics, {**model_state, "model": state}
 
     def eval_metrics(params, model_state, batch, rng):
@@ -151,8 +144,9 @@ def make_family(config) -> Family:
     def init(rng, batch):
         tokens = jnp.asarray(batch["tokens"])
         params = jax.jit(model.init)(rng, tokens[:1, :-1])["params"]
-        state = {"carry": model.initial_carry(tokens.shape[0])} if carry_state else {}
-        return {"model": params}, {"model": state}
+        # One carried row per example of the batch init is given: that must be the global batch.
+        carry = {"carry": model.initial_carry(tokens.shape[0])}
+        return {"model": params}, {"model": {PER_EXAMPLE: carry} if carry_state else {}}
 
     per_token = 3 * flops.lstm_forward_flops_per_token(  # backward = 2x forward
         input_dim=model.embed_dim or model.hidden_size, hidden_dim=model.hidden_size,
