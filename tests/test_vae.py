@@ -61,6 +61,15 @@ def test_latent_size_two_and_bad_input():
         make_family(dict(SMALL, arch="rnn"))
     with pytest.raises(ValueError, match="divisible by 4"):
         make_family(dict(SMALL, arch="conv", image_shape=(30, 30, 1)))
+    with pytest.raises(ValueError, match="unknown activation 'gelu'; choose one of relu, tanh"):
+        make_family(dict(SMALL, activation="gelu"))
+    # Burda et al.'s tanh units: same params, other hidden features, so another code.
+    tanh = make_family(dict(SMALL, latent_dim=2, activation="tanh")).modules["model"]
+    x = jnp.asarray(_batch(family)["image"])
+    variables = {"params": params["model"]}
+    relu_code = family.modules["model"].apply(variables, x, method=vae.VAE.encode)[0]
+    tanh_code = tanh.apply(variables, x, method=vae.VAE.encode)[0]
+    assert float(jnp.abs(relu_code - tanh_code).max()) > 1e-3
     model = family.modules["model"]
     with pytest.raises(ValueError, match="k >= 1 samples in chunks that divide k"):
         vae.iwae_bound(model, params["model"], jnp.zeros((2, 28, 28, 1)), None,

@@ -150,10 +150,20 @@ class Generator:
 
     def generate_text(self, prompts: str | Sequence[str], max_new_tokens: int = 100,
                       **sampling: Any) -> list[str]:
-        """The continuation (without the prompt) of each prompt string."""
+        """The continuation (without the prompt) of each prompt string.
+
+        The continuation is what decoding the whole sequence adds to the decoded prompt, so it
+        starts with the separator a tokenizer puts between tokens (a space between words).
+        """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        ids = self.generate_tokens([self.encode(p) for p in prompts], max_new_tokens, **sampling)
-        return [self.tokenizer.decode(row) for row in ids]
+        prompt_ids = [self.encode(p) for p in prompts]
+        ids = self.generate_tokens(prompt_ids, max_new_tokens, **sampling)
+        out = []
+        for p, row in zip(prompt_ids, ids):
+            head = self.tokenizer.decode(p)
+            full = self.tokenizer.decode(list(p) + row.tolist())
+            out.append(full[len(head):] if full.startswith(head) else self.tokenizer.decode(row))
+        return out
 
 
 def generate(model, params, tokenizer: tok.Tokenizer, prompt: str | Sequence[str],

@@ -139,8 +139,10 @@ def make_run_data(data_config, family: Family, *, seed: int, train: bool = True,
     if train:
         train_tokens, _ = text_data.load_tokens(data_config, "train", tokenizer)
         it = text_data.make_iterator(data_config, train_tokens, seed=seed)
-        example = next(text_data.make_iterator(data_config, train_tokens, seed=seed))
+        source = train_tokens
     else:
-        example = next(text_data.make_iterator(data_config, eval_tokens, seed=seed,
-                                               batch_size=min(batch_size, eval_size)))
+        source = eval_tokens
+    # A whole global batch (every process's rows): per-example state is sized from it.
+    example = next(text_data.make_iterator(data_config, source, seed=seed, process_index=0,
+                                           process_count=1))
     return RunData(it, eval_iter, eval_split, example, tokenizer, eval_text)

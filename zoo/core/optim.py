@@ -7,7 +7,7 @@ from typing import Any, Mapping
 import optax
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "lamb")
-SCHEDULES = ("constant", "cosine", "warmup_cosine", "linear", "exponential")
+SCHEDULES = ("constant", "cosine", "warmup_cosine", "linear", "exponential", "piecewise")
 
 
 def _get(cfg: Mapping[str, Any] | Any, key: str, default: Any) -> Any:
@@ -17,7 +17,8 @@ def _get(cfg: Mapping[str, Any] | Any, key: str, default: Any) -> Any:
 
 
 def make_schedule(cfg, total_steps: int) -> optax.Schedule:
-    """Learning-rate schedule. Keys: learning_rate, schedule, warmup_steps, end_factor, decay_rate."""
+    """Learning-rate schedule. Keys: learning_rate, schedule, warmup_steps, end_factor, decay_rate,
+    transition_steps, boundaries (``piecewise``: the rate is multiplied by decay_rate at each)."""
     lr = float(_get(cfg, "learning_rate", 1e-3))
     name = _get(cfg, "schedule", "constant")
     warmup = int(_get(cfg, "warmup_steps", 0))
@@ -39,6 +40,11 @@ def make_schedule(cfg, total_steps: int) -> optax.Schedule:
         return optax.exponential_decay(lr, int(_get(cfg, "transition_steps", steps)),
                                        float(_get(cfg, "decay_rate", 0.5)),
                                        transition_begin=warmup, staircase=True)
+    if name == "piecewise":
+        # Burda et al. (2016)-style: multiplied by decay_rate at each boundary step.
+        boundaries = [int(b) for b in _get(cfg, "boundaries", ())]
+        rate = float(_get(cfg, "decay_rate", 0.5))
+        return optax.piecewise_constant_schedule(lr, {b: rate for b in boundaries})
     raise ValueError(f"unknown learning-rate schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
 
 

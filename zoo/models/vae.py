@@ -48,31 +48,36 @@ def _gaussian_head(h, latent_dim):
     return nn.Dense(latent_dim, name="mean")(h), nn.Dense(latent_dim, name="logvar")(h)
 
 
+ACTIVATIONS = {"relu": nn.relu, "tanh": nn.tanh}
+
+
 class MLPEncoder(nn.Module):
-    """x (and y) -> Dense+ReLU layers -> (mean, logvar) of q(z | x, y)."""
+    """x (and y) -> Dense+activation layers -> (mean, logvar) of q(z | x, y)."""
 
     hidden: Sequence[int]
     latent_dim: int
+    activation: str = "relu"
 
     @nn.compact
     def __call__(self, x, y1h=None):
         h = _with_label(x.reshape(x.shape[0], -1), y1h)
         for i, width in enumerate(self.hidden):
-            h = nn.relu(nn.Dense(width, name=f"dense_{i}")(h))
+            h = ACTIVATIONS[self.activation](nn.Dense(width, name=f"dense_{i}")(h))
         return _gaussian_head(h, self.latent_dim)
 
 
 class MLPDecoder(nn.Module):
-    """z (and y) -> Dense+ReLU layers -> one output per pixel."""
+    """z (and y) -> Dense+activation layers -> one output per pixel."""
 
     hidden: Sequence[int]
     image_shape: Sequence[int]
+    activation: str = "relu"
 
     @nn.compact
     def __call__(self, z, y1h=None):
         h = _with_label(z, y1h)
         for i, width in enumerate(self.hidden):
-            h = nn.relu(nn.Dense(width, name=f"dense_{i}")(h))
+            h = ACTIVATIONS[self.activation](nn.Dense(width, name=f"dense_{i}")(h))
         return nn.Dense(int(np.prod(self.image_shape)), name="out")(h).reshape(
             z.shape[0], *self.image_shape)
 
@@ -127,11 +132,13 @@ class VAE(nn.Module):
     latent_dim: int = 16
     likelihood: str = "bernoulli"
     num_classes: int = 0
+    activation: str = "relu"  # of the MLP's hidden layers
 
     def setup(self):
         if self.arch == "mlp":
-            self.encoder = MLPEncoder(tuple(self.hidden), self.latent_dim)
-            self.decoder = MLPDecoder(tuple(reversed(self.hidden)), tuple(self.image_shape))
+            self.encoder = MLPEncoder(tuple(self.hidden), self.latent_dim, self.activation)
+            self.decoder = MLPDecoder(tuple(reversed(self.hidden)), tuple(self.image_shape),
+                                      self.activation)
         else:
             self.encoder = ConvEncoder(tuple(self.features), self.latent_dim)
             self.decoder = ConvDecoder(tuple(self.features), tuple(self.image_shape))
@@ -245,13 +252,17 @@ def make_model(config) -> VAE:
     num_classes = int(config.get("num_classes", 0))
     if num_classes < 0:
         raise ValueError(f"num_classes must be >= 0 (0: unconditional), got {num_classes}")
+    activation = config.get("activation", "relu")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; choose one of "
+                         f"{', '.join(ACTIVATIONS)}")
     return VAE(shape, arch, tuple(config.get("hidden", (512, 256))), features, latent, likelihood,
-               num_classes)
+               num_classes, activation)
 
 
 def make_family(config) -> Family:
-    """The VAE family. Model config keys: arch (mlp, conv), image_shape, hidden, features,
-    latent_dim, likelihood (bernoulli, gaussian), binarize (dynamic binarisation, default on for
+    """The VAE family. Model config keys: arch (mlp, conv), image_shape, hidden, activation (relu,
+    tanh; MLP), features, latent_dim, likelihood (bernoulli, gaussian), binarize (dynamic binarisation, default on for
     Bernoulli), num_classes (> 0: conditional VAE on ``batch["label"]``)."""
     model = make_model(config)
     binarise = bool(config.get("binarize", model.likelihood == "bernoulli"))
