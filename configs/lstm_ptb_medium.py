@@ -23,9 +23,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.data = default.text_data("ptb", tokenizer="word", batching="stream", seq_len=SEQ_LEN,
                                     batch_size=BATCH)
     config.optimizer.update(
-        name="sgd", learning_rate=1.0, schedule="exponential",
+        # Their loss sums over the SEQ_LEN steps (mean over the batch); zoo's is the mean per word.
+        # SGD at lr on the sum clipped at c = SGD at lr * SEQ_LEN on the mean clipped at c / SEQ_LEN.
+        name="sgd", learning_rate=1.0 * SEQ_LEN, schedule="exponential",
         warmup_steps=(DECAY_AFTER - 1) * STEPS_PER_EPOCH,  # = transition_begin: decay from epoch 7
-        transition_steps=STEPS_PER_EPOCH, decay_rate=DECAY, grad_clip_norm=5.0)
+        transition_steps=STEPS_PER_EPOCH, decay_rate=DECAY, grad_clip_norm=5.0 / SEQ_LEN)
     config.parallel.strategy = "single"
     config.train.update(steps=EPOCHS * STEPS_PER_EPOCH, log_every=200, eval_every=STEPS_PER_EPOCH,
                         checkpoint_every=STEPS_PER_EPOCH)
