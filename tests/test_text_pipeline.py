@@ -65,6 +65,10 @@ def test_zoo_train_eval_generate_on_tiny_shakespeare(tmp_path, capsys):
     assert capsys.readouterr().out == first  # seeded
     assert first.startswith("ROMEO:") and "\nJULIET:" in first
     assert len(first.split("\n\n")[0]) == len("ROMEO:") + 12  # one character per token
+    # One checkpoint of the run, by its step directory: the model as it was at step 30.
+    assert cli.main(["generate", str(tmp_path / "checkpoints" / "30"), *args[2:]]) == 0
+    earlier = capsys.readouterr().out
+    assert earlier.startswith("ROMEO:") and earlier != first
     # Characters the model never saw are named.
     assert cli.main(["generate", str(tmp_path), "--prompt", "ROMEO: ñ€"]) == 2
     assert "'ñ'" in capsys.readouterr().err

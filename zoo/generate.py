@@ -233,17 +233,21 @@ def _load_gpt2(path: str):
 
 def load_run(path: str | Path):
     """(model, params, tokenizer) of a language model: a ``zoo train`` run directory (its newest
-    checkpoint, with the config and tokenizer saved in it) or a Hugging Face GPT-2 folder."""
+    checkpoint, with the config and tokenizer saved in it), one checkpoint of it
+    (``RUN/checkpoints/STEP``), or a Hugging Face GPT-2 folder."""
     from zoo import sample
 
     path = Path(path)
     if (path / "config.json").is_file():
         return _load_gpt2(str(path))
+    step = None
+    if path.name.isdigit() and sample._orbax_dir(path.parent) == path.parent:
+        path, step = path.parent, int(path.name)
     ckpt_dir = sample._orbax_dir(path)
     if ckpt_dir is None:
         raise ValueError(f"{str(path)!r} is neither a zoo run directory (no checkpoints/) nor a "
                          "Hugging Face GPT-2 folder (no config.json)")
-    params, _, config, extra_data = sample._load_checkpoint(ckpt_dir, with_data=True)
+    params, _, config, extra_data = sample._load_checkpoint(ckpt_dir, with_data=True, step=step)
     saved = extra_data.get("tokenizer")
     if not saved and (ckpt_dir.parent / "tokenizer.json").is_file():
         saved = json.loads((ckpt_dir.parent / "tokenizer.json").read_text())

@@ -362,13 +362,13 @@ def _orbax_dir(path: Path) -> Path | None:
     return None
 
 
-def _load_checkpoint(directory: Path, with_data: bool = False) -> tuple:
-    """(params, model_state, config) from the newest checkpoint that zoo.checkpoint wrote, and
-    its data state (iterator position, tokenizer) if ``with_data``."""
+def _load_checkpoint(directory: Path, with_data: bool = False, step: int | None = None) -> tuple:
+    """(params, model_state, config) from the checkpoint at ``step`` (default: the newest) that
+    zoo.checkpoint wrote, and its data state (iterator position, tokenizer) if ``with_data``."""
     import orbax.checkpoint as ocp
 
     manager = ocp.CheckpointManager(directory.absolute())
-    step = manager.latest_step()
+    step = manager.latest_step() if step is None else step
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(), extra=ocp.args.JsonRestore()))
     to_np = lambda tree: jax.tree.map(np.asarray, tree)
