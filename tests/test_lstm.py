@@ -60,6 +60,25 @@ def test_carried_state_across_two_batches_equals_concatenated_sequence():
     assert abs(float(m_no_reset["loss"]) - float(m1["loss"])) > 1e-6
 
 
+def test_evaluation_carries_the_state_through_the_split():
+    """family.evaluate over a stream pass equals the loss of each row's whole stream at once."""
+    family = models.make_family(CFG)
+    model = family.modules["model"]
+    tokens = np.random.default_rng(1).integers(0, 30, 3 * 16 + 1).astype(np.int32)
+    it = text_data.StreamIterator(tokens, 3, 5, process_index=0, process_count=1)
+    params, state = family.init(jax.random.PRNGKey(0), next(iter(it.epoch_batches())))
+    got = family.evaluate(params, state, it.epoch_batches())
+    rows = it.rows[:, :it.batches_per_epoch * 5 + 1]                  # (3, 16): 3 batches of 5
+    logits, _ = model.apply({"params": params["model"]}, rows[:, :-1])
+    want = optax.softmax_cross_entropy_with_integer_labels(logits, rows[:, 1:]).mean()
+    np.testing.assert_allclose(got["loss"], want, rtol=1e-5)
+    np.testing.assert_allclose(got["perplexity"], np.exp(want), rtol=1e-5)
+    # Batch by batch from zeros (eval_metrics) is a different number: the state matters.
+    fresh = np.mean([family.eval_metrics(params, state, b, None)["loss"]
+                     for b in it.epoch_batches()])
+    assert abs(fresh - float(want)) > 1e-4
+
+
 def test_trains_on_ptb_with_carried_state_then_goes_on_under_pmap(shared_data):
     cfg = {"dataset": "ptb", "path": str(shared_data / "raw" / "ptb"), "batching": "stream",
            "seq_len": 10, "batch_size": 8}
