@@ -27,8 +27,8 @@ def _state_dict(state: TrainState) -> dict[str, Any]:
     return {k: getattr(state, k) for k in _STATE_KEYS}
 
 
-class CheckpointError(RuntimeError):
-    """No checkpoint in a directory could be restored."""
+class CheckpointError(ValueError):
+    """No checkpoint in a directory could be restored (a ValueError: the CLI reports it cleanly)."""
 
 
 class Checkpointer:
@@ -58,7 +58,10 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             enable_async_checkpointing=async_save, create=True,
             preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies))
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options,
+            item_handlers={"state": ocp.StandardCheckpointHandler(),
+                           "extra": ocp.JsonCheckpointHandler()})
 
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -84,6 +87,41 @@ class Checkpointer:
         self.manager.wait_until_finished()
         self.manager.close()
 
+    def _check_shapes(self, step: int, template: TrainState) -> None:
+        """Refuses a readable checkpoint whose arrays have other shapes than this run's: the
+        config changed (model sizes; the batch size, for per-example state), which no older
+        checkpoint of the run mends. Unreadable metadata is left to the restore to report."""
+        try:
+            metadata = self.manager.item_metadata(step)["state"]
+        except Exception:  # noqa: BLE001
+            return
+        saved = jax.tree_util.tree_flatten_with_path(metadata)[0]
+        saved = {jax.tree_util.keystr(p): tuple(m.shape) for p, m in saved if m is not None}
+        for p, x in jax.tree_util.tree_flatten_with_path(_state_dict(template))[0]:
+            key = jax.tree_util.keystr(p)
+            if key in saved and saved[key] != tuple(np.shape(x)):
+                raise CheckpointError(
+                    f"the checkpoint at step {step} in {self.directory} holds {key} of shape "
+                    f"{saved[key]}, this run's is {tuple(np.shape(x))}: the config changed since "
+                    "it was saved (model sizes, or data.batch_size for per-example state such as "
+                    "an LSTM's carried state). Resume with the saved config, or use a new workdir")
+
+    def read_extra(self, step: int | None = None,
+                   log: Callable[[str], None] = logging.warning) -> dict:
+        """The ``config`` and ``data`` state saved at ``step``, or with ``step=None`` at the
+        newest checkpoint whose record reads (older ones are tried as :meth:`restore` does)."""
+        steps = [step] if step is not None else list(reversed(self.all_steps()))
+        if not steps:
+            raise CheckpointError(f"no checkpoint in {self.directory}")
+        for s in steps:
+            try:
+                return dict(self.manager.restore(s, args=ocp.args.Composite(
+                    extra=ocp.args.JsonRestore())).extra)
+            except Exception as e:  # noqa: BLE001 -- unreadable: try the previous checkpoint
+                log(f"checkpoint at step {s} in {self.directory} has no readable config "
+                    f"({type(e).__name__}); trying the previous one")
+        raise CheckpointError(f"no checkpoint in {self.directory} has a readable config")
+
     def restore(self, template: TrainState, strategy: parallel.Strategy, step: int | None = None,
                 log: Callable[[str], None] = logging.warning) -> tuple[TrainState, dict, int]:
         """Restores a checkpoint into ``strategy``'s placement.
@@ -102,6 +140,7 @@ class Checkpointer:
             _state_dict(template), _state_dict(shardings))
         errors = []
         for s in steps:
+            self._check_shapes(s, template)
             try:
                 restored = self.manager.restore(s, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(abstract), extra=ocp.args.JsonRestore()))
@@ -117,3 +156,38 @@ class Checkpointer:
             return strategy.place_state(state), dict(restored.extra), s
         raise CheckpointError(f"no checkpoint in {self.directory} could be restored:\n  "
                               + "\n  ".join(errors))
+
+
+def find_checkpoints(path: str | Path) -> Path | None:
+    """The checkpoint directory of a ``zoo train`` workdir (``path/checkpoints``), or ``path``
+    itself if it holds step directories; None if neither does."""
+    path = Path(path)
+    for d in (path / "checkpoints", path):
+        if d.is_dir() and any(c.is_dir() and c.name.isdigit() for c in d.iterdir()):
+            return d
+    return None
+
+
+def load_on_host(directory: str | Path, step: int | None = None) -> tuple[dict, dict, int]:
+    """``(state, extra, step)`` of a checkpoint (default: the newest) as numpy arrays, whatever
+    device count or strategy it was saved under, with no model or template needed: for
+    inference (``zoo generate``, ``zoo sample``). ``state`` holds ``params`` and
+    ``model_state`` (dicts keyed by player), ``extra`` the ``config`` and ``data`` state."""
+    handlers = {"state": ocp.StandardCheckpointHandler(), "extra": ocp.JsonCheckpointHandler()}
+    manager = ocp.CheckpointManager(Path(directory).absolute(), item_handlers=handlers)
+    try:
+        step = manager.latest_step() if step is None else step
+        if step is None or step not in manager.all_steps():
+            raise ValueError(f"no checkpoint {'' if step is None else f'at step {step} '}in "
+                             f"{directory}; it has steps {sorted(manager.all_steps())}")
+        # Restore onto one local device: the saved shardings may name devices this process lacks.
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        abstract = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+            manager.item_metadata(step)["state"])
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), extra=ocp.args.JsonRestore()))
+    finally:
+        manager.close()
+    state = jax.tree.map(np.asarray, dict(restored.state))
+    return state, dict(restored.extra), step

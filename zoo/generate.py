@@ -234,26 +234,28 @@ def _load_gpt2(path: str):
 def load_run(path: str | Path):
     """(model, params, tokenizer) of a language model: a ``zoo train`` run directory (its newest
     checkpoint, with the config and tokenizer saved in it), one checkpoint of it
-    (``RUN/checkpoints/STEP``), or a Hugging Face GPT-2 folder."""
-    from zoo import sample
+    (``RUN/checkpoints/STEP``), or a Hugging Face GPT-2 folder. A run restores on this machine
+    whatever device count it trained on."""
+    from zoo import checkpoint
 
     path = Path(path)
     if (path / "config.json").is_file():
         return _load_gpt2(str(path))
     step = None
-    if path.name.isdigit() and sample._orbax_dir(path.parent) == path.parent:
+    if path.name.isdigit() and checkpoint.find_checkpoints(path.parent) == path.parent:
         path, step = path.parent, int(path.name)
-    ckpt_dir = sample._orbax_dir(path)
+    ckpt_dir = checkpoint.find_checkpoints(path)
     if ckpt_dir is None:
         raise ValueError(f"{str(path)!r} is neither a zoo run directory (no checkpoints/) nor a "
                          "Hugging Face GPT-2 folder (no config.json)")
-    params, _, config, extra_data = sample._load_checkpoint(ckpt_dir, with_data=True, step=step)
-    saved = extra_data.get("tokenizer")
+    state, extra, _ = checkpoint.load_on_host(ckpt_dir, step)
+    saved = extra.get("data", {}).get("tokenizer")
     if not saved and (ckpt_dir.parent / "tokenizer.json").is_file():
         saved = json.loads((ckpt_dir.parent / "tokenizer.json").read_text())
     if not saved:
         raise ValueError(f"the run in {path} saved no tokenizer: it is not a language model run")
-    return model_for(config.get("model", {})), params["model"], tok.from_config(saved)
+    model_config = extra.get("config", {}).get("model", {})
+    return model_for(model_config), state["params"]["model"], tok.from_config(saved)
 
 
 def generate_main(path: str | None = None, prompt: str | Sequence[str] = "", *,

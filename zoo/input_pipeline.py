@@ -107,8 +107,7 @@ def make_run_data(data_config, family: Family, *, seed: int, train: bool = True,
     """The run's data (see :class:`RunData`).
 
     ``eval_split`` defaults to ``data.eval_split`` (``validation`` for text, ``test`` for images,
-    MNIST having no validation split). Families that evaluate a whole split in order
-    (``family.evaluate``, the LSTM carrying its state) get every row of it in every process.
+    MNIST having no validation split).
     """
     check_dataset(data_config)
     batch_size = int(data_config.batch_size)
@@ -116,14 +115,13 @@ def make_run_data(data_config, family: Family, *, seed: int, train: bool = True,
     text = is_text(data_config)
     eval_split = eval_split or data_config.get("eval_split", "") or (
         "validation" if text else "test")
-    whole_split = {"process_index": 0, "process_count": 1} if family.evaluate else {}
 
     if not text:
         train_arrays = load_images(data_config, family, "train", seed=seed) if train else None
         eval_arrays = load_images(data_config, family, eval_split, seed=seed)
         n_eval = len(next(iter(eval_arrays.values())))
         eval_iter = lambda: data_lib.BatchIterator(
-            eval_arrays, min(eval_size, n_eval), shuffle=False, **whole_split).epoch_batches()
+            eval_arrays, min(eval_size, n_eval), shuffle=False).epoch_batches()
         source = train_arrays or eval_arrays
         example = {k: v[:batch_size] for k, v in source.items()}
         it = data_lib.BatchIterator(train_arrays, batch_size, seed=seed) if train else None
@@ -134,7 +132,7 @@ def make_run_data(data_config, family: Family, *, seed: int, train: bool = True,
     eval_text = text_data.load_text(data_config, eval_split)
     eval_tokens = np.asarray(tokenizer.encode(eval_text), np.int32)
     eval_iter = lambda: text_data.make_iterator(
-        data_config, eval_tokens, batch_size=eval_size, **whole_split).epoch_batches()
+        data_config, eval_tokens, batch_size=eval_size).epoch_batches()
     it = None
     if train:
         train_tokens, _ = text_data.load_tokens(data_config, "train", tokenizer)

@@ -178,34 +178,38 @@ def num_classes(family: Family) -> int:
     return int(module.num_classes)
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _decode_batch(family_name: str, module, params, model_state, z, labels):
+    """Images in [0, 1] from latents ``z``; compiled once per module and batch shape (the module
+    is static, params are arguments)."""
+    from zoo.models import gan, vae
+
+    if family_name == "vae":
+        return vae.decode_images(module, params, z, labels)
+    return gan.generate(module, params, model_state, z, labels)
+
+
 def generate_images(family: Family, params: Mapping, model_state: Mapping, rng: jax.Array, n: int,
                     labels: np.ndarray | None = None, batch_size: int = 1000) -> np.ndarray:
     """``n`` images in [0, 1] from a ``vae`` (z from the prior) or ``gan`` family, as numpy
-    (N, H, W, C); ``labels`` (N,) for a conditional model. One compile per batch shape."""
-    from zoo.models import gan, vae
-
-    if family.name == "vae":
-        model, p = family.modules["model"], params["model"]
-        latent = model.latent_dim
-        decode = jax.jit(lambda z, y: vae.decode_images(model, p, z, y))
-    elif family.name == "gan":
-        model, p = family.modules["generator"], params["generator"]
-        s, latent = dict(model_state.get("generator", {})), model.latent_dim
-        decode = jax.jit(lambda z, y: gan.generate(model, p, s, z, y))
-    else:
+    (N, H, W, C); ``labels`` (N,) for a conditional model."""
+    if family.name not in ("vae", "gan"):
         raise ValueError(f"zoo generates images with the vae and gan families; got {family.name!r}")
-    if model.num_classes and labels is None:
-        raise ValueError(f"this {family.name} is conditioned on {model.num_classes} classes; "
+    player = "model" if family.name == "vae" else "generator"
+    module, p = family.modules[player], params[player]
+    s = dict(model_state.get(player, {}))
+    if module.num_classes and labels is None:
+        raise ValueError(f"this {family.name} is conditioned on {module.num_classes} classes; "
                          "pass labels")
     out = []
     for i, start in enumerate(range(0, n, batch_size)):
         m = min(batch_size, n - start)
-        z = jax.random.normal(jax.random.fold_in(rng, i), (batch_size, latent))
+        z = jax.random.normal(jax.random.fold_in(rng, i), (batch_size, module.latent_dim))
         y = None
-        if model.num_classes:  # pad the last batch so every call has the same shape
+        if module.num_classes:  # pad the last batch so every call has the same shape
             y = np.zeros(batch_size, np.int32)
             y[:m] = labels[start:start + m]
-        out.append(np.asarray(decode(z, y))[:m])
+        out.append(np.asarray(_decode_batch(family.name, module, p, s, z, y))[:m])
     return np.concatenate(out)
 
 
@@ -354,39 +358,19 @@ def save_run(run_dir: str | Path, model_config, params, model_state, *,
     return run_dir
 
 
-def _orbax_dir(path: Path) -> Path | None:
-    """The orbax checkpoint directory of a ``zoo train`` workdir (or the directory itself)."""
-    for d in (path / "checkpoints", path):
-        if d.is_dir() and any(c.is_dir() and c.name.isdigit() for c in d.iterdir()):
-            return d
-    return None
-
-
-def _load_checkpoint(directory: Path, with_data: bool = False, step: int | None = None) -> tuple:
-    """(params, model_state, config) from the checkpoint at ``step`` (default: the newest) that
-    zoo.checkpoint wrote, and its data state (iterator position, tokenizer) if ``with_data``."""
-    import orbax.checkpoint as ocp
-
-    manager = ocp.CheckpointManager(directory.absolute())
-    step = manager.latest_step() if step is None else step
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(), extra=ocp.args.JsonRestore()))
-    to_np = lambda tree: jax.tree.map(np.asarray, tree)
-    out = (to_np(restored.state["params"]), to_np(restored.state.get("model_state", {})),
-           dict(restored.extra.get("config", {})))
-    return (*out, dict(restored.extra.get("data", {}))) if with_data else out
-
-
 def load_run(path: str | Path) -> tuple[Family, dict, dict, dict]:
     """(family, params, model_state, meta) from a directory written by :func:`save_run`, or from
     a ``zoo train`` workdir (its newest checkpoint under ``checkpoints/``)."""
     from flax import serialization
-    from zoo import models
+    from zoo import checkpoint, models
 
     path = Path(path)
     run_dir = path.parent if path.is_file() else path
-    if not (run_dir / VARIABLES_FILE).is_file() and path.is_dir() and _orbax_dir(path):
-        params, model_state, config = _load_checkpoint(_orbax_dir(path))
+    ckpt_dir = checkpoint.find_checkpoints(path) if path.is_dir() else None
+    if not (run_dir / VARIABLES_FILE).is_file() and ckpt_dir is not None:
+        state, extra, _ = checkpoint.load_on_host(ckpt_dir)
+        params, model_state = state["params"], state.get("model_state", {})
+        config = dict(extra.get("config", {}))
         if "model" not in config:
             raise ValueError(f"the checkpoint in {path} holds no model config")
         model_state = {p: model_state.get(p, {}) for p in params}

@@ -23,11 +23,14 @@ import numpy as np
 
 from zoo import input_pipeline, models
 from zoo.core import compiled, optim, parallel
+from zoo.core import step as step_lib
 from zoo.core.family import Family
 from zoo.core.train_state import TrainState, param_count
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 NONFINITE_POLICIES = ("stop", "skip")
+# Eval metrics that are functions of the mean loss (language models), recomputed from it.
+LOSS_DERIVED_METRICS = {"perplexity": np.exp, "bits_per_char": lambda nats: nats / np.log(2.0)}
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -62,14 +65,35 @@ class TrainResult:
 
 
 def evaluate(eval_step: compiled.CompiledStep, state, batches) -> dict[str, float]:
-    """Mean of the eval step's metrics over ``batches``."""
+    """Mean of the eval step's metrics over ``batches``.
+
+    A state with per-example model state (an LSTM's carried ``(c, h)``) is evaluated carrying a
+    copy of its own through the batches in order, from zeros sized for the evaluation batch.
+    """
+    strategy = eval_step.strategy
+    eval_state = state
+    if step_lib.per_example_leaves(state.model_state):
+        eval_state = None  # made from the first batch's size
     totals, n = {}, 0
     for batch in batches:
-        m = eval_step.strategy.to_host(eval_step(state, batch))
-        for k, v in m.items():
+        if eval_state is None:
+            rows = parallel.batch_size(batch) * jax.process_count()
+            eval_state = strategy.place_state(step_lib.with_fresh_per_example_state(
+                strategy.canonical_state(state), rows))
+        out = eval_step(eval_state, batch)
+        if isinstance(out, tuple):
+            eval_state, out = out
+        for k, v in strategy.to_host(out).items():
             totals[k] = totals.get(k, 0.0) + float(v)
         n += 1
-    return {k: v / max(n, 1) for k, v in totals.items()}
+    if not n:
+        raise ValueError("the evaluation split makes no batch; lower data.eval_batch_size")
+    means = {k: v / n for k, v in totals.items()}
+    # A split's perplexity is exp of its mean loss, not the mean of per-batch perplexities.
+    for name, of_loss in LOSS_DERIVED_METRICS.items():
+        if name in means and "loss" in means:
+            means[name] = float(of_loss(means["loss"]))
+    return means
 
 
 class PreemptionGuard:
@@ -234,8 +258,9 @@ def _check_best_metric(name: str, family: Family, template: TrainState, example)
     """Refuses a ``train.best_metric`` that evaluation will not report (an abstract trace)."""
     if not name:
         return
-    names = jax.eval_shape(family.eval_metrics, template.params, template.model_state, example,
-                           jax.random.PRNGKey(0)).keys()
+    out = jax.eval_shape(family.eval_metrics, template.params, template.model_state, example,
+                         jax.random.PRNGKey(0))
+    names = (out[0] if isinstance(out, tuple) else out).keys()  # (metrics, model_state): stateful
     if name not in names:
         raise ValueError(f"train.best_metric={name!r} is not an eval metric of the "
                          f"{family.name} family; choose one of {', '.join(sorted(names))}, or '' "
@@ -244,9 +269,6 @@ def _check_best_metric(name: str, family: Family, template: TrainState, example)
 
 def evaluate_run(run: Run, state) -> dict[str, float]:
     """The run's evaluation metrics on its evaluation split."""
-    if run.family.evaluate is not None:
-        return run.family.evaluate(run.strategy.to_host(state.params),
-                                   run.strategy.to_host(state.model_state), run.data.eval_batches())
     return evaluate(run.eval_step, state, run.data.eval_batches())
 
 
@@ -278,7 +300,7 @@ def train(config, workdir: str | Path | None = None,
     from zoo.checkpoint import Checkpointer
 
     tc = config.train
-    seed, steps = int(tc.get("seed", 0)), int(tc.steps)
+    steps = int(tc.steps)
     batch_size = int(config.data.batch_size)
     workdir = Path(workdir) if workdir is not None else None
     saved_tokenizer = _saved_tokenizer(workdir)
@@ -356,12 +378,14 @@ def train(config, workdir: str | Path | None = None,
                     log(f"eval ({run.data.eval_split}) at step {step}: "
                         + "  ".join(f"{k} {v:.4g}" for k, v in eval_metrics.items()))
                     writer.write(step, eval_metrics, prefix="eval")
-                    if run.sample_fn is not None and workdir is not None and jax.process_index() == 0:
-                        written = run.sample_fn(strategy.to_host(state.params),
-                                                strategy.to_host(state.model_state),
-                                                jax.random.PRNGKey(step), workdir / "samples", step)
-                        if isinstance(written, str):  # text: show what the model writes now
-                            log(f"sample at step {step}:\n{written}")
+                    if run.sample_fn is not None and workdir is not None:
+                        # to_host is a collective: every process fetches, process 0 writes.
+                        host = strategy.to_host((state.params, state.model_state))
+                        if jax.process_index() == 0:
+                            written = run.sample_fn(*host, jax.random.PRNGKey(step),
+                                                    workdir / "samples", step)
+                            if isinstance(written, str):  # text: what the model writes now
+                                log(f"sample at step {step}:\n{written}")
                 if saving:
                     save(step, eval_metrics if evaluating and eval_metrics else None)
                 if guard.stop_requested():
@@ -410,20 +434,11 @@ def evaluate_checkpoint(path: str | Path, *, config=None, overrides: list[str] =
         raise ValueError(f"{path} is not a run directory: no checkpoints/ in it")
     ckpt = Checkpointer(ckpt_dir)
     try:
-        latest = step if step is not None else ckpt.latest_step()
-        if latest is None:
-            raise ValueError(f"no checkpoint in {ckpt_dir}")
-        extra = dict(ckpt.manager.restore(latest, args=ckpt_args_extra()).extra)
+        extra = ckpt.read_extra(step, log=log)
         if config is None:
             config = ml_collections.ConfigDict(extra["config"])
         config = config_lib.apply_overrides(config, overrides)
-        pc = config.get("parallel", {})
-        if pc.get("strategy", "mesh") == "mesh" and (
-                int(pc.get("data", -1)) * int(pc.get("fsdp", 1)) not in (-int(pc.get("fsdp", 1)),
-                                                                         jax.device_count())):
-            log(f"zoo: the saved mesh data={pc.get('data')} x fsdp={pc.get('fsdp')} does not fit "
-                f"{jax.device_count()} device(s); evaluating data-parallel over all of them")
-            config.parallel.data, config.parallel.fsdp = -1, 1
+        _fit_layout_to_devices(config, log)
         run = build(config, train=False, eval_split=split,
                     tokenizer=extra.get("data", {}).get("tokenizer"))
         state, _, restored_step = ckpt.restore(run.template, run.strategy, step=step, log=log)
@@ -446,6 +461,22 @@ def evaluate_checkpoint(path: str | Path, *, config=None, overrides: list[str] =
     return result
 
 
-def ckpt_args_extra():
-    import orbax.checkpoint as ocp
-    return ocp.args.Composite(extra=ocp.args.JsonRestore())
+def _fit_layout_to_devices(config, log: Callable[[str], None]) -> None:
+    """Makes a saved parallel layout fit this machine, in place: a mesh that does not fit the
+    devices becomes data-parallel over all of them, and a batch that does not divide over them
+    is evaluated on one device (a checkpoint restores under any strategy)."""
+    pc, n = config.parallel, jax.device_count()
+    strategy = pc.get("strategy", "mesh")
+    if strategy == "mesh":
+        data, fsdp = int(pc.get("data", -1)), int(pc.get("fsdp", 1))
+        if not ((data == -1 and n % fsdp == 0) or data * fsdp == n):
+            log(f"zoo: the saved mesh data={data} x fsdp={fsdp} does not fit {n} device(s); "
+                "evaluating data-parallel over all of them")
+            pc.data, pc.fsdp = -1, 1
+    shards = 1 if strategy == "single" else n
+    sizes = {int(config.data.batch_size),
+             int(config.data.get("eval_batch_size", 0) or config.data.batch_size)}
+    if any(size % shards for size in sizes):
+        log(f"zoo: batches of {sorted(sizes)} do not divide over {n} devices; evaluating on one")
+        pc.strategy = "single"
+

@@ -20,14 +20,12 @@ class Family:
       modules: the linen modules by player; ``apply`` them for encode/decode/sample.
       init: ``init(rng, batch) -> (params, model_state)``, each a dict keyed by player.
       objective: the :class:`zoo.core.step.Update` s one train step applies, in order.
-      eval_metrics: ``(params, model_state, batch, rng) -> metrics`` (dicts keyed by player).
+      eval_metrics: ``(params, model_state, batch, rng) -> metrics`` (dicts keyed by player), or
+        ``-> (metrics, new_model_state)`` for an evaluation that carries per-example state.
       batch_spec: the batch the family trains on, without the batch dimension.
       flops_per_example: forward+backward FLOPs of one training example (for MFU); None: unknown.
       sample_fn: ``sample_fn(params, model_state, rng, out_dir, step)`` writes samples (images or
         text) at each evaluation; None: the family writes none.
-      evaluate: ``evaluate(params, model_state, batches) -> metrics`` over one in-order pass of a
-        split, for families whose evaluation carries state from batch to batch (the LSTM); None:
-        the mean of ``eval_metrics`` over the batches.
     """
 
     name: str
@@ -38,4 +36,3 @@ class Family:
     batch_spec: PyTree
     flops_per_example: float | None = None
     sample_fn: Callable | None = None
-    evaluate: Callable | None = None

@@ -108,6 +108,7 @@ class Strategy(abc.ABC):
         """Shardings to restore a checkpointed state into, before :meth:`place_state`."""
 
     def global_batch_size(self, local_batch: PyTree) -> int:
+        """The global batch of which ``local_batch`` is this process's (equal) part."""
         return batch_size(local_batch) * jax.process_count()
 
     def global_rows(self, x) -> int:
@@ -115,6 +116,7 @@ class Strategy(abc.ABC):
         return int(np.shape(x)[0])
 
     def check_batch(self, local_batch: PyTree, grad_accum_steps: int = 1) -> None:
+        """Raises ValueError unless the global batch divides over the shards and microbatches."""
         check_divisible(self.global_batch_size(local_batch), self.num_shards, "devices",
                         grad_accum_steps)
 

@@ -22,8 +22,10 @@ leading dimension is the global batch. The step and the strategies then treat th
 * under ``mesh`` they are sharded like the batch: ``("data", "fsdp")`` on the leading dimension;
 * checkpoints (``Strategy.canonical_state``) and ``Strategy.to_host`` hold them as global arrays.
 
-So the same global batch gives the same new state under every strategy and any
-``grad_accum_steps``. Any leaf under a ``PER_EXAMPLE`` dict key counts, so the key is reserved:
+So per-example state comes out the same under every strategy and any ``grad_accum_steps``
+(other model state, like BatchNorm statistics, is averaged over shards and, with accumulation,
+is the last microbatch's). An evaluation can carry per-example state of its own through a split
+(:func:`make_eval_step`). Any leaf under a ``PER_EXAMPLE`` dict key counts, so the key is reserved:
 do not use it as a param or module name.
 """
 
@@ -31,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -307,24 +309,39 @@ def make_eval_step(
     *,
     compute_dtype: Any = None,
     axis_name: str | None = None,
-) -> Callable[[TrainState, PyTree], Metrics]:
+) -> Callable[[TrainState, PyTree], Metrics | tuple[TrainState, Metrics]]:
     """Builds ``eval_step(state, batch) -> metrics``.
 
     ``metrics_fn(params, model_state, batch, rng) -> metrics`` gets every player's params and model
     state (dicts keyed by player) and returns batch-mean metrics. A family's loss function serves:
     pass ``lambda *a: loss_fn(*a)[1]``. The rng is fixed per step so evaluation is repeatable.
+
+    A model whose evaluation carries per-example state through a split (an LSTM reading a test
+    stream batch after batch) returns ``(metrics, new_model_state)``; the step then returns
+    ``(state with the new model state, metrics)``, like a train step, and the caller threads the
+    state from batch to batch (see :func:`with_fresh_per_example_state`).
     """
 
-    def eval_step(state: TrainState, batch: PyTree) -> Metrics:
+    def eval_step(state: TrainState, batch: PyTree):
         rng = jax.random.fold_in(jax.random.fold_in(state.rng, -1 & 0x7FFFFFFF), state.step)
         if axis_name is not None:
             rng = jax.random.fold_in(rng, lax.axis_index(axis_name))
-        metrics = metrics_fn(cast_floating(state.params, compute_dtype), state.model_state,
-                             cast_floating(batch, compute_dtype), rng)
-        metrics = jax.tree.map(lambda m: jnp.asarray(m, jnp.float32), metrics)
-        return _pmean(metrics, axis_name)
+        out = metrics_fn(cast_floating(state.params, compute_dtype), state.model_state,
+                         cast_floating(batch, compute_dtype), rng)
+        metrics, model_state = out if isinstance(out, tuple) else (out, None)
+        metrics = _pmean(jax.tree.map(lambda m: jnp.asarray(m, jnp.float32), metrics), axis_name)
+        if model_state is None:
+            return metrics
+        return state.replace(model_state=_pmean(model_state, axis_name)), metrics
 
     return eval_step
+
+
+def with_fresh_per_example_state(state: TrainState, rows: int) -> TrainState:
+    """``state`` (on the host) with every per-example leaf replaced by zeros for ``rows`` rows:
+    where an evaluation that carries per-example state starts a split."""
+    fresh = lambda x: jnp.zeros((rows, *x.shape[1:]), x.dtype)
+    return state.replace(model_state=map_per_example(state.model_state, fresh, lambda x: x))
 
 
 def metrics_only(loss_fn: PlayerLossFn) -> Callable:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import linen as nn
 
 from zoo import flops
@@ -135,11 +134,16 @@ def make_family(config) -> Family:
         return loss, metrics, {**model_state, "model": state}
 
     def eval_metrics(params, model_state, batch, rng):
-        # Each eval batch starts from zeros: the carried state belongs to the training stream.
-        # evaluate() below carries a state of its own through a whole split (family.evaluate).
+        # With a carried state, evaluation reads the split as streams too (stream batches, in
+        # order), carrying its own state from zeros: how Zaremba et al. report perplexity.
         tokens = batch["tokens"]
-        logits, _ = model.apply({"params": params["model"]}, tokens[:, :-1])
-        return lm_metrics(logits, tokens[:, 1:], unit)[1]
+        state = model_state["model"]
+        carry = _reset(state[PER_EXAMPLE]["carry"], batch["reset"]) if carry_state else None
+        logits, new_carry = model.apply({"params": params["model"]}, tokens[:, :-1], carry)
+        metrics = lm_metrics(logits, tokens[:, 1:], unit)[1]
+        if not carry_state:
+            return metrics
+        return metrics, {**model_state, "model": {**state, PER_EXAMPLE: {"carry": new_carry}}}
 
     def init(rng, batch):
         tokens = jnp.asarray(batch["tokens"])
@@ -160,31 +164,5 @@ def make_family(config) -> Family:
         batch_spec={"tokens": jax.ShapeDtypeStruct((seq_len + 1,), jnp.int32),
                     "reset": jax.ShapeDtypeStruct((), jnp.int32)},
         flops_per_example=float(seq_len * per_token),
-        # With a carried state, evaluation carries it through the split too (stream batches).
-        evaluate=(lambda params, model_state, batches: evaluate(model, params["model"], batches,
-                                                                 unit)) if carry_state else None,
     )
 
-
-def evaluate(model: LSTMLM, params, batches, unit: str = "word") -> dict[str, float]:
-    """Mean loss over ``batches`` read in order as contiguous streams (a
-    :class:`zoo.text_data.StreamIterator` pass), the state carried batch to batch: how Zaremba et
-    al. report test perplexity. Perplexity (or bits per character) is of the mean loss.
-    """
-    @jax.jit
-    def run(carry, batch_tokens):
-        logits, carry = model.apply({"params": params}, batch_tokens[:, :-1], carry)
-        return lm_metrics(logits, batch_tokens[:, 1:], unit)[0], carry
-
-    carry, total, n = None, 0.0, 0
-    for batch in batches:
-        tokens = jnp.asarray(batch["tokens"])
-        carry = model.initial_carry(tokens.shape[0]) if carry is None else carry
-        loss, carry = run(carry, tokens)
-        total, n = total + float(loss), n + 1
-    if not n:
-        raise ValueError("the evaluation split makes no batch; lower data.eval_batch_size")
-    loss = total / n
-    if unit == "char":
-        return {"loss": loss, "bits_per_char": float(loss / np.log(2))}
-    return {"loss": loss, "perplexity": float(np.exp(loss))}
