@@ -123,3 +123,22 @@ def test_tiny_shakespeare_through_tfds_offline(tfds_dirs, shared_data):
     assert len(train) == 1_003_854 and raw.startswith(train)
     tokens, tokenizer = text_data.load_tokens(cfg, "test")
     assert tokenizer.vocab_size == 65 and len(tokens) == 55_770
+
+
+def test_a_model_vocabulary_larger_than_the_tokenizers_never_yields_padded_ids(shakespeare):
+    _, tokenizer = shakespeare  # 65 characters
+    model = transformer.make_model({**TINY, "vocab_size": 80})
+    params = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    gen = generate.Generator(model, params, tokenizer, buckets=(8,))
+    ids = gen.generate_tokens([tokenizer.encode("ROMEO:")] * 8, 24, temperature=1.0, seed=0)
+    assert ids.max() < 65 and len(np.unique(ids)) > 20  # 192 draws spread over the 65
+    assert all(len(t) == 24 for t in gen.generate_text(["ROMEO:"] * 8, 24, temperature=1.0))
+
+    # An LSTM whose padded ids have by far the largest logits: greedy and sampling skip them.
+    lstm_model = lstm.make_model(dict(family="lstm", vocab_size=80, hidden_size=16))
+    params = jax.jit(lstm_model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))["params"]
+    params["out"]["bias"] = params["out"]["bias"].at[65:].set(100.0)
+    gen = generate.Generator(lstm_model, params, tokenizer)
+    for temperature in (0.0, 1.0):
+        ids = gen.generate_tokens([[1, 2, 3]] * 4, 16, temperature=temperature, top_k=70)
+        assert ids.max() < 65, temperature

@@ -10,7 +10,8 @@ prefill and once per batch size for the step, never per token or per prompt leng
 Sampling: ``temperature=0`` is greedy; otherwise softmax(logits / temperature) restricted to the
 ``top_k`` most likely tokens (0: all) and to the smallest set whose probability reaches ``top_p``
 (1.0: all). The settings are traced values, so changing them does not recompile. A ``seed`` fixes
-the draws: the same seed, prompts and settings give the same text.
+the draws: the same seed, prompts and settings give the same text. Ids beyond the tokenizer's
+vocabulary (a model padded to a larger one) are never drawn.
 """
 
 from __future__ import annotations
@@ -78,6 +79,9 @@ class Generator:
         self.buckets = tuple(buckets)
         self.is_transformer = isinstance(model, transformer_lib.GPT)
         self.max_len = model.block_size if self.is_transformer else None
+        # A model may have more ids than its tokenizer (GPT-2 padded to 50304): those have no text,
+        # so they are never drawn. A static count per generator: compiled once.
+        self.num_valid = min(tokenizer.vocab_size, model.vocab_size) if tokenizer else None
         self._prefill = jax.jit(self._prefill_impl)
         self._step = jax.jit(self._step_impl, donate_argnums=(1,))
 
@@ -93,17 +97,23 @@ class Generator:
                                     method=self.model.decode)
         return self.model.apply({"params": params}, tokens, cache, seq_lengths=lengths)
 
+    def _mask(self, logits):
+        """Logits (B, V) with the ids the tokenizer cannot decode at -inf."""
+        if self.num_valid is None or self.num_valid >= logits.shape[-1]:
+            return logits
+        return jnp.where(jnp.arange(logits.shape[-1]) < self.num_valid, logits, -jnp.inf)
+
     def _prefill_impl(self, params, tokens, lengths):
         B = tokens.shape[0]
         logits, cache = self._extend(params, tokens, self._init_cache(B),
                                      jnp.zeros((B,), jnp.int32), lengths)
-        return logits[jnp.arange(B), lengths - 1], cache
+        return self._mask(logits[jnp.arange(B), lengths - 1]), cache
 
     def _step_impl(self, params, cache, logits, lengths, rng, i, temperature, top_k, top_p):
         token = sample_logits(logits, jax.random.fold_in(rng, i), temperature, top_k, top_p)
         logits, cache = self._extend(params, token[:, None], cache, lengths,
                                      jnp.ones_like(lengths))
-        return token, logits[:, 0], cache, lengths + 1
+        return token, self._mask(logits[:, 0]), cache, lengths + 1
 
     def generate_tokens(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, *,
                         temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
