@@ -17,7 +17,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.optimizer = ml_collections.ConfigDict(dict(
         name="adam", learning_rate=1e-3, schedule="constant", warmup_steps=0, grad_clip_norm=0.0,
         b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, momentum=0.0, end_factor=0.0,
-        decay_rate=0.5, transition_steps=0))
+        decay_rate=0.5, transition_steps=0, decay_begin=0, boundaries=()))
     config.parallel = ml_collections.ConfigDict(dict(strategy="mesh", data=-1, fsdp=1))
     config.train = ml_collections.ConfigDict(dict(
         steps=1000, log_every=50, eval_every=0, checkpoint_every=500, keep_checkpoints=3,

@@ -20,7 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
         carry_state=True))
     config.data = default.text_data("tiny_shakespeare", source="tfds", batching="stream",
                                     seq_len=SEQ_LEN, batch_size=50)
-    config.optimizer.update(learning_rate=2e-3, schedule="exponential", warmup_steps=10 * 400,
+    config.optimizer.update(learning_rate=2e-3, schedule="exponential", decay_begin=10 * 400,
                             transition_steps=400, decay_rate=0.97, grad_clip_norm=5.0)
     config.parallel.strategy = "single"
     config.train.update(steps=20_000, log_every=100, eval_every=1000, checkpoint_every=1000)

@@ -28,10 +28,12 @@ def zaremba_config(*, hidden_size: int, dropout: float, init_scale: float, grad_
                                     batch_size=batch_size)
     config.optimizer.update(
         # Their loss sums over the seq_len steps (mean over the batch); zoo's is the mean per word.
-        # SGD at lr on the sum clipped at c = SGD at lr * seq_len on the mean clipped at c / seq_len.
+        # SGD at lr on the sum clipped at c = SGD at lr * seq_len on the mean clipped at
+        # c / seq_len.
         name="sgd", learning_rate=1.0 * seq_len, grad_clip_norm=grad_clip_norm / seq_len,
-        schedule="exponential", transition_steps=steps_per_epoch, decay_rate=decay,
-        warmup_steps=(decay_after - 1) * steps_per_epoch)  # = transition_begin
+        # Constant for decay_after epochs: the first decay is at decay_begin + transition_steps.
+        schedule="exponential", decay_begin=(decay_after - 1) * steps_per_epoch,
+        transition_steps=steps_per_epoch, decay_rate=decay)
     config.parallel.strategy = "single"
     config.train.update(steps=epochs * steps_per_epoch, log_every=200, eval_every=steps_per_epoch,
                         checkpoint_every=steps_per_epoch)
