@@ -36,6 +36,21 @@ def test_ptb_word_tokenizer(shared_data):
         t.encode("the zyzzyva said")
 
 
+def test_words_of_a_split_outside_the_train_vocabulary_are_named_with_the_split(shared_data):
+    cfg = {"dataset": "tiny_shakespeare", "tokenizer": "word",
+           "path": str(shared_data / "raw" / "tiny_shakespeare")}
+    with pytest.raises(ValueError, match=r"^the validation split of tiny_shakespeare has 1830 "
+                                         r"word\(s\) outside the vocabulary built from the train "
+                                         r"split: .*'Bove.* and 1810 more$"):
+        text_data.load_tokens(cfg, "validation")
+    # Characters likewise.
+    cfg = {"dataset": "ptb_char", "path": str(shared_data / "raw" / "ptb")}
+    no_z = tok.CharTokenizer.from_text(text_data.load_text(cfg, "test").replace("z", ""))
+    with pytest.raises(ValueError, match=r"^the test split of ptb_char has 1 character\(s\) "
+                                         r"outside the vocabulary built from the train split: 'z'$"):
+        text_data.load_tokens(cfg, "test", no_z)
+
+
 def test_unknown_tokenizer_name():
     with pytest.raises(ValueError, match="unknown tokenizer 'sentencepiece'"):
         tok.get_tokenizer("sentencepiece", text="abc")

@@ -132,7 +132,7 @@ def make_run_data(data_config, family: Family, *, seed: int, train: bool = True,
     if tokenizer is None:
         raise ValueError("a text dataset needs its tokenizer (input_pipeline.make_tokenizer)")
     eval_text = text_data.load_text(data_config, eval_split)
-    eval_tokens = np.asarray(tokenizer.encode(eval_text), np.int32)
+    eval_tokens = text_data.encode_split(data_config, eval_split, eval_text, tokenizer)
     eval_iter = lambda: text_data.make_iterator(
         data_config, eval_tokens, batch_size=eval_size, **whole_split).epoch_batches()
     it = None

@@ -134,11 +134,25 @@ def make_tokenizer(data_config) -> tok.Tokenizer:
     return tok.get_tokenizer(name, text=load_text(data_config, "train"))
 
 
+def encode_split(data_config, split: str, text: str, tokenizer: tok.Tokenizer) -> np.ndarray:
+    """``text``, the ``split`` of the config's dataset, as int32 ids.
+
+    Text outside the tokenizer's vocabulary (a word or character the train split, which the
+    vocabulary is built from, lacks) is an error naming the split.
+    """
+    try:
+        return np.asarray(tokenizer.encode(text), np.int32)
+    except tok.OutOfVocabularyError as e:
+        name = _get(data_config, "dataset", "tiny_shakespeare")
+        raise ValueError(f"the {split} split of {name} has {e.what} outside the vocabulary built "
+                         f"from the train split: {e.listing}") from None
+
+
 def load_tokens(data_config, split: str, tokenizer: tok.Tokenizer | None = None
                 ) -> tuple[np.ndarray, tok.Tokenizer]:
     """``split`` encoded as int32 ids, and the tokenizer (built from the train split if None)."""
     tokenizer = tokenizer or make_tokenizer(data_config)
-    return np.asarray(tokenizer.encode(load_text(data_config, split)), np.int32), tokenizer
+    return encode_split(data_config, split, load_text(data_config, split), tokenizer), tokenizer
 
 
 def _local_rows(global_batch_size: int, process_index: int | None, process_count: int | None):
