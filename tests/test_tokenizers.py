@@ -2,6 +2,7 @@
 
 import collections
 import json
+import re
 
 import pytest
 
@@ -58,7 +59,7 @@ def test_unknown_tokenizer_name():
         text_data.make_tokenizer({"dataset": "tiny_shakespeare", "tokenizer": "bytes"})
 
 
-def _train_bpe(text: str, num_merges: int, tmp_path):
+def _train_bpe(text: str, num_merges: int, path):
     """A small GPT-2-format vocabulary: 256 byte tokens plus greedy BPE merges learned on text."""
     import regex
     byte_enc = tok.bytes_to_unicode()
@@ -86,10 +87,11 @@ def _train_bpe(text: str, num_merges: int, tmp_path):
             merged[tuple(out)] += n
         words = merged
     vocab.append("<|endoftext|>")
-    (tmp_path / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
-    (tmp_path / "merges.txt").write_text(
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
+    (path / "merges.txt").write_text(
         "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
-    return tmp_path
+    return path
 
 
 def test_gpt2_bpe_matches_transformers(tmp_path, shared_data):
@@ -107,3 +109,21 @@ def test_gpt2_bpe_matches_transformers(tmp_path, shared_data):
     with pytest.raises(ValueError, match="merges.txt"):
         (path / "merges.txt").unlink()
         tok.get_tokenizer("gpt2", path=path)
+
+
+def test_gpt2_tokenizer_names_its_files_by_absolute_path(tmp_path, monkeypatch):
+    bpe = _train_bpe("to be or not to be", 5, tmp_path / "bpe").resolve()
+    monkeypatch.chdir(tmp_path)
+    saved = text_data.make_tokenizer({"tokenizer": "gpt2", "tokenizer_path": "bpe"}).to_config()
+    assert saved["vocab_file"] == str(bpe / "vocab.json")
+    assert saved["merges_file"] == str(bpe / "merges.txt")
+    monkeypatch.chdir("/")
+    assert tok.from_config(saved).encode(" be or") == tok.get_tokenizer(
+        "gpt2", path=bpe).encode(" be or")
+    (bpe / "merges.txt").unlink()
+    with pytest.raises(ValueError, match=re.escape(f"GPT-2 tokenizer file {bpe / 'merges.txt'} "
+                                                   "not found")):
+        tok.from_config(saved)
+    with pytest.raises(ValueError, match="data.tokenizer='gpt2' reads vocab.json and merges.txt "
+                                         "from data.tokenizer_path, which is empty"):
+        text_data.make_tokenizer({"tokenizer": "gpt2", "tokenizer_path": ""})

@@ -128,7 +128,11 @@ def make_tokenizer(data_config) -> tok.Tokenizer:
     default = "word" if _get(data_config, "dataset") == "ptb" else "char"
     name = _get(data_config, "tokenizer", default)
     if name == "gpt2":
-        return tok.get_tokenizer("gpt2", path=_get(data_config, "tokenizer_path"))
+        path = _get(data_config, "tokenizer_path")
+        if not path:
+            raise ValueError("data.tokenizer='gpt2' reads vocab.json and merges.txt from "
+                             "data.tokenizer_path, which is empty; set it to their folder")
+        return tok.get_tokenizer("gpt2", path=path)
     if name not in tok.TOKENIZERS:
         raise ValueError(f"unknown tokenizer {name!r}; choose one of {', '.join(tok.TOKENIZERS)}")
     return tok.get_tokenizer(name, text=load_text(data_config, "train"))

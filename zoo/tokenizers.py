@@ -165,14 +165,22 @@ class GPT2Tokenizer:
         self.byte_encoder = bytes_to_unicode()
         self.byte_decoder = {c: b for b, c in self.byte_encoder.items()}
         self.pattern = regex.compile(GPT2_PATTERN)
-        self.files = (vocab_file, merges_file)
+        # Absolute: the files are named in a run's saved tokenizer, read from any directory.
+        self.files = tuple(str(Path(f).resolve()) if f else None for f in (vocab_file, merges_file))
         self._cache: dict[str, list[str]] = {}
         self.eos_id = self.encoder.get("<|endoftext|>")
 
     @classmethod
     def from_files(cls, vocab_file: str | os.PathLike, merges_file: str | os.PathLike):
-        encoder = json.loads(Path(vocab_file).read_text(encoding="utf-8"))
-        lines = Path(merges_file).read_text(encoding="utf-8").split("\n")
+        """Reads ``vocab.json`` and ``merges.txt``. :meth:`to_config` names them by absolute
+        path, so a run that saved it resumes, evaluates and generates from any directory."""
+        vocab_file, merges_file = Path(vocab_file).resolve(), Path(merges_file).resolve()
+        for file in (vocab_file, merges_file):
+            if not file.is_file():
+                raise ValueError(f"GPT-2 tokenizer file {file} not found (the BPE needs its "
+                                 "vocab.json and merges.txt)")
+        encoder = json.loads(vocab_file.read_text(encoding="utf-8"))
+        lines = merges_file.read_text(encoding="utf-8").split("\n")
         merges = [tuple(line.split()) for line in lines
                   if line and not line.startswith("#version") and len(line.split()) == 2]
         return cls(encoder, merges, str(vocab_file), str(merges_file))
