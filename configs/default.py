@@ -2,7 +2,9 @@
 
 A config file calls ``default.get_config()`` and sets its model and what differs, so each file
 reads as the list of choices that make it what it is. Language-model configs replace ``data`` with
-``default.text_data(...)`` and call ``default.text_sampling(config)``.
+``default.text_data(...)`` and call ``default.text_sampling(config)``; the model's vocabulary
+(``vocab_size=0``), sequence length and unit come from the data and its tokenizer
+(``zoo.input_pipeline.fill_model_config``).
 """
 
 import ml_collections

@@ -21,9 +21,9 @@ def zaremba_config(*, hidden_size: int, dropout: float, init_scale: float, grad_
     steps_per_epoch = (TRAIN_TOKENS // batch_size - 1) // seq_len
     config = default.get_config()
     config.model = ml_collections.ConfigDict(dict(
-        family="lstm", vocab_size=10_000, hidden_size=hidden_size, num_layers=2, embed_dim=0,
+        family="lstm", vocab_size=0, hidden_size=hidden_size, num_layers=2, embed_dim=0,
         dropout=dropout, tie_embeddings=False, init_scale=init_scale, dtype="float32",
-        seq_len=seq_len, unit="word", carry_state=True))
+        carry_state=True))
     config.data = default.text_data("ptb", tokenizer="word", batching="stream", seq_len=seq_len,
                                     batch_size=batch_size)
     config.optimizer.update(

@@ -16,15 +16,13 @@ from zoo.config import apply_overrides
 
 # A tiny transformer on tiny_shakespeare's raw text (the pipeline is under test, not the model).
 TRANSFORMER = ["--config.model.n_layer=2", "--config.model.n_head=2", "--config.model.n_embd=32",
-               "--config.model.block_size=32", "--config.model.seq_len=32",
-               "--config.data.seq_len=32", "--config.data.batch_size=8",
-               "--config.data.eval_batch_size=64", "--config.train.log_every=10",
-               "--config.train.sample_tokens=20"]
+               "--config.model.block_size=32", "--config.data.seq_len=32",
+               "--config.data.batch_size=8", "--config.data.eval_batch_size=64",
+               "--config.train.log_every=10", "--config.train.sample_tokens=20"]
 # A tiny LSTM on PTB, state carried across batches.
-LSTM = ["--config.model.hidden_size=32", "--config.model.seq_len=10", "--config.data.seq_len=10",
-        "--config.data.batch_size=8", "--config.data.eval_batch_size=8",
-        "--config.train.log_every=5", "--config.train.sample_tokens=10",
-        "--config.optimizer.warmup_steps=0"]
+LSTM = ["--config.model.hidden_size=32", "--config.data.seq_len=10", "--config.data.batch_size=8",
+        "--config.data.eval_batch_size=8", "--config.train.log_every=5",
+        "--config.train.sample_tokens=10"]
 
 
 def _config(name, *overrides):
@@ -108,6 +106,38 @@ def test_text_config_errors(tmp_path):
                             "--config.train.best_metric=accuracy"))
 
 
+def test_the_model_is_filled_from_its_data_and_must_agree_with_it():
+    from zoo import input_pipeline, tokenizers
+
+    chars = tokenizers.CharTokenizer(list("abc\n"))
+    fill = input_pipeline.fill_model_config
+    filled = fill(_config("transformer_char_cpu"), chars).model
+    assert (filled.vocab_size, filled.seq_len, filled.unit) == (4, 128, "char")
+    bpe = tokenizers.GPT2Tokenizer({"a": 0, "b": 1}, [])
+    assert fill(_config("transformer_char_cpu"), bpe).model.unit == "token"
+    words = tokenizers.WordTokenizer(["<eos>", "the"])
+    filled = fill(_config("lstm_ptb_small"), words).model
+    assert (filled.vocab_size, filled.seq_len, filled.unit) == (2, 20, "word")
+    assert fill(_config("lstm_ptb_small", "--config.data.batching=random",
+                        "--config.model.carry_state=False"), words).model.seq_len == 20
+
+    config = _config("transformer_char_cpu")
+    config.model.seq_len = 64
+    with pytest.raises(ValueError, match=r"model.seq_len=64 differs from data.seq_len=128"):
+        fill(config, chars)
+    config = _config("transformer_char_cpu")
+    config.model.unit = "word"
+    with pytest.raises(ValueError, match=r"model.unit='word' does not match the char tokenizer"):
+        fill(config, chars)
+    with pytest.raises(ValueError, match=r"data.batching='stream' .* the transformer trains on "
+                                         r"data.batching='random' windows"):
+        fill(_config("transformer_char_cpu", "--config.data.batching=stream"), chars)
+    # Through zoo train's build, before anything compiles.
+    with pytest.raises(ValueError, match=r"data.batching='random', but the LSTM carries its state "
+                                         r".*set data.batching='stream', or model.carry_state=False"):
+        train.build(_config("lstm_ptb_small", *LSTM, "--config.data.batching=random"))
+
+
 def test_zoo_generate_refuses_a_folder_that_is_no_run(tmp_path, capsys):
     assert cli.main(["generate", str(tmp_path), "--prompt", "hi"]) == 2
     assert "neither a zoo run directory" in capsys.readouterr().err
@@ -124,8 +154,12 @@ def test_every_config_builds_its_family(path):
     assert set(config) >= {"model", "data", "optimizer", "parallel", "train"}
     input_pipeline.check_dataset(config.data)
     if input_pipeline.is_text(config.data):
-        vocab = config.model.vocab_size or 65
-        config = input_pipeline.with_vocab_size(
-            config, tokenizers.CharTokenizer([chr(i) for i in range(vocab)]))
+        # A stand-in for the vocabulary built from the data: 65 characters, or 10k PTB words.
+        tokenizer = (tokenizers.WordTokenizer(["<eos>"] + [f"w{i}" for i in range(9_999)])
+                     if config.data.tokenizer == "word" else
+                     tokenizers.CharTokenizer([chr(32 + i) for i in range(65)]))
+        config = input_pipeline.fill_model_config(config, tokenizer)
+        assert config.model.vocab_size == tokenizer.vocab_size
+        assert config.model.seq_len == config.data.seq_len
     family = models.make_family(config.model)
     assert family.objective and family.batch_spec

@@ -8,7 +8,8 @@ process its slice of the global batch, and saves and restores its position (``st
 
 Text runs build their tokenizer from the training split (``char``, ``word``) or from GPT-2's files
 (``gpt2``), or take a saved one (a resumed or evaluated run uses the tokenizer it trained with).
-:func:`with_vocab_size` fills ``model.vocab_size`` from it.
+:func:`fill_model_config` fills the model's vocabulary, sequence length and unit from the tokenizer
+and the data, and refuses a model that does not match them.
 """
 
 from __future__ import annotations
@@ -68,20 +69,57 @@ def make_tokenizer(data_config, saved: dict | None = None) -> tok.Tokenizer:
     return tok.from_config(saved) if saved else text_data.make_tokenizer(data_config)
 
 
-def with_vocab_size(config, tokenizer: tok.Tokenizer):
-    """A copy of ``config`` whose ``model.vocab_size`` is the tokenizer's when unset (0 or None).
+# What a language model's metrics count per tokenizer: bits per character, or perplexity.
+UNIT_OF_TOKENIZER = {"char": "char", "word": "word", "gpt2": "token"}
 
-    A larger vocabulary is allowed (GPT-2 is often padded to a multiple of 64); a smaller one
-    cannot embed every token and is refused.
+
+def fill_model_config(config, tokenizer: tok.Tokenizer):
+    """A copy of ``config`` whose language model agrees with its data, filled where unset.
+
+    * ``model.vocab_size``: the tokenizer's when unset (0). A larger one is allowed (GPT-2 is often
+      padded to a multiple of 64); a smaller one cannot embed every token and is refused.
+    * ``model.seq_len``: ``data.seq_len`` when unset (0); another is refused.
+    * ``model.unit``: the tokenizer's (``char``, ``word``, or ``token`` for GPT-2's BPE) when
+      unset; another is refused.
+    * ``data.batching``: an LSTM carrying its state across batches needs ``stream`` (row i of a
+      batch continues row i of the last one); the transformer takes ``random`` windows.
     """
     config = copy.deepcopy(config)
-    vocab = config.model.get("vocab_size", 0) or 0
+    model, data = config.model, config.data
+    vocab = model.get("vocab_size", 0) or 0
     if not vocab:
-        config.model.vocab_size = tokenizer.vocab_size
+        model.vocab_size = tokenizer.vocab_size
     elif vocab < tokenizer.vocab_size:
         raise ValueError(f"model.vocab_size={vocab} is smaller than the {tokenizer.vocab_size} "
                          f"tokens of the {type(tokenizer).__name__}; set model.vocab_size=0 to "
                          "take the tokenizer's")
+
+    seq_len = int(data.get("seq_len", 0) or 0)
+    if seq_len < 1:
+        raise ValueError(f"data.seq_len={data.get('seq_len')}: a language model's data needs the "
+                         "number of tokens per row (>= 1)")
+    if not model.get("seq_len", 0):
+        model.seq_len = seq_len
+    elif int(model.seq_len) != seq_len:
+        raise ValueError(f"model.seq_len={model.seq_len} differs from data.seq_len={seq_len}; set "
+                         "only data.seq_len (model.seq_len=0 takes it)")
+
+    unit = UNIT_OF_TOKENIZER[tokenizer.name]
+    if not model.get("unit", ""):
+        model.unit = unit
+    elif model.unit != unit:
+        raise ValueError(f"model.unit={model.unit!r} does not match the {tokenizer.name} tokenizer "
+                         f"of data.tokenizer, whose unit is {unit!r}; leave model.unit unset to "
+                         "take it")
+
+    family, batching = model.get("family"), data.get("batching", "random")
+    if family == "lstm" and model.get("carry_state", True) and batching != "stream":
+        raise ValueError(f"data.batching={batching!r}, but the LSTM carries its state from batch "
+                         "to batch (model.carry_state=True), which needs contiguous rows: set "
+                         "data.batching='stream', or model.carry_state=False")
+    if family == "transformer" and batching == "stream":
+        raise ValueError("data.batching='stream' lays out contiguous rows for an LSTM's carried "
+                         "state; the transformer trains on data.batching='random' windows")
     return config
 
 

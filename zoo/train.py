@@ -193,7 +193,7 @@ def build(config, *, train: bool = True, eval_split: str | None = None,
     text_tokenizer = None
     if input_pipeline.is_text(config.data):
         text_tokenizer = input_pipeline.make_tokenizer(config.data, tokenizer)
-        config = input_pipeline.with_vocab_size(config, text_tokenizer)
+        config = input_pipeline.fill_model_config(config, text_tokenizer)
     family = models.make_family(config.model)
     strategy = make_strategy(config.get("parallel", {}))
     grad_accum = int(tc.get("grad_accum_steps", 1))
