@@ -104,6 +104,18 @@ def test_text_config_errors(tmp_path):
                                          "the transformer family; choose one of bits_per_char"):
         train.build(_config("transformer_char_cpu", *TRANSFORMER,
                             "--config.train.best_metric=accuracy"))
+    # An evaluation split too short for one batch (it would evaluate nothing): random windows
+    # (111,540 characters make 3,485 windows of 32 + 1) and contiguous rows.
+    with pytest.raises(ValueError, match=r"the validation split of tiny_shakespeare \(111,540 "
+                                         r"tokens\) makes no evaluation batch of "
+                                         r"data.eval_batch_size=4000 rows of data.seq_len \+ 1 = 33 "
+                                         r"tokens; set data.eval_batch_size to at most 3485"):
+        train.build(_config("transformer_char_cpu", *TRANSFORMER,
+                            "--config.data.eval_batch_size=4000"))
+    with pytest.raises(ValueError, match=r"the test split of ptb \(82,430 tokens\) makes no "
+                                         r"evaluation batch .* at most 7493"):
+        train.build(_config("lstm_ptb_small", *LSTM, "--config.data.eval_batch_size=8000"),
+                    train=False, eval_split="test")
 
 
 def test_the_model_is_filled_from_its_data_and_must_agree_with_it():

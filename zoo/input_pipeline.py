@@ -139,6 +139,17 @@ def load_images(data_config, family: Family, split: str, *, seed: int) -> Batch:
     return {k: arrays[k] for k in family.batch_spec}
 
 
+def _check_eval_rows(data_config, split: str, num_tokens: int, eval_size: int) -> None:
+    """Refuses an evaluation split too short for one batch (it would evaluate nothing)."""
+    rows = text_data.max_eval_rows(data_config, num_tokens)
+    if rows < eval_size:
+        fix = f"set data.eval_batch_size to at most {rows}" if rows else "lower data.seq_len"
+        raise ValueError(
+            f"the {split} split of {data_config.dataset} ({num_tokens:,} tokens) makes no "
+            f"evaluation batch of data.eval_batch_size={eval_size} rows of data.seq_len + 1 = "
+            f"{int(data_config.seq_len) + 1} tokens; {fix}")
+
+
 def make_run_data(data_config, family: Family, *, seed: int, train: bool = True,
                   eval_split: str | None = None, tokenizer: tok.Tokenizer | None = None
                   ) -> RunData:
@@ -160,6 +171,9 @@ def make_run_data(data_config, family: Family, *, seed: int, train: bool = True,
         train_arrays = load_images(data_config, family, "train", seed=seed) if train else None
         eval_arrays = load_images(data_config, family, eval_split, seed=seed)
         n_eval = len(next(iter(eval_arrays.values())))
+        if not n_eval:
+            raise ValueError(f"the {eval_split} split of {data_config.dataset} has no examples")
+        # A batch larger than the split is one batch of the whole split.
         eval_iter = lambda: data_lib.BatchIterator(
             eval_arrays, min(eval_size, n_eval), shuffle=False, **whole_split).epoch_batches()
         source = train_arrays or eval_arrays
@@ -171,6 +185,7 @@ def make_run_data(data_config, family: Family, *, seed: int, train: bool = True,
         raise ValueError("a text dataset needs its tokenizer (input_pipeline.make_tokenizer)")
     eval_text = text_data.load_text(data_config, eval_split)
     eval_tokens = text_data.encode_split(data_config, eval_split, eval_text, tokenizer)
+    _check_eval_rows(data_config, eval_split, len(eval_tokens), eval_size)
     eval_iter = lambda: text_data.make_iterator(
         data_config, eval_tokens, batch_size=eval_size, **whole_split).epoch_batches()
     it = None

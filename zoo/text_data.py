@@ -259,6 +259,15 @@ class WindowIterator:
             yield {"tokens": self.tokens[s[:, None] + np.arange(self.seq_len + 1)]}
 
 
+def max_eval_rows(data_config, num_tokens: int) -> int:
+    """The most rows an evaluation batch of ``num_tokens`` tokens can have: an in-order pass
+    (``epoch_batches``) makes a batch only if its rows are at most this many."""
+    seq_len = int(_get(data_config, "seq_len"))
+    if _get(data_config, "batching", "random") == "stream":
+        return num_tokens // (seq_len + 1)  # B rows of len // B >= seq_len + 1 tokens
+    return (num_tokens - 1) // seq_len  # non-overlapping windows
+
+
 def make_iterator(data_config, tokens: np.ndarray, *, seed: int = 0, batch_size: int | None = None,
                   **process) -> StreamIterator | WindowIterator:
     """``data.batching``: ``stream`` (contiguous, TBPTT) or ``random`` windows; ``data.seq_len``."""
