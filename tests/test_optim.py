@@ -49,7 +49,8 @@ def test_schedule_settings_are_checked():
                                          r"has no warm-up; .*optimizer.decay_begin"):
         optim.make_schedule(dict(schedule="exponential", warmup_steps=30), 100)
     for bad in ((4, 1, 13), (0, 4), (4, 4)):
-        with pytest.raises(ValueError, match=r"optimizer.boundaries=.* must be increasing steps > 0"):
+        with pytest.raises(ValueError, match=r"optimizer.boundaries=.* must be increasing steps "
+                                             r"> 0"):
             optim.make_schedule(dict(schedule="piecewise", boundaries=bad), 100)
 
 

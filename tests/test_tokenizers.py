@@ -48,7 +48,8 @@ def test_words_of_a_split_outside_the_train_vocabulary_are_named_with_the_split(
     cfg = {"dataset": "ptb_char", "path": str(shared_data / "raw" / "ptb")}
     no_z = tok.CharTokenizer.from_text(text_data.load_text(cfg, "test").replace("z", ""))
     with pytest.raises(ValueError, match=r"^the test split of ptb_char has 1 character\(s\) "
-                                         r"outside the vocabulary built from the train split: 'z'$"):
+                                         r"outside the vocabulary built from the train split: "
+                                         r"'z'$"):
         text_data.load_tokens(cfg, "test", no_z)
 
 

@@ -31,7 +31,8 @@ class OutOfVocabularyError(ValueError):
     """Text holds characters or words outside a tokenizer's vocabulary.
 
     Attributes: ``unknown``, the distinct ones, sorted; ``what``, how many of which (``"3
-    word(s)"``); ``listing``, the first of them quoted, with any advice. The message holds all three.
+    word(s)"``); ``listing``, the first of them quoted, with any advice. The message holds all
+    three.
     """
 
     def __init__(self, unknown: Iterable[str], what: str, vocab_size: int, hint: str = ""):
