@@ -36,11 +36,15 @@ def text_data(dataset: str, *, seq_len: int, batch_size: int, batching: str,
     TFDS (``tfds``; its own train/validation/test splits). ``path``: the text file's folder
     (default ``../shared/data/raw/<dataset>``). ``batching``: ``stream`` (contiguous rows, for an
     LSTM's carried state) or ``random`` windows. ``eval_split``: default ``validation``.
+    ``tokenizer_path``: the folder of GPT-2's ``vocab.json`` and ``merges.txt`` (``gpt2``).
+    ``dataset="synthetic"`` (no files, any tokenizer setting ignored): ``synthetic_size`` tokens
+    per split of ``synthetic_vocab`` symbols following a noisy successor rule.
     """
     return ml_collections.ConfigDict(dict(
         dataset=dataset, source=source, path="", tokenizer=tokenizer, tokenizer_path="",
         batching=batching, seq_len=seq_len, batch_size=batch_size, eval_batch_size=batch_size,
-        eval_split="", tfds_data_dir="", download_dir=""))
+        eval_split="", tfds_data_dir="", download_dir="", synthetic_size=100_000,
+        synthetic_vocab=64))
 
 
 def text_sampling(config: ml_collections.ConfigDict, tokens: int = 200) -> None:

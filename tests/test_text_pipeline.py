@@ -93,6 +93,37 @@ def test_lstm_on_ptb_resumes_exactly_with_its_stream_position(tmp_path):
     assert m["perplexity"] < 10_000  # better than uniform over the vocabulary after 12 steps
 
 
+def test_language_models_train_on_synthetic_text_and_generate_from_it(tmp_path, capsys):
+    synthetic = ["--config.data.dataset=synthetic", "--config.data.synthetic_size=20000",
+                 "--config.train.steps=40", "--config.train.eval_every=40",
+                 "--config.train.checkpoint_every=40", "--config.train.log_every=5"]
+    runs = {"transformer_char_cpu": [*TRANSFORMER, "--config.optimizer.warmup_steps=5",
+                                     "--config.optimizer.learning_rate=1e-2"],
+            "lstm_char_shakespeare": [*LSTM, "--config.optimizer.decay_begin=0",
+                                      "--config.optimizer.learning_rate=3e-2"]}
+    for name, overrides in runs.items():
+        result = train.train(_config(name, *overrides, *synthetic), tmp_path / name,
+                             log=lambda s: None)
+        losses = [h["loss"] for h in result.history]
+        assert losses[0] > 3.8 and losses[-1] < losses[0] - 0.8, (name, losses)  # ln(64) = 4.16
+        assert result.eval_metrics["loss"] < losses[0] - 0.8, name
+    # The run's tokenizer writes the 64 ids as letters, digits and punctuation, and the
+    # transformer has learnt the successor rule.
+    assert json.loads((tmp_path / name / "tokenizer.json").read_text())["chars"][:12] == \
+        "abcdefghijkl"
+    capsys.readouterr()
+    assert cli.main(["generate", str(tmp_path / "transformer_char_cpu"), "--prompt", "abcdefgh",
+                     "--temperature", "0", "--max-new-tokens", "8"]) == 0
+    assert capsys.readouterr().out == "abcdefghijklmnop\n"
+    # Synthetic data in an image data section (no seq_len) is named, not a KeyError.
+    config = _config("transformer_char_cpu", *TRANSFORMER, *synthetic,
+                     "--config.model.vocab_size=64")
+    del config.data["seq_len"]
+    with pytest.raises(ValueError, match=r"synthetic data for the transformer family needs a text "
+                                         r"data section \(data.seq_len, data.batching"):
+        train.build(config)
+
+
 def test_text_config_errors(tmp_path):
     with pytest.raises(ValueError, match="model.vocab_size=50 is smaller than the 65 tokens"):
         train.build(_config("transformer_char_cpu", *TRANSFORMER, "--config.model.vocab_size=50"))
@@ -108,8 +139,8 @@ def test_text_config_errors(tmp_path):
     # (111,540 characters make 3,485 windows of 32 + 1) and contiguous rows.
     with pytest.raises(ValueError, match=r"the validation split of tiny_shakespeare \(111,540 "
                                          r"tokens\) makes no evaluation batch of "
-                                         r"data.eval_batch_size=4000 rows of data.seq_len \+ 1 = 33 "
-                                         r"tokens; set data.eval_batch_size to at most 3485"):
+                                         r"data.eval_batch_size=4000 rows of data.seq_len \+ 1 = "
+                                         r"33 tokens; set data.eval_batch_size to at most 3485"):
         train.build(_config("transformer_char_cpu", *TRANSFORMER,
                             "--config.data.eval_batch_size=4000"))
     with pytest.raises(ValueError, match=r"the test split of ptb \(82,430 tokens\) makes no "
@@ -146,7 +177,8 @@ def test_the_model_is_filled_from_its_data_and_must_agree_with_it():
         fill(_config("transformer_char_cpu", "--config.data.batching=stream"), chars)
     # Through zoo train's build, before anything compiles.
     with pytest.raises(ValueError, match=r"data.batching='random', but the LSTM carries its state "
-                                         r".*set data.batching='stream', or model.carry_state=False"):
+                                         r".*set data.batching='stream', or "
+                                         r"model.carry_state=False"):
         train.build(_config("lstm_ptb_small", *LSTM, "--config.data.batching=random"))
 
 

@@ -1,10 +1,10 @@
 """A run's data from its config: the training iterator, evaluation passes and, for text, the tokenizer.
 
 Image datasets (``mnist``, ``fashion_mnist``, ``cifar10``, ``synthetic``) come from
-:mod:`zoo.data`; text datasets (``tiny_shakespeare``, ``ptb``, ``ptb_char``) from
-:mod:`zoo.text_data`. Either way the training iterator is deterministic for a seed, gives each
-process its slice of the global batch, and saves and restores its position (``state()`` /
-``restore()``), which the checkpoint holds.
+:mod:`zoo.data`; text datasets (``tiny_shakespeare``, ``ptb``, ``ptb_char``, and ``synthetic``
+token streams for a language model) from :mod:`zoo.text_data`. Either way the training iterator
+is deterministic for a seed, gives each process its slice of the global batch, and saves and
+restores its position (``state()`` / ``restore()``), which the checkpoint holds.
 
 Text runs build their tokenizer from the training split (``char``, ``word``) or from GPT-2's files
 (``gpt2``), or take a saved one (a resumed or evaluated run uses the tokenizer it trained with).
@@ -51,14 +51,20 @@ class RunData:
 
 
 def known_datasets() -> tuple[str, ...]:
+    """The names ``data.dataset`` takes: ``synthetic``, the image datasets, the text datasets."""
     return ("synthetic", *data_lib.IMAGE_DATASETS, *text_data.TEXT_DATASETS)
 
 
 def is_text(data_config) -> bool:
-    return data_config.get("dataset", "synthetic") in text_data.TEXT_DATASETS
+    """Whether ``data_config`` gives a language model's data (a tokenizer, token batches): a text
+    dataset, or ``synthetic`` in a text data section (one with ``seq_len``, as
+    ``configs/default.text_data`` makes)."""
+    name = data_config.get("dataset", "synthetic")
+    return name in text_data.TEXT_DATASETS or (name == "synthetic" and "seq_len" in data_config)
 
 
 def check_dataset(data_config) -> None:
+    """Refuses a ``data.dataset`` that is not one of :func:`known_datasets` (before any loading)."""
     name = data_config.get("dataset", "synthetic")
     if name not in known_datasets():
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(known_datasets())}")
@@ -127,6 +133,9 @@ def load_images(data_config, family: Family, split: str, *, seed: int) -> Batch:
     """Arrays of ``split`` holding the keys of ``family.batch_spec``."""
     name = data_config.get("dataset", "synthetic")
     if name == "synthetic":
+        if "image" not in family.batch_spec:
+            raise ValueError(f"synthetic data for the {family.name} family needs a text data "
+                             "section (data.seq_len, data.batching: configs/default.text_data)")
         shape = family.batch_spec["image"].shape
         n = int(data_config.get("synthetic_size", 4096))
         arrays = data_lib.synthetic_images(n, shape, seed=seed + (split != "train"))
