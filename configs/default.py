@@ -48,6 +48,7 @@ def text_data(dataset: str, *, seq_len: int, batch_size: int, batching: str,
 
 
 def text_sampling(config: ml_collections.ConfigDict, tokens: int = 200) -> None:
-    """Text written to ``samples/step_N.txt`` at each evaluation: ``tokens`` new tokens after
-    ``sample_prompt`` (empty: the first tokens of the evaluation split)."""
+    """Text written to ``samples/step_N.txt`` at each evaluation: ``tokens`` new tokens (0: none)
+    after ``sample_prompt`` (empty: the first tokens of the evaluation split). With a transformer,
+    prompt and new tokens must fit its context."""
     config.train.update(sample_prompt="", sample_tokens=tokens)

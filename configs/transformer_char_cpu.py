@@ -22,5 +22,5 @@ def get_config() -> ml_collections.ConfigDict:
                             grad_clip_norm=1.0)
     config.parallel.strategy = "single"
     config.train.update(steps=600, log_every=50, eval_every=200, checkpoint_every=200)
-    default.text_sampling(config)
+    default.text_sampling(config, tokens=100)  # within the context of 128 after the prompt
     return config

@@ -98,6 +98,29 @@ def test_bad_input_errors(gpt):
                                tokenizer={"name": "wordpiece"})
 
 
+def test_a_runs_text_sampler_is_checked_when_it_is_made(gpt, tmp_path):
+    model, tokenizer = gpt.model, gpt.tokenizer  # a context of 32 characters
+    make = lambda **train: generate.make_text_sampler(model, tokenizer, train, "First Citizen:")
+    assert make(sample_tokens=0) is None
+    with pytest.raises(ValueError, match=r"train.sample_prompt='caf\u00e9 @' has 2 "
+                                         r"character\(s\) outside the tokenizer's vocabulary: "
+                                         r"'@', '\u00e9'"):
+        make(sample_prompt="caf\u00e9 @", sample_tokens=4)
+    with pytest.raises(ValueError, match=r"train.sample_prompt \(40 tokens\) fills the "
+                                         r"transformer's context of 32 tokens"):
+        make(sample_prompt="ROMEO: " * 5 + "Hello", sample_tokens=4)
+    with pytest.raises(ValueError, match=r"train.sample_prompt \(8 tokens\) \+ "
+                                         r"train.sample_tokens=30 exceed the transformer's context "
+                                         r"of 32 tokens; set train.sample_tokens to at most 24"):
+        make(sample_tokens=30)  # the default prompt: 8 characters of the evaluation text
+    sample_fn = make(sample_tokens=24)
+    written = sample_fn({"model": gpt.params}, {}, jax.random.PRNGKey(0), tmp_path, 7)
+    assert written.count("First Ci") == 2 and (tmp_path / "step_0000007.txt").is_file()
+    # An LSTM has no context to fill.
+    lstm_model = lstm.make_model(dict(family="lstm", vocab_size=65, hidden_size=8))
+    assert generate.make_text_sampler(lstm_model, tokenizer, {"sample_tokens": 500}, "x" * 9)
+
+
 def test_short_training_on_tiny_shakespeare_lowers_the_loss(shakespeare):
     tokens, tokenizer = shakespeare
     family = models.make_family({**TINY, "vocab_size": tokenizer.vocab_size})

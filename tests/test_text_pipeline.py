@@ -135,6 +135,14 @@ def test_text_config_errors(tmp_path):
                                          "the transformer family; choose one of bits_per_char"):
         train.build(_config("transformer_char_cpu", *TRANSFORMER,
                             "--config.train.best_metric=accuracy"))
+    # Sampling settings are checked at build, not at the first evaluation.
+    with pytest.raises(ValueError, match=r"train.sample_prompt \(8 tokens\) \+ "
+                                         r"train.sample_tokens=30 exceed the transformer's context "
+                                         r"of 32 tokens"):
+        train.build(_config("transformer_char_cpu", *TRANSFORMER,
+                            "--config.train.sample_tokens=30"))
+    assert train.build(_config("transformer_char_cpu", *TRANSFORMER,
+                               "--config.train.sample_tokens=0")).sample_fn is None
     # An evaluation split too short for one batch (it would evaluate nothing): random windows
     # (111,540 characters make 3,485 windows of 32 + 1) and contiguous rows.
     with pytest.raises(ValueError, match=r"the validation split of tiny_shakespeare \(111,540 "
