@@ -128,3 +128,34 @@ def test_gpt2_tokenizer_names_its_files_by_absolute_path(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="data.tokenizer='gpt2' reads vocab.json and merges.txt "
                                          "from data.tokenizer_path, which is empty"):
         text_data.make_tokenizer({"tokenizer": "gpt2", "tokenizer_path": ""})
+
+
+def test_a_gpt2_tokenizer_run_generates_from_another_directory(tmp_path, shared_data,
+                                                               monkeypatch, capsys):
+    from configs_loader import CONFIGS
+    from zoo import cli
+
+    text = (shared_data / "raw" / "tiny_shakespeare" / "input.txt").read_text()[:40_000]
+    _train_bpe(text, 100, tmp_path / "bpe")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "input.txt").write_text(text)
+    monkeypatch.chdir(tmp_path)  # the run names its tokenizer and text by relative paths
+    assert cli.main([
+        "train", "--config", str(CONFIGS / "transformer_char_cpu.py"), "--workdir", "run",
+        "--config.data.tokenizer=gpt2", "--config.data.tokenizer_path=bpe",
+        "--config.data.path=data", "--config.model.n_layer=1", "--config.model.n_head=2",
+        "--config.model.n_embd=16", "--config.model.block_size=16", "--config.data.seq_len=16",
+        "--config.data.batch_size=8", "--config.data.eval_batch_size=8",
+        "--config.train.steps=4", "--config.train.sample_tokens=4"]) == 0
+    saved = json.loads((tmp_path / "run" / "tokenizer.json").read_text())
+    assert saved["merges_file"] == str((tmp_path / "bpe" / "merges.txt").resolve())
+    eval_line = capsys.readouterr().out.split("eval (validation) at step 4: ")[1].split("\n")[0]
+    assert "perplexity" in eval_line  # of BPE tokens (model.unit "token"), not bits per char
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    args = ["generate", str(tmp_path / "run"), "--prompt", "ROMEO:", "--max-new-tokens", "5"]
+    assert cli.main(args) == 0
+    assert capsys.readouterr().out.startswith("ROMEO:")
+    (tmp_path / "bpe" / "merges.txt").unlink()
+    assert cli.main(args) == 2
+    assert "merges.txt not found" in capsys.readouterr().err
