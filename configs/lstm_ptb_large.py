@@ -11,5 +11,6 @@ import ml_collections
 
 
 def get_config() -> ml_collections.ConfigDict:
-    return lstm_ptb_small.zaremba_config(hidden_size=1500, dropout=0.65, init_scale=0.04, grad_clip_norm=10.0,
-                          seq_len=35, epochs=55, decay_after=14, decay=1 / 1.15)
+    return lstm_ptb_small.zaremba_config(hidden_size=1500, dropout=0.65, init_scale=0.04,
+                                         grad_clip_norm=10.0, seq_len=35, epochs=55, decay_after=14,
+                                         decay=1 / 1.15)

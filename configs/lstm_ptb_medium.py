@@ -11,5 +11,6 @@ import ml_collections
 
 
 def get_config() -> ml_collections.ConfigDict:
-    return lstm_ptb_small.zaremba_config(hidden_size=650, dropout=0.5, init_scale=0.05, grad_clip_norm=5.0,
-                          seq_len=35, epochs=39, decay_after=6, decay=1 / 1.2)
+    return lstm_ptb_small.zaremba_config(hidden_size=650, dropout=0.5, init_scale=0.05,
+                                         grad_clip_norm=5.0, seq_len=35, epochs=39, decay_after=6,
+                                         decay=1 / 1.2)

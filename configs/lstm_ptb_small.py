@@ -21,17 +21,19 @@ def zaremba_config(*, hidden_size: int, dropout: float, init_scale: float, grad_
     steps_per_epoch = (TRAIN_TOKENS // batch_size - 1) // seq_len
     config = default.get_config()
     config.model = ml_collections.ConfigDict(dict(
-        family="lstm", vocab_size=10_000, hidden_size=hidden_size, num_layers=2, embed_dim=0,
+        family="lstm", vocab_size=0, hidden_size=hidden_size, num_layers=2, embed_dim=0,
         dropout=dropout, tie_embeddings=False, init_scale=init_scale, dtype="float32",
-        seq_len=seq_len, unit="word", carry_state=True))
+        carry_state=True))
     config.data = default.text_data("ptb", tokenizer="word", batching="stream", seq_len=seq_len,
                                     batch_size=batch_size)
     config.optimizer.update(
         # Their loss sums over the seq_len steps (mean over the batch); zoo's is the mean per word.
-        # SGD at lr on the sum clipped at c = SGD at lr * seq_len on the mean clipped at c / seq_len.
+        # SGD at lr on the sum clipped at c = SGD at lr * seq_len on the mean clipped at
+        # c / seq_len.
         name="sgd", learning_rate=1.0 * seq_len, grad_clip_norm=grad_clip_norm / seq_len,
-        schedule="exponential", transition_steps=steps_per_epoch, decay_rate=decay,
-        warmup_steps=(decay_after - 1) * steps_per_epoch)  # = transition_begin
+        # Constant for decay_after epochs: the first decay is at decay_begin + transition_steps.
+        schedule="exponential", decay_begin=(decay_after - 1) * steps_per_epoch,
+        transition_steps=steps_per_epoch, decay_rate=decay)
     config.parallel.strategy = "single"
     config.train.update(steps=epochs * steps_per_epoch, log_every=200, eval_every=steps_per_epoch,
                         checkpoint_every=steps_per_epoch)

@@ -13,8 +13,7 @@ def get_config() -> ml_collections.ConfigDict:
     config = default.get_config()
     config.model = ml_collections.ConfigDict(dict(
         family="transformer", preset="small_char", vocab_size=0, block_size=128, n_layer=4,
-        n_head=4, n_embd=128, dropout=0.0, dtype="float32", remat=False, attention_impl="",
-        seq_len=128, unit="char"))
+        n_head=4, n_embd=128, dropout=0.0, dtype="float32", remat=False, attention_impl=""))
     config.data = default.text_data("tiny_shakespeare", batching="random", seq_len=128,
                                     batch_size=16)
     config.data.eval_batch_size = 64
@@ -23,5 +22,5 @@ def get_config() -> ml_collections.ConfigDict:
                             grad_clip_norm=1.0)
     config.parallel.strategy = "single"
     config.train.update(steps=600, log_every=50, eval_every=200, checkpoint_every=200)
-    default.text_sampling(config)
+    default.text_sampling(config, tokens=100)  # within the context of 128 after the prompt
     return config

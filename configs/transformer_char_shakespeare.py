@@ -13,8 +13,7 @@ def get_config() -> ml_collections.ConfigDict:
     config = default.get_config()
     config.model = ml_collections.ConfigDict(dict(
         family="transformer", preset="char", vocab_size=0, block_size=256, n_layer=6, n_head=6,
-        n_embd=384, dropout=0.2, dtype="float32", remat=False, attention_impl="", seq_len=256,
-        unit="char"))
+        n_embd=384, dropout=0.2, dtype="float32", remat=False, attention_impl=""))
     config.data = default.text_data("tiny_shakespeare", source="tfds", batching="random",
                                     seq_len=256, batch_size=64)
     config.optimizer.update(name="adamw", learning_rate=1e-3, schedule="warmup_cosine",

@@ -26,8 +26,8 @@ def get_config() -> ml_collections.ConfigDict:
         family="vae", arch="mlp", image_shape=(28, 28, 1), hidden=(200, 200), activation="tanh",
         latent_dim=50, likelihood="bernoulli", binarize=True, num_classes=0))
     config.data.batch_size = BATCH
-    config.optimizer.update(eps=1e-4, schedule="piecewise", decay_rate=10 ** (-1 / 7))
-    config.optimizer.boundaries = BOUNDARIES
+    config.optimizer.update(eps=1e-4, schedule="piecewise", decay_rate=10 ** (-1 / 7),
+                            boundaries=BOUNDARIES)
     config.parallel.strategy = "single"
     config.train.update(steps=BOUNDARIES[STAGES - 1], log_every=3000, eval_every=30_000,
                         checkpoint_every=30_000)

@@ -98,6 +98,29 @@ def test_bad_input_errors(gpt):
                                tokenizer={"name": "wordpiece"})
 
 
+def test_a_runs_text_sampler_is_checked_when_it_is_made(gpt, tmp_path):
+    model, tokenizer = gpt.model, gpt.tokenizer  # a context of 32 characters
+    make = lambda **train: generate.make_text_sampler(model, tokenizer, train, "First Citizen:")
+    assert make(sample_tokens=0) is None
+    with pytest.raises(ValueError, match=r"train.sample_prompt='caf\u00e9 @' has 2 "
+                                         r"character\(s\) outside the tokenizer's vocabulary: "
+                                         r"'@', '\u00e9'"):
+        make(sample_prompt="caf\u00e9 @", sample_tokens=4)
+    with pytest.raises(ValueError, match=r"train.sample_prompt \(40 tokens\) fills the "
+                                         r"transformer's context of 32 tokens"):
+        make(sample_prompt="ROMEO: " * 5 + "Hello", sample_tokens=4)
+    with pytest.raises(ValueError, match=r"train.sample_prompt \(8 tokens\) \+ "
+                                         r"train.sample_tokens=30 exceed the transformer's context "
+                                         r"of 32 tokens; set train.sample_tokens to at most 24"):
+        make(sample_tokens=30)  # the default prompt: 8 characters of the evaluation text
+    sample_fn = make(sample_tokens=24)
+    written = sample_fn({"model": gpt.params}, {}, jax.random.PRNGKey(0), tmp_path, 7)
+    assert written.count("First Ci") == 2 and (tmp_path / "step_0000007.txt").is_file()
+    # An LSTM has no context to fill.
+    lstm_model = lstm.make_model(dict(family="lstm", vocab_size=65, hidden_size=8))
+    assert generate.make_text_sampler(lstm_model, tokenizer, {"sample_tokens": 500}, "x" * 9)
+
+
 def test_short_training_on_tiny_shakespeare_lowers_the_loss(shakespeare):
     tokens, tokenizer = shakespeare
     family = models.make_family({**TINY, "vocab_size": tokenizer.vocab_size})
@@ -123,3 +146,22 @@ def test_tiny_shakespeare_through_tfds_offline(tfds_dirs, shared_data):
     assert len(train) == 1_003_854 and raw.startswith(train)
     tokens, tokenizer = text_data.load_tokens(cfg, "test")
     assert tokenizer.vocab_size == 65 and len(tokens) == 55_770
+
+
+def test_a_model_vocabulary_larger_than_the_tokenizers_never_yields_padded_ids(shakespeare):
+    _, tokenizer = shakespeare  # 65 characters
+    model = transformer.make_model({**TINY, "vocab_size": 80})
+    params = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    gen = generate.Generator(model, params, tokenizer, buckets=(8,))
+    ids = gen.generate_tokens([tokenizer.encode("ROMEO:")] * 8, 24, temperature=1.0, seed=0)
+    assert ids.max() < 65 and len(np.unique(ids)) > 20  # 192 draws spread over the 65
+    assert all(len(t) == 24 for t in gen.generate_text(["ROMEO:"] * 8, 24, temperature=1.0))
+
+    # An LSTM whose padded ids have by far the largest logits: greedy and sampling skip them.
+    lstm_model = lstm.make_model(dict(family="lstm", vocab_size=80, hidden_size=16))
+    params = jax.jit(lstm_model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))["params"]
+    params["out"]["bias"] = params["out"]["bias"].at[65:].set(100.0)
+    gen = generate.Generator(lstm_model, params, tokenizer)
+    for temperature in (0.0, 1.0):
+        ids = gen.generate_tokens([[1, 2, 3]] * 4, 16, temperature=temperature, top_k=70)
+        assert ids.max() < 65, temperature

@@ -16,15 +16,13 @@ from zoo.config import apply_overrides
 
 # A tiny transformer on tiny_shakespeare's raw text (the pipeline is under test, not the model).
 TRANSFORMER = ["--config.model.n_layer=2", "--config.model.n_head=2", "--config.model.n_embd=32",
-               "--config.model.block_size=32", "--config.model.seq_len=32",
-               "--config.data.seq_len=32", "--config.data.batch_size=8",
-               "--config.data.eval_batch_size=64", "--config.train.log_every=10",
-               "--config.train.sample_tokens=20"]
+               "--config.model.block_size=32", "--config.data.seq_len=32",
+               "--config.data.batch_size=8", "--config.data.eval_batch_size=64",
+               "--config.train.log_every=10", "--config.train.sample_tokens=20"]
 # A tiny LSTM on PTB, state carried across batches.
-LSTM = ["--config.model.hidden_size=32", "--config.model.seq_len=10", "--config.data.seq_len=10",
-        "--config.data.batch_size=8", "--config.data.eval_batch_size=8",
-        "--config.train.log_every=5", "--config.train.sample_tokens=10",
-        "--config.optimizer.warmup_steps=0"]
+LSTM = ["--config.model.hidden_size=32", "--config.data.seq_len=10", "--config.data.batch_size=8",
+        "--config.data.eval_batch_size=8", "--config.train.log_every=5",
+        "--config.train.sample_tokens=10"]
 
 
 def _config(name, *overrides):
@@ -95,6 +93,37 @@ def test_lstm_on_ptb_resumes_exactly_with_its_stream_position(tmp_path):
     assert m["perplexity"] < 10_000  # better than uniform over the vocabulary after 12 steps
 
 
+def test_language_models_train_on_synthetic_text_and_generate_from_it(tmp_path, capsys):
+    synthetic = ["--config.data.dataset=synthetic", "--config.data.synthetic_size=20000",
+                 "--config.train.steps=40", "--config.train.eval_every=40",
+                 "--config.train.checkpoint_every=40", "--config.train.log_every=5"]
+    runs = {"transformer_char_cpu": [*TRANSFORMER, "--config.optimizer.warmup_steps=5",
+                                     "--config.optimizer.learning_rate=1e-2"],
+            "lstm_char_shakespeare": [*LSTM, "--config.optimizer.decay_begin=0",
+                                      "--config.optimizer.learning_rate=3e-2"]}
+    for name, overrides in runs.items():
+        result = train.train(_config(name, *overrides, *synthetic), tmp_path / name,
+                             log=lambda s: None)
+        losses = [h["loss"] for h in result.history]
+        assert losses[0] > 3.8 and losses[-1] < losses[0] - 0.8, (name, losses)  # ln(64) = 4.16
+        assert result.eval_metrics["loss"] < losses[0] - 0.8, name
+    # The run's tokenizer writes the 64 ids as letters, digits and punctuation, and the
+    # transformer has learnt the successor rule.
+    assert json.loads((tmp_path / name / "tokenizer.json").read_text())["chars"][:12] == \
+        "abcdefghijkl"
+    capsys.readouterr()
+    assert cli.main(["generate", str(tmp_path / "transformer_char_cpu"), "--prompt", "abcdefgh",
+                     "--temperature", "0", "--max-new-tokens", "8"]) == 0
+    assert capsys.readouterr().out == "abcdefghijklmnop\n"
+    # Synthetic data in an image data section (no seq_len) is named, not a KeyError.
+    config = _config("transformer_char_cpu", *TRANSFORMER, *synthetic,
+                     "--config.model.vocab_size=64")
+    del config.data["seq_len"]
+    with pytest.raises(ValueError, match=r"synthetic data for the transformer family needs a text "
+                                         r"data section \(data.seq_len, data.batching"):
+        train.build(config)
+
+
 def test_text_config_errors(tmp_path):
     with pytest.raises(ValueError, match="model.vocab_size=50 is smaller than the 65 tokens"):
         train.build(_config("transformer_char_cpu", *TRANSFORMER, "--config.model.vocab_size=50"))
@@ -106,6 +135,59 @@ def test_text_config_errors(tmp_path):
                                          "the transformer family; choose one of bits_per_char"):
         train.build(_config("transformer_char_cpu", *TRANSFORMER,
                             "--config.train.best_metric=accuracy"))
+    # Sampling settings are checked at build, not at the first evaluation.
+    with pytest.raises(ValueError, match=r"train.sample_prompt \(8 tokens\) \+ "
+                                         r"train.sample_tokens=30 exceed the transformer's context "
+                                         r"of 32 tokens"):
+        train.build(_config("transformer_char_cpu", *TRANSFORMER,
+                            "--config.train.sample_tokens=30"))
+    assert train.build(_config("transformer_char_cpu", *TRANSFORMER,
+                               "--config.train.sample_tokens=0")).sample_fn is None
+    # An evaluation split too short for one batch (it would evaluate nothing): random windows
+    # (111,540 characters make 3,485 windows of 32 + 1) and contiguous rows.
+    with pytest.raises(ValueError, match=r"the validation split of tiny_shakespeare \(111,540 "
+                                         r"tokens\) makes no evaluation batch of "
+                                         r"data.eval_batch_size=4000 rows of data.seq_len \+ 1 = "
+                                         r"33 tokens; set data.eval_batch_size to at most 3485"):
+        train.build(_config("transformer_char_cpu", *TRANSFORMER,
+                            "--config.data.eval_batch_size=4000"))
+    with pytest.raises(ValueError, match=r"the test split of ptb \(82,430 tokens\) makes no "
+                                         r"evaluation batch .* at most 7493"):
+        train.build(_config("lstm_ptb_small", *LSTM, "--config.data.eval_batch_size=8000"),
+                    train=False, eval_split="test")
+
+
+def test_the_model_is_filled_from_its_data_and_must_agree_with_it():
+    from zoo import input_pipeline, tokenizers
+
+    chars = tokenizers.CharTokenizer(list("abc\n"))
+    fill = input_pipeline.fill_model_config
+    filled = fill(_config("transformer_char_cpu"), chars).model
+    assert (filled.vocab_size, filled.seq_len, filled.unit) == (4, 128, "char")
+    bpe = tokenizers.GPT2Tokenizer({"a": 0, "b": 1}, [])
+    assert fill(_config("transformer_char_cpu"), bpe).model.unit == "token"
+    words = tokenizers.WordTokenizer(["<eos>", "the"])
+    filled = fill(_config("lstm_ptb_small"), words).model
+    assert (filled.vocab_size, filled.seq_len, filled.unit) == (2, 20, "word")
+    assert fill(_config("lstm_ptb_small", "--config.data.batching=random",
+                        "--config.model.carry_state=False"), words).model.seq_len == 20
+
+    config = _config("transformer_char_cpu")
+    config.model.seq_len = 64
+    with pytest.raises(ValueError, match=r"model.seq_len=64 differs from data.seq_len=128"):
+        fill(config, chars)
+    config = _config("transformer_char_cpu")
+    config.model.unit = "word"
+    with pytest.raises(ValueError, match=r"model.unit='word' does not match the char tokenizer"):
+        fill(config, chars)
+    with pytest.raises(ValueError, match=r"data.batching='stream' .* the transformer trains on "
+                                         r"data.batching='random' windows"):
+        fill(_config("transformer_char_cpu", "--config.data.batching=stream"), chars)
+    # Through zoo train's build, before anything compiles.
+    with pytest.raises(ValueError, match=r"data.batching='random', but the LSTM carries its state "
+                                         r".*set data.batching='stream', or "
+                                         r"model.carry_state=False"):
+        train.build(_config("lstm_ptb_small", *LSTM, "--config.data.batching=random"))
 
 
 def test_zoo_generate_refuses_a_folder_that_is_no_run(tmp_path, capsys):
@@ -124,9 +206,13 @@ def test_every_config_builds_its_family(path):
     assert set(config) >= {"model", "data", "optimizer", "parallel", "train"}
     input_pipeline.check_dataset(config.data)
     if input_pipeline.is_text(config.data):
-        vocab = config.model.vocab_size or 65
-        config = input_pipeline.with_vocab_size(
-            config, tokenizers.CharTokenizer([chr(i) for i in range(vocab)]))
+        # A stand-in for the vocabulary built from the data: 65 characters, or 10k PTB words.
+        tokenizer = (tokenizers.WordTokenizer(["<eos>"] + [f"w{i}" for i in range(9_999)])
+                     if config.data.tokenizer == "word" else
+                     tokenizers.CharTokenizer([chr(32 + i) for i in range(65)]))
+        config = input_pipeline.fill_model_config(config, tokenizer)
+        assert config.model.vocab_size == tokenizer.vocab_size
+        assert config.model.seq_len == config.data.seq_len
     family = models.make_family(config.model)
     assert family.objective and family.batch_spec
 

@@ -2,6 +2,7 @@
 
 import collections
 import json
+import re
 
 import pytest
 
@@ -36,6 +37,22 @@ def test_ptb_word_tokenizer(shared_data):
         t.encode("the zyzzyva said")
 
 
+def test_words_of_a_split_outside_the_train_vocabulary_are_named_with_the_split(shared_data):
+    cfg = {"dataset": "tiny_shakespeare", "tokenizer": "word",
+           "path": str(shared_data / "raw" / "tiny_shakespeare")}
+    with pytest.raises(ValueError, match=r"^the validation split of tiny_shakespeare has 1830 "
+                                         r"word\(s\) outside the vocabulary built from the train "
+                                         r"split: .*'Bove.* and 1810 more$"):
+        text_data.load_tokens(cfg, "validation")
+    # Characters likewise.
+    cfg = {"dataset": "ptb_char", "path": str(shared_data / "raw" / "ptb")}
+    no_z = tok.CharTokenizer.from_text(text_data.load_text(cfg, "test").replace("z", ""))
+    with pytest.raises(ValueError, match=r"^the test split of ptb_char has 1 character\(s\) "
+                                         r"outside the vocabulary built from the train split: "
+                                         r"'z'$"):
+        text_data.load_tokens(cfg, "test", no_z)
+
+
 def test_unknown_tokenizer_name():
     with pytest.raises(ValueError, match="unknown tokenizer 'sentencepiece'"):
         tok.get_tokenizer("sentencepiece", text="abc")
@@ -43,7 +60,7 @@ def test_unknown_tokenizer_name():
         text_data.make_tokenizer({"dataset": "tiny_shakespeare", "tokenizer": "bytes"})
 
 
-def _train_bpe(text: str, num_merges: int, tmp_path):
+def _train_bpe(text: str, num_merges: int, path):
     """A small GPT-2-format vocabulary: 256 byte tokens plus greedy BPE merges learned on text."""
     import regex
     byte_enc = tok.bytes_to_unicode()
@@ -71,10 +88,11 @@ def _train_bpe(text: str, num_merges: int, tmp_path):
             merged[tuple(out)] += n
         words = merged
     vocab.append("<|endoftext|>")
-    (tmp_path / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
-    (tmp_path / "merges.txt").write_text(
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
+    (path / "merges.txt").write_text(
         "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
-    return tmp_path
+    return path
 
 
 def test_gpt2_bpe_matches_transformers(tmp_path, shared_data):
@@ -92,3 +110,52 @@ def test_gpt2_bpe_matches_transformers(tmp_path, shared_data):
     with pytest.raises(ValueError, match="merges.txt"):
         (path / "merges.txt").unlink()
         tok.get_tokenizer("gpt2", path=path)
+
+
+def test_gpt2_tokenizer_names_its_files_by_absolute_path(tmp_path, monkeypatch):
+    bpe = _train_bpe("to be or not to be", 5, tmp_path / "bpe").resolve()
+    monkeypatch.chdir(tmp_path)
+    saved = text_data.make_tokenizer({"tokenizer": "gpt2", "tokenizer_path": "bpe"}).to_config()
+    assert saved["vocab_file"] == str(bpe / "vocab.json")
+    assert saved["merges_file"] == str(bpe / "merges.txt")
+    monkeypatch.chdir("/")
+    assert tok.from_config(saved).encode(" be or") == tok.get_tokenizer(
+        "gpt2", path=bpe).encode(" be or")
+    (bpe / "merges.txt").unlink()
+    with pytest.raises(ValueError, match=re.escape(f"GPT-2 tokenizer file {bpe / 'merges.txt'} "
+                                                   "not found")):
+        tok.from_config(saved)
+    with pytest.raises(ValueError, match="data.tokenizer='gpt2' reads vocab.json and merges.txt "
+                                         "from data.tokenizer_path, which is empty"):
+        text_data.make_tokenizer({"tokenizer": "gpt2", "tokenizer_path": ""})
+
+
+def test_a_gpt2_tokenizer_run_generates_from_another_directory(tmp_path, shared_data,
+                                                               monkeypatch, capsys):
+    from configs_loader import CONFIGS
+    from zoo import cli
+
+    text = (shared_data / "raw" / "tiny_shakespeare" / "input.txt").read_text()[:40_000]
+    _train_bpe(text, 100, tmp_path / "bpe")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "input.txt").write_text(text)
+    monkeypatch.chdir(tmp_path)  # the run names its tokenizer and text by relative paths
+    assert cli.main([
+        "train", "--config", str(CONFIGS / "transformer_char_cpu.py"), "--workdir", "run",
+        "--config.data.tokenizer=gpt2", "--config.data.tokenizer_path=bpe",
+        "--config.data.path=data", "--config.model.n_layer=1", "--config.model.n_head=2",
+        "--config.model.n_embd=16", "--config.model.block_size=16", "--config.data.seq_len=16",
+        "--config.data.batch_size=8", "--config.data.eval_batch_size=8",
+        "--config.train.steps=4", "--config.train.sample_tokens=4"]) == 0
+    saved = json.loads((tmp_path / "run" / "tokenizer.json").read_text())
+    assert saved["merges_file"] == str((tmp_path / "bpe" / "merges.txt").resolve())
+    eval_line = capsys.readouterr().out.split("eval (validation) at step 4: ")[1].split("\n")[0]
+    assert "perplexity" in eval_line  # of BPE tokens (model.unit "token"), not bits per char
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    args = ["generate", str(tmp_path / "run"), "--prompt", "ROMEO:", "--max-new-tokens", "5"]
+    assert cli.main(args) == 0
+    assert capsys.readouterr().out.startswith("ROMEO:")
+    (tmp_path / "bpe" / "merges.txt").unlink()
+    assert cli.main(args) == 2
+    assert "merges.txt not found" in capsys.readouterr().err

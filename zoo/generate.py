@@ -10,7 +10,8 @@ prefill and once per batch size for the step, never per token or per prompt leng
 Sampling: ``temperature=0`` is greedy; otherwise softmax(logits / temperature) restricted to the
 ``top_k`` most likely tokens (0: all) and to the smallest set whose probability reaches ``top_p``
 (1.0: all). The settings are traced values, so changing them does not recompile. A ``seed`` fixes
-the draws: the same seed, prompts and settings give the same text.
+the draws: the same seed, prompts and settings give the same text. Ids beyond the tokenizer's
+vocabulary (a model padded to a larger one) are never drawn.
 """
 
 from __future__ import annotations
@@ -78,6 +79,9 @@ class Generator:
         self.buckets = tuple(buckets)
         self.is_transformer = isinstance(model, transformer_lib.GPT)
         self.max_len = model.block_size if self.is_transformer else None
+        # A model may have more ids than its tokenizer (GPT-2 padded to 50304): those have no text,
+        # so they are never drawn. A static count per generator: compiled once.
+        self.num_valid = min(tokenizer.vocab_size, model.vocab_size) if tokenizer else None
         self._prefill = jax.jit(self._prefill_impl)
         self._step = jax.jit(self._step_impl, donate_argnums=(1,))
 
@@ -93,17 +97,23 @@ class Generator:
                                     method=self.model.decode)
         return self.model.apply({"params": params}, tokens, cache, seq_lengths=lengths)
 
+    def _mask(self, logits):
+        """Logits (B, V) with the ids the tokenizer cannot decode at -inf."""
+        if self.num_valid is None or self.num_valid >= logits.shape[-1]:
+            return logits
+        return jnp.where(jnp.arange(logits.shape[-1]) < self.num_valid, logits, -jnp.inf)
+
     def _prefill_impl(self, params, tokens, lengths):
         B = tokens.shape[0]
         logits, cache = self._extend(params, tokens, self._init_cache(B),
                                      jnp.zeros((B,), jnp.int32), lengths)
-        return logits[jnp.arange(B), lengths - 1], cache
+        return self._mask(logits[jnp.arange(B), lengths - 1]), cache
 
     def _step_impl(self, params, cache, logits, lengths, rng, i, temperature, top_k, top_p):
         token = sample_logits(logits, jax.random.fold_in(rng, i), temperature, top_k, top_p)
         logits, cache = self._extend(params, token[:, None], cache, lengths,
                                      jnp.ones_like(lengths))
-        return token, logits[:, 0], cache, lengths + 1
+        return token, self._mask(logits[:, 0]), cache, lengths + 1
 
     def generate_tokens(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, *,
                         temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
@@ -198,22 +208,19 @@ def text_sample_fn(model, tokenizer: tok.Tokenizer, prompt: str, *, num_samples:
     ``prompt`` to ``out_dir/step_<step>.txt`` and returns the text written.
 
     One :class:`Generator` is kept across calls (the params are an argument of its compiled
-    functions), so sampling at each evaluation compiles once per run.
+    functions), so sampling at each evaluation compiles once per run. The prompt and length are
+    the caller's to check (:func:`make_text_sampler` does, for a run's config).
     """
     generator = None
-    prompt_ids = tokenizer.encode(prompt)
 
     def sample_fn(params, model_state, rng, out_dir, step):
         nonlocal generator
         if generator is None:
             generator = Generator(model, params["model"], tokenizer)
         generator.params = params["model"]
-        n = max_new_tokens
-        if generator.max_len:
-            n = min(n, generator.max_len - len(prompt_ids))
         seed = int(jax.random.randint(rng, (), 0, 2**31 - 1))
-        texts = generator.generate_text([prompt] * num_samples, n, temperature=temperature,
-                                        top_k=top_k, seed=seed)
+        texts = generator.generate_text([prompt] * num_samples, max_new_tokens,
+                                        temperature=temperature, top_k=top_k, seed=seed)
         body = "\n\n".join(f"--- sample {i} (temperature {temperature}) ---\n{prompt}{t}"
                             for i, t in enumerate(texts))
         out = Path(out_dir) / f"step_{int(step):07d}.txt"
@@ -222,6 +229,40 @@ def text_sample_fn(model, tokenizer: tok.Tokenizer, prompt: str, *, num_samples:
         return body
 
     return sample_fn
+
+
+def make_text_sampler(model, tokenizer: tok.Tokenizer, train_config, eval_text: str | None):
+    """The ``sample_fn`` of a language-model run (:func:`text_sample_fn`), or None.
+
+    ``train.sample_tokens`` new tokens (0: no samples, None) after ``train.sample_prompt`` (empty:
+    the first tokens of ``eval_text``, see :func:`default_prompt`). Checked here, at build, so a
+    prompt the tokenizer cannot encode or that leaves no room in a transformer's context is an
+    error before training rather than in its middle.
+    """
+    num_tokens = int(train_config.get("sample_tokens", 200))
+    if num_tokens < 0:
+        raise ValueError(f"train.sample_tokens={num_tokens}: the number of tokens sampled at each "
+                         "evaluation must be >= 0 (0: none)")
+    if not num_tokens:
+        return None
+    prompt = train_config.get("sample_prompt", "") or default_prompt(tokenizer, eval_text)
+    try:
+        prompt_ids = tokenizer.encode(prompt)
+    except tok.OutOfVocabularyError as e:
+        raise ValueError(f"train.sample_prompt={prompt!r} has {e.what} outside the tokenizer's "
+                         f"vocabulary: {e.listing}") from None
+    if not prompt_ids:
+        raise ValueError(f"train.sample_prompt={prompt!r} encodes to no token; sampling starts "
+                         "from at least one")
+    context, n = getattr(model, "block_size", None), len(prompt_ids)  # an LSTM has no limit
+    if context and n >= context:
+        raise ValueError(f"train.sample_prompt ({n} tokens) fills the transformer's context of "
+                         f"{context} tokens, leaving none for train.sample_tokens; shorten it")
+    if context and n + num_tokens > context:
+        raise ValueError(f"train.sample_prompt ({n} tokens) + train.sample_tokens={num_tokens} "
+                         f"exceed the transformer's context of {context} tokens; set "
+                         f"train.sample_tokens to at most {context - n}")
+    return text_sample_fn(model, tokenizer, prompt, max_new_tokens=num_tokens)
 
 
 @functools.lru_cache(maxsize=4)

@@ -1,14 +1,15 @@
 """A run's data from its config: the training iterator, evaluation passes and, for text, the tokenizer.
 
 Image datasets (``mnist``, ``fashion_mnist``, ``cifar10``, ``synthetic``) come from
-:mod:`zoo.data`; text datasets (``tiny_shakespeare``, ``ptb``, ``ptb_char``) from
-:mod:`zoo.text_data`. Either way the training iterator is deterministic for a seed, gives each
-process its slice of the global batch, and saves and restores its position (``state()`` /
-``restore()``), which the checkpoint holds.
+:mod:`zoo.data`; text datasets (``tiny_shakespeare``, ``ptb``, ``ptb_char``, and ``synthetic``
+token streams for a language model) from :mod:`zoo.text_data`. Either way the training iterator
+is deterministic for a seed, gives each process its slice of the global batch, and saves and
+restores its position (``state()`` / ``restore()``), which the checkpoint holds.
 
 Text runs build their tokenizer from the training split (``char``, ``word``) or from GPT-2's files
 (``gpt2``), or take a saved one (a resumed or evaluated run uses the tokenizer it trained with).
-:func:`with_vocab_size` fills ``model.vocab_size`` from it.
+:func:`fill_model_config` fills the model's vocabulary, sequence length and unit from the tokenizer
+and the data, and refuses a model that does not match them.
 """
 
 from __future__ import annotations
@@ -50,14 +51,20 @@ class RunData:
 
 
 def known_datasets() -> tuple[str, ...]:
+    """The names ``data.dataset`` takes: ``synthetic``, the image datasets, the text datasets."""
     return ("synthetic", *data_lib.IMAGE_DATASETS, *text_data.TEXT_DATASETS)
 
 
 def is_text(data_config) -> bool:
-    return data_config.get("dataset", "synthetic") in text_data.TEXT_DATASETS
+    """Whether ``data_config`` gives a language model's data (a tokenizer, token batches): a text
+    dataset, or ``synthetic`` in a text data section (one with ``seq_len``, as
+    ``configs/default.text_data`` makes)."""
+    name = data_config.get("dataset", "synthetic")
+    return name in text_data.TEXT_DATASETS or (name == "synthetic" and "seq_len" in data_config)
 
 
 def check_dataset(data_config) -> None:
+    """Refuses a ``data.dataset`` that is not one of :func:`known_datasets` (before any loading)."""
     name = data_config.get("dataset", "synthetic")
     if name not in known_datasets():
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(known_datasets())}")
@@ -68,20 +75,57 @@ def make_tokenizer(data_config, saved: dict | None = None) -> tok.Tokenizer:
     return tok.from_config(saved) if saved else text_data.make_tokenizer(data_config)
 
 
-def with_vocab_size(config, tokenizer: tok.Tokenizer):
-    """A copy of ``config`` whose ``model.vocab_size`` is the tokenizer's when unset (0 or None).
+# What a language model's metrics count per tokenizer: bits per character, or perplexity.
+UNIT_OF_TOKENIZER = {"char": "char", "word": "word", "gpt2": "token"}
 
-    A larger vocabulary is allowed (GPT-2 is often padded to a multiple of 64); a smaller one
-    cannot embed every token and is refused.
+
+def fill_model_config(config, tokenizer: tok.Tokenizer):
+    """A copy of ``config`` whose language model agrees with its data, filled where unset.
+
+    * ``model.vocab_size``: the tokenizer's when unset (0). A larger one is allowed (GPT-2 is often
+      padded to a multiple of 64); a smaller one cannot embed every token and is refused.
+    * ``model.seq_len``: ``data.seq_len`` when unset (0); another is refused.
+    * ``model.unit``: the tokenizer's (``char``, ``word``, or ``token`` for GPT-2's BPE) when
+      unset; another is refused.
+    * ``data.batching``: an LSTM carrying its state across batches needs ``stream`` (row i of a
+      batch continues row i of the last one); the transformer takes ``random`` windows.
     """
     config = copy.deepcopy(config)
-    vocab = config.model.get("vocab_size", 0) or 0
+    model, data = config.model, config.data
+    vocab = model.get("vocab_size", 0) or 0
     if not vocab:
-        config.model.vocab_size = tokenizer.vocab_size
+        model.vocab_size = tokenizer.vocab_size
     elif vocab < tokenizer.vocab_size:
         raise ValueError(f"model.vocab_size={vocab} is smaller than the {tokenizer.vocab_size} "
                          f"tokens of the {type(tokenizer).__name__}; set model.vocab_size=0 to "
                          "take the tokenizer's")
+
+    seq_len = int(data.get("seq_len", 0) or 0)
+    if seq_len < 1:
+        raise ValueError(f"data.seq_len={data.get('seq_len')}: a language model's data needs the "
+                         "number of tokens per row (>= 1)")
+    if not model.get("seq_len", 0):
+        model.seq_len = seq_len
+    elif int(model.seq_len) != seq_len:
+        raise ValueError(f"model.seq_len={model.seq_len} differs from data.seq_len={seq_len}; set "
+                         "only data.seq_len (model.seq_len=0 takes it)")
+
+    unit = UNIT_OF_TOKENIZER[tokenizer.name]
+    if not model.get("unit", ""):
+        model.unit = unit
+    elif model.unit != unit:
+        raise ValueError(f"model.unit={model.unit!r} does not match the {tokenizer.name} tokenizer "
+                         f"of data.tokenizer, whose unit is {unit!r}; leave model.unit unset to "
+                         "take it")
+
+    family, batching = model.get("family"), data.get("batching", "random")
+    if family == "lstm" and model.get("carry_state", True) and batching != "stream":
+        raise ValueError(f"data.batching={batching!r}, but the LSTM carries its state from batch "
+                         "to batch (model.carry_state=True), which needs contiguous rows: set "
+                         "data.batching='stream', or model.carry_state=False")
+    if family == "transformer" and batching == "stream":
+        raise ValueError("data.batching='stream' lays out contiguous rows for an LSTM's carried "
+                         "state; the transformer trains on data.batching='random' windows")
     return config
 
 
@@ -89,6 +133,9 @@ def load_images(data_config, family: Family, split: str, *, seed: int) -> Batch:
     """Arrays of ``split`` holding the keys of ``family.batch_spec``."""
     name = data_config.get("dataset", "synthetic")
     if name == "synthetic":
+        if "image" not in family.batch_spec:
+            raise ValueError(f"synthetic data for the {family.name} family needs a text data "
+                             "section (data.seq_len, data.batching: configs/default.text_data)")
         shape = family.batch_spec["image"].shape
         n = int(data_config.get("synthetic_size", 4096))
         arrays = data_lib.synthetic_images(n, shape, seed=seed + (split != "train"))
@@ -99,6 +146,17 @@ def load_images(data_config, family: Family, split: str, *, seed: int) -> Batch:
     if missing:
         raise ValueError(f"dataset {name!r} has no {sorted(missing)} for family {family.name!r}")
     return {k: arrays[k] for k in family.batch_spec}
+
+
+def _check_eval_rows(data_config, split: str, num_tokens: int, eval_size: int) -> None:
+    """Refuses an evaluation split too short for one batch (it would evaluate nothing)."""
+    rows = text_data.max_eval_rows(data_config, num_tokens)
+    if rows < eval_size:
+        fix = f"set data.eval_batch_size to at most {rows}" if rows else "lower data.seq_len"
+        raise ValueError(
+            f"the {split} split of {data_config.dataset} ({num_tokens:,} tokens) makes no "
+            f"evaluation batch of data.eval_batch_size={eval_size} rows of data.seq_len + 1 = "
+            f"{int(data_config.seq_len) + 1} tokens; {fix}")
 
 
 def make_run_data(data_config, family: Family, *, seed: int, train: bool = True,
@@ -120,6 +178,9 @@ def make_run_data(data_config, family: Family, *, seed: int, train: bool = True,
         train_arrays = load_images(data_config, family, "train", seed=seed) if train else None
         eval_arrays = load_images(data_config, family, eval_split, seed=seed)
         n_eval = len(next(iter(eval_arrays.values())))
+        if not n_eval:
+            raise ValueError(f"the {eval_split} split of {data_config.dataset} has no examples")
+        # A batch larger than the split is one batch of the whole split.
         eval_iter = lambda: data_lib.BatchIterator(
             eval_arrays, min(eval_size, n_eval), shuffle=False).epoch_batches()
         source = train_arrays or eval_arrays
@@ -130,7 +191,8 @@ def make_run_data(data_config, family: Family, *, seed: int, train: bool = True,
     if tokenizer is None:
         raise ValueError("a text dataset needs its tokenizer (input_pipeline.make_tokenizer)")
     eval_text = text_data.load_text(data_config, eval_split)
-    eval_tokens = np.asarray(tokenizer.encode(eval_text), np.int32)
+    eval_tokens = text_data.encode_split(data_config, eval_split, eval_text, tokenizer)
+    _check_eval_rows(data_config, eval_split, len(eval_tokens), eval_size)
     eval_iter = lambda: text_data.make_iterator(
         data_config, eval_tokens, batch_size=eval_size).epoch_batches()
     it = None

@@ -6,6 +6,8 @@ Datasets:
   (``source="raw"``: the first 90% trains, the last 10% is both validation and test, as nanoGPT).
 * ``ptb``: Mikolov's Penn Treebank, read from ``ptb.{train,valid,test}.txt`` in ``path``
   (word level, 10k words; ``ptb_char`` reads the same text one character at a time).
+* ``synthetic`` (no files): ``synthetic_size`` tokens of ``synthetic_vocab`` symbols per split
+  (:func:`synthetic_tokens`), so a language model trains with no dataset at hand.
 
 Batches hold ``tokens`` of shape (B, T+1): inputs are ``tokens[:, :-1]``, targets ``tokens[:, 1:]``.
 
@@ -21,7 +23,9 @@ their position with ``state()`` / ``restore()`` like :class:`zoo.data.BatchItera
 
 from __future__ import annotations
 
+import itertools
 import os
+import string
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -109,10 +113,37 @@ def ptb_text(split: str, path: str | os.PathLike | None = None) -> str:
     return file.read_text(encoding="utf-8")
 
 
+def synthetic_tokens(n: int, vocab_size: int, seed: int, noise: float = 0.1) -> np.ndarray:
+    """``n`` int32 ids in ``[0, vocab_size)``: each is its predecessor + 1 (mod ``vocab_size``),
+    except a random one with probability ``noise``. Learnable (a loss falls from ln(vocab_size)
+    towards the noise's entropy) and seeded."""
+    rng = np.random.default_rng(seed)
+    jumps = np.where(rng.random(n) < noise, rng.integers(0, vocab_size, n), 1)
+    jumps[0] = rng.integers(vocab_size)
+    return (np.cumsum(jumps) % vocab_size).astype(np.int32)
+
+
+def synthetic_symbols(vocab_size: int) -> list[str]:
+    """The characters synthetic ids are written with: letters, digits, punctuation, then more."""
+    printable = string.ascii_letters + string.digits + string.punctuation
+    return list(itertools.islice(itertools.chain(printable, map(chr, itertools.count(0x100))),
+                                 vocab_size))
+
+
+def _synthetic(data_config) -> tuple[int, int]:
+    size = int(_get(data_config, "synthetic_size", 0) or 100_000)
+    vocab = int(_get(data_config, "synthetic_vocab", 0) or 64)
+    return size, vocab
+
+
 def load_text(data_config, split: str) -> str:
     """The raw text of ``split`` of ``data_config.dataset``."""
     name = _get(data_config, "dataset", "tiny_shakespeare")
     path = _get(data_config, "path") or None
+    if name == "synthetic":  # a fixed dataset: its splits differ by seed, not by the run's seed
+        size, vocab = _synthetic(data_config)
+        ids = synthetic_tokens(size, vocab, seed=SPLITS.index(_check_split(split)))
+        return "".join(np.array(synthetic_symbols(vocab))[ids])
     if name == "tiny_shakespeare":
         if _get(data_config, "source", "raw") == "tfds":
             return tiny_shakespeare_tfds(split, data_dir=_get(data_config, "tfds_data_dir") or None,
@@ -124,21 +155,42 @@ def load_text(data_config, split: str) -> str:
 
 
 def make_tokenizer(data_config) -> tok.Tokenizer:
-    """The config's tokenizer (``char``, ``word`` or ``gpt2``), built from the training text."""
+    """The config's tokenizer (``char``, ``word`` or ``gpt2``), built from the training text;
+    for ``synthetic`` data, characters for its ``synthetic_vocab`` symbols."""
+    if _get(data_config, "dataset") == "synthetic":
+        return tok.CharTokenizer(synthetic_symbols(_synthetic(data_config)[1]))
     default = "word" if _get(data_config, "dataset") == "ptb" else "char"
     name = _get(data_config, "tokenizer", default)
     if name == "gpt2":
-        return tok.get_tokenizer("gpt2", path=_get(data_config, "tokenizer_path"))
+        path = _get(data_config, "tokenizer_path")
+        if not path:
+            raise ValueError("data.tokenizer='gpt2' reads vocab.json and merges.txt from "
+                             "data.tokenizer_path, which is empty; set it to their folder")
+        return tok.get_tokenizer("gpt2", path=path)
     if name not in tok.TOKENIZERS:
         raise ValueError(f"unknown tokenizer {name!r}; choose one of {', '.join(tok.TOKENIZERS)}")
     return tok.get_tokenizer(name, text=load_text(data_config, "train"))
+
+
+def encode_split(data_config, split: str, text: str, tokenizer: tok.Tokenizer) -> np.ndarray:
+    """``text``, the ``split`` of the config's dataset, as int32 ids.
+
+    Text outside the tokenizer's vocabulary (a word or character the train split, which the
+    vocabulary is built from, lacks) is an error naming the split.
+    """
+    try:
+        return np.asarray(tokenizer.encode(text), np.int32)
+    except tok.OutOfVocabularyError as e:
+        name = _get(data_config, "dataset", "tiny_shakespeare")
+        raise ValueError(f"the {split} split of {name} has {e.what} outside the vocabulary built "
+                         f"from the train split: {e.listing}") from None
 
 
 def load_tokens(data_config, split: str, tokenizer: tok.Tokenizer | None = None
                 ) -> tuple[np.ndarray, tok.Tokenizer]:
     """``split`` encoded as int32 ids, and the tokenizer (built from the train split if None)."""
     tokenizer = tokenizer or make_tokenizer(data_config)
-    return np.asarray(tokenizer.encode(load_text(data_config, split)), np.int32), tokenizer
+    return encode_split(data_config, split, load_text(data_config, split), tokenizer), tokenizer
 
 
 def _local_rows(global_batch_size: int, process_index: int | None, process_count: int | None):
@@ -239,6 +291,15 @@ class WindowIterator:
         for lo in range(0, n - self.global_batch_size + 1, self.global_batch_size):
             s = starts[lo:lo + self.global_batch_size][self.local]
             yield {"tokens": self.tokens[s[:, None] + np.arange(self.seq_len + 1)]}
+
+
+def max_eval_rows(data_config, num_tokens: int) -> int:
+    """The most rows an evaluation batch of ``num_tokens`` tokens can have: an in-order pass
+    (``epoch_batches``) makes a batch only if its rows are at most this many."""
+    seq_len = int(_get(data_config, "seq_len"))
+    if _get(data_config, "batching", "random") == "stream":
+        return num_tokens // (seq_len + 1)  # B rows of len // B >= seq_len + 1 tokens
+    return (num_tokens - 1) // seq_len  # non-overlapping windows
 
 
 def make_iterator(data_config, tokens: np.ndarray, *, seed: int = 0, batch_size: int | None = None,

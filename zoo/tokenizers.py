@@ -3,7 +3,8 @@
 Every tokenizer has ``encode(text) -> list[int]``, ``decode(ids) -> str``, ``vocab_size`` and
 ``to_config() -> dict`` (JSON-able; :func:`from_config` rebuilds it), so a run directory can store
 the tokenizer next to the params. Text outside a char or word vocabulary is an error that names the
-offending characters or words; GPT-2's BPE covers every byte, so it has none.
+offending characters or words (:class:`OutOfVocabularyError`); GPT-2's BPE covers every byte, so
+it has none.
 
 GPT-2's BPE is implemented here (about 60 lines, after openai/gpt-2's ``encoder.py``) and reads the
 usual ``vocab.json`` and ``merges.txt``; zoo does not need ``transformers`` to tokenize.
@@ -24,6 +25,22 @@ def _quote(items: Iterable[str], limit: int = 20) -> str:
     items = sorted(set(items))
     shown = ", ".join(repr(c) for c in items[:limit])
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+class OutOfVocabularyError(ValueError):
+    """Text holds characters or words outside a tokenizer's vocabulary.
+
+    Attributes: ``unknown``, the distinct ones, sorted; ``what``, how many of which (``"3
+    word(s)"``); ``listing``, the first of them quoted, with any advice. The message holds all
+    three.
+    """
+
+    def __init__(self, unknown: Iterable[str], what: str, vocab_size: int, hint: str = ""):
+        self.unknown = sorted(set(unknown))
+        self.what = f"{len(self.unknown)} {what}"
+        self.listing = _quote(self.unknown) + hint
+        super().__init__(f"text has {self.what} outside the vocabulary of {vocab_size}: "
+                         f"{self.listing}")
 
 
 class CharTokenizer:
@@ -48,8 +65,7 @@ class CharTokenizer:
     def encode(self, text: str) -> list[int]:
         unknown = set(text) - self.index.keys()
         if unknown:
-            raise ValueError(f"text has {len(unknown)} character(s) outside the vocabulary of "
-                             f"{self.vocab_size}: {_quote(unknown)}")
+            raise OutOfVocabularyError(unknown, "character(s)", self.vocab_size)
         return [self.index[c] for c in text]
 
     def decode(self, ids: Iterable[int]) -> str:
@@ -99,8 +115,7 @@ class WordTokenizer:
         unknown = [w for w in words if w not in self.index]
         if unknown:
             hint = " (PTB writes rare words as '<unk>')" if "<unk>" in self.index else ""
-            raise ValueError(f"text has {len(set(unknown))} word(s) outside the vocabulary of "
-                             f"{self.vocab_size}: {_quote(unknown)}{hint}")
+            raise OutOfVocabularyError(unknown, "word(s)", self.vocab_size, hint)
         return [self.index[w] for w in words]
 
     def decode(self, ids: Iterable[int]) -> str:
@@ -151,14 +166,22 @@ class GPT2Tokenizer:
         self.byte_encoder = bytes_to_unicode()
         self.byte_decoder = {c: b for b, c in self.byte_encoder.items()}
         self.pattern = regex.compile(GPT2_PATTERN)
-        self.files = (vocab_file, merges_file)
+        # Absolute: the files are named in a run's saved tokenizer, read from any directory.
+        self.files = tuple(str(Path(f).resolve()) if f else None for f in (vocab_file, merges_file))
         self._cache: dict[str, list[str]] = {}
         self.eos_id = self.encoder.get("<|endoftext|>")
 
     @classmethod
     def from_files(cls, vocab_file: str | os.PathLike, merges_file: str | os.PathLike):
-        encoder = json.loads(Path(vocab_file).read_text(encoding="utf-8"))
-        lines = Path(merges_file).read_text(encoding="utf-8").split("\n")
+        """Reads ``vocab.json`` and ``merges.txt``. :meth:`to_config` names them by absolute
+        path, so a run that saved it resumes, evaluates and generates from any directory."""
+        vocab_file, merges_file = Path(vocab_file).resolve(), Path(merges_file).resolve()
+        for file in (vocab_file, merges_file):
+            if not file.is_file():
+                raise ValueError(f"GPT-2 tokenizer file {file} not found (the BPE needs its "
+                                 "vocab.json and merges.txt)")
+        encoder = json.loads(vocab_file.read_text(encoding="utf-8"))
+        lines = merges_file.read_text(encoding="utf-8").split("\n")
         merges = [tuple(line.split()) for line in lines
                   if line and not line.startswith("#version") and len(line.split()) == 2]
         return cls(encoder, merges, str(vocab_file), str(merges_file))

@@ -217,7 +217,7 @@ def build(config, *, train: bool = True, eval_split: str | None = None,
     text_tokenizer = None
     if input_pipeline.is_text(config.data):
         text_tokenizer = input_pipeline.make_tokenizer(config.data, tokenizer)
-        config = input_pipeline.with_vocab_size(config, text_tokenizer)
+        config = input_pipeline.fill_model_config(config, text_tokenizer)
     family = models.make_family(config.model)
     strategy = make_strategy(config.get("parallel", {}))
     grad_accum = int(tc.get("grad_accum_steps", 1))
@@ -247,10 +247,8 @@ def build(config, *, train: bool = True, eval_split: str | None = None,
     sample_fn = family.sample_fn
     if text_tokenizer is not None:
         from zoo import generate
-        sample_fn = generate.text_sample_fn(
-            family.modules["model"], text_tokenizer,
-            tc.get("sample_prompt", "") or generate.default_prompt(text_tokenizer, data.eval_text),
-            max_new_tokens=int(tc.get("sample_tokens", 200)))
+        sample_fn = generate.make_text_sampler(family.modules["model"], text_tokenizer, tc,
+                                               data.eval_text)
     return Run(config, family, strategy, template, train_step, eval_step, data, sample_fn)
 
 

@@ -17,13 +17,29 @@ def _get(cfg: Mapping[str, Any] | Any, key: str, default: Any) -> Any:
 
 
 def make_schedule(cfg, total_steps: int) -> optax.Schedule:
-    """Learning-rate schedule. Keys: learning_rate, schedule, warmup_steps, end_factor, decay_rate,
-    transition_steps, boundaries (``piecewise``: the rate is multiplied by decay_rate at each)."""
+    """Learning-rate schedule from ``learning_rate`` and ``schedule``:
+
+    * ``constant``, ``cosine`` / ``warmup_cosine`` (to ``end_factor * learning_rate`` at
+      ``total_steps``), ``linear`` (likewise): after a linear warm-up of ``warmup_steps`` from 0.
+    * ``exponential``: constant for ``decay_begin`` steps, then multiplied by ``decay_rate`` every
+      ``transition_steps`` (staircase; Zaremba et al.'s per-epoch decay). The first decay is at
+      ``decay_begin + transition_steps``.
+    * ``piecewise``: multiplied by ``decay_rate`` at each of ``boundaries`` (increasing steps > 0;
+      Burda et al.'s stages).
+
+    The last two have no warm-up: a non-zero ``warmup_steps`` is refused there, since configs once
+    used it for what is now ``decay_begin``.
+    """
     lr = float(_get(cfg, "learning_rate", 1e-3))
     name = _get(cfg, "schedule", "constant")
     warmup = int(_get(cfg, "warmup_steps", 0))
     end = lr * float(_get(cfg, "end_factor", 0.0))
     steps = max(int(total_steps), 1)
+    if warmup and name in ("exponential", "piecewise"):
+        hint = " (the constant phase before its decay is optimizer.decay_begin)" \
+            if name == "exponential" else ""
+        raise ValueError(f"optimizer.warmup_steps={warmup}, but the {name} schedule has no "
+                         f"warm-up; set it to 0{hint}")
     if name == "constant":
         sched = optax.constant_schedule(lr)
         return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), sched], [warmup]) \
@@ -36,13 +52,15 @@ def make_schedule(cfg, total_steps: int) -> optax.Schedule:
             [optax.linear_schedule(0.0, lr, warmup), optax.linear_schedule(lr, end, steps - warmup)],
             [warmup])
     if name == "exponential":
-        # Zaremba-style: constant, then decays by decay_rate every transition_steps.
         return optax.exponential_decay(lr, int(_get(cfg, "transition_steps", steps)),
                                        float(_get(cfg, "decay_rate", 0.5)),
-                                       transition_begin=warmup, staircase=True)
+                                       transition_begin=int(_get(cfg, "decay_begin", 0)),
+                                       staircase=True)
     if name == "piecewise":
-        # Burda et al. (2016)-style: multiplied by decay_rate at each boundary step.
         boundaries = [int(b) for b in _get(cfg, "boundaries", ())]
+        if boundaries != sorted(set(boundaries)) or (boundaries and boundaries[0] <= 0):
+            raise ValueError(f"optimizer.boundaries={tuple(boundaries)} must be increasing steps "
+                             "> 0 (the rate is multiplied by optimizer.decay_rate at each)")
         rate = float(_get(cfg, "decay_rate", 0.5))
         return optax.piecewise_constant_schedule(lr, {b: rate for b in boundaries})
     raise ValueError(f"unknown learning-rate schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
