@@ -1,5 +1,9 @@
 """The shared step and the parallel strategies (8 host CPU devices, see conftest.py)."""
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -380,3 +384,29 @@ class TestBadInput:
             autoencoder.make_family({"arch": "rnn"})
         with pytest.raises(ValueError, match="latent_dim must be >= 1"):
             autoencoder.make_family({"latent_dim": 0})
+
+
+def test_many_steps_dispatched_without_waiting_finish(tmp_path):
+    """200 steps on 8 CPU devices, never read back in between (as examples/reuse.py does): with a
+    deep queue XLA:CPU's collectives deadlocked at about step 65, so CompiledStep keeps at most
+    two steps in flight there. Run in a child process so a hang fails in 2 minutes."""
+    script = """
+import jax, optax
+from zoo import data, models
+from zoo.core import compiled, parallel
+from zoo.core.train_state import TrainState
+family = models.make_family({"family": "autoencoder", "hidden": (128,), "latent_dim": 8})
+arrays = {"image": data.synthetic_images(1024)["image"]}
+it = data.BatchIterator(arrays, 96, seed=0)
+params, model_state = family.init(jax.random.PRNGKey(0), {"image": arrays["image"][:96]})
+strategy = parallel.make_strategy("mesh")
+state = strategy.place_state(TrainState.create(params=params, tx={"model": optax.adam(1e-3)},
+                                               model_state=model_state, seed=0))
+step = compiled.compile_train_step(family.objective, strategy, batch_spec=family.batch_spec)
+for _ in range(200):
+    state, metrics = step(state, next(it))
+print("steps", int(strategy.to_host(state.step)))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120, env=os.environ)
+    assert out.returncode == 0 and "steps 200" in out.stdout, out.stderr[-2000:]

@@ -1,8 +1,10 @@
 """Datasets: real ones through tensorflow-datasets, synthetic ones of each family's shapes.
 
-TFDS (and the TensorFlow it prepares datasets with) is imported only inside :func:`load_tfds`, the
-first time a real dataset is prepared. The prepared split is then kept as a numpy ``.npz`` beside
-the TFDS data, so later runs read it without TensorFlow.
+TFDS (and the TensorFlow it prepares datasets with) never enters a training process: the first
+time a real dataset is needed, :func:`ensure_prepared` runs TFDS's builder in a child process
+(``python -m zoo.data``), which keeps every split as a numpy ``.npz`` (text: ``.txt``) beside the
+TFDS data. Training processes read those caches with numpy alone. (TensorFlow's runtime in the same
+process as JAX's multi-device CPU collectives has been seen to hang them.)
 
 Offline: point ``download_dir`` (or the environment variable ``ZOO_TFDS_DOWNLOAD_DIR``) at a TFDS
 download cache, such as ``../shared/data/tfds_downloads``, and TFDS prepares from it with no network.
@@ -12,6 +14,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -42,33 +46,84 @@ def _writable_download_dir(download_dir: Path, data_dir: Path) -> Path:
     return copy
 
 
+TFDS_TEXT = ("tiny_shakespeare",)  # text datasets prepared through TFDS (see zoo.text_data)
+
+
+def cache_path(name: str, split: str, data_dir: str | os.PathLike | None = None) -> Path:
+    """Where the prepared ``split`` of TFDS dataset ``name`` is kept (``.npz``, or ``.txt``)."""
+    data_dir = Path(data_dir) if data_dir else default_data_dir()
+    if name in TFDS_TEXT:
+        return data_dir / "zoo_text" / f"{name}-{split}.txt"
+    return data_dir / "zoo_numpy" / f"{name}-{split}.npz"
+
+
+def prepare_tfds(name: str, data_dir: str | os.PathLike,
+                 download_dir: str | os.PathLike | None = None) -> None:
+    """Prepares ``name`` with TFDS (imports TensorFlow) and writes every split's cache.
+
+    Run by :func:`ensure_prepared` in a child process. Each cache is written to a temporary file
+    and renamed, so a killed preparation never leaves half a cache.
+    """
+    import tensorflow_datasets as tfds
+
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    builder = tfds.builder(name, data_dir=str(data_dir))
+    kwargs: dict[str, Any] = {}
+    if download_dir:
+        kwargs = dict(download_dir=str(_writable_download_dir(Path(download_dir), data_dir)),
+                      download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    builder.download_and_prepare(**kwargs)
+    for split in builder.info.splits:
+        cache = cache_path(name, split, data_dir)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(cache.name + ".tmp")
+        if name in TFDS_TEXT:
+            text = "".join(ex["text"].decode("utf-8")
+                           for ex in tfds.as_numpy(builder.as_dataset(split=split)))
+            tmp.write_text(text, encoding="utf-8")
+        else:
+            arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+            with open(tmp, "wb") as f:
+                np.savez(f, image=arrays["image"], label=arrays["label"])
+        os.replace(tmp, cache)
+
+
+def ensure_prepared(name: str, split: str, *, data_dir: str | os.PathLike | None = None,
+                    download_dir: str | os.PathLike | None = None) -> Path:
+    """The cache of ``split`` of TFDS dataset ``name``, prepared in a child process if missing.
+
+    ``download_dir`` (default ``$ZOO_TFDS_DOWNLOAD_DIR``): a TFDS download cache to prepare from
+    offline.
+    """
+    data_dir = Path(data_dir) if data_dir else default_data_dir()
+    cache = cache_path(name, split, data_dir)
+    if cache.exists():
+        return cache
+    download_dir = download_dir or os.environ.get(DOWNLOAD_DIR_ENV) or ""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    child = subprocess.run([sys.executable, "-m", "zoo.data", name, str(data_dir),
+                            str(download_dir)], env=env, capture_output=True, text=True)
+    if child.returncode != 0:
+        raise ValueError(
+            f"TFDS could not prepare {name!r} in {data_dir}"
+            + (f" from {download_dir}" if download_dir else "") + ":\n"
+            + (child.stderr or child.stdout)[-2000:] + "\nOffline, set data.download_dir (or "
+            f"{DOWNLOAD_DIR_ENV}) to a TFDS download cache such as ../shared/data/tfds_downloads")
+    if not cache.exists():
+        raise ValueError(f"TFDS prepared {name!r} but it has no split {split!r}")
+    return cache
+
+
 def load_tfds(name: str, split: str, *, data_dir: str | os.PathLike | None = None,
               download_dir: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
-    """A whole TFDS split as numpy arrays, prepared once and cached as ``.npz``.
+    """A whole TFDS split as numpy arrays, prepared once (:func:`ensure_prepared`).
 
     Images come back as float32 in [0, 1] under ``"image"``, labels as int32 under ``"label"``.
     """
     if name not in IMAGE_DATASETS:
         raise ValueError(f"unknown image dataset {name!r}; known: {', '.join(IMAGE_DATASETS)}")
-    data_dir = Path(data_dir) if data_dir else default_data_dir()
-    cache = data_dir / "zoo_numpy" / f"{name}-{split}.npz"
-    if not cache.exists():
-        import tensorflow_datasets as tfds  # lazy: only to prepare a real dataset
-
-        download_dir = download_dir or os.environ.get(DOWNLOAD_DIR_ENV)
-        data_dir.mkdir(parents=True, exist_ok=True)
-        builder = tfds.builder(name, data_dir=str(data_dir))
-        kwargs: dict[str, Any] = {}
-        if download_dir:
-            kwargs = dict(
-                download_dir=str(_writable_download_dir(Path(download_dir), data_dir)),
-                download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-        builder.download_and_prepare(**kwargs)
-        arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp.npz")
-        np.savez(tmp, image=arrays["image"], label=arrays["label"])
-        os.replace(tmp, cache)  # atomic: a killed run never leaves half a cache
+    cache = ensure_prepared(name, split, data_dir=data_dir, download_dir=download_dir)
     with np.load(cache) as f:
         return {"image": f["image"].astype(np.float32) / 255.0,
                 "label": f["label"].astype(np.int32)}
@@ -147,3 +202,7 @@ class BatchIterator:
         for start in range(0, self.n - self.global_batch_size + 1, self.global_batch_size):
             lo = start + self.process_index * local
             yield {k: v[lo:lo + local] for k, v in self.arrays.items()}
+
+
+if __name__ == "__main__":  # python -m zoo.data NAME DATA_DIR [DOWNLOAD_DIR]: see ensure_prepared
+    prepare_tfds(sys.argv[1], sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else None)

@@ -27,7 +27,7 @@ import itertools
 import os
 import string
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Iterator, Mapping
 
 import numpy as np
 
@@ -75,30 +75,13 @@ def tiny_shakespeare_raw(split: str, path: str | os.PathLike | None = None) -> s
 
 def tiny_shakespeare_tfds(split: str, *, data_dir: str | os.PathLike | None = None,
                           download_dir: str | os.PathLike | None = None) -> str:
-    """tiny_shakespeare through TFDS (prepared offline from ``download_dir``), cached as text."""
+    """tiny_shakespeare through TFDS (prepared once, offline from ``download_dir``, in a child
+    process: :func:`zoo.data.ensure_prepared`), read from its text cache."""
     from zoo import data as data_lib
 
     split = _check_split(split)
-    data_dir = Path(data_dir) if data_dir else data_lib.default_data_dir()
-    cache = data_dir / "zoo_text" / f"tiny_shakespeare-{split}.txt"
-    if not cache.exists():
-        import tensorflow_datasets as tfds  # lazy: only to prepare the dataset once
-
-        download_dir = download_dir or os.environ.get(data_lib.DOWNLOAD_DIR_ENV)
-        data_dir.mkdir(parents=True, exist_ok=True)
-        builder = tfds.builder("tiny_shakespeare", data_dir=str(data_dir))
-        kwargs: dict[str, Any] = {}
-        if download_dir:
-            kwargs = dict(
-                download_dir=str(data_lib._writable_download_dir(Path(download_dir), data_dir)),
-                download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-        builder.download_and_prepare(**kwargs)
-        examples = tfds.as_numpy(builder.as_dataset(split=split))
-        text = "".join(ex["text"].decode("utf-8") for ex in examples)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, cache)
+    cache = data_lib.ensure_prepared("tiny_shakespeare", split, data_dir=data_dir,
+                                     download_dir=download_dir)
     return cache.read_text(encoding="utf-8")
 
 

@@ -93,6 +93,11 @@ class CompiledStep:
             return fn(state, batch)
 
         self.compiled = strategy.compile(counted, donate_state=donate_state)
+        # XLA:CPU deadlocks in a multi-device collective once ~64 steps are queued (seen with
+        # jax 0.10.2 on 8 host devices): there, a call waits for the one before it to finish.
+        devices = getattr(strategy, "devices", None) or jax.devices()
+        self.bound_in_flight = strategy.num_shards > 1 and devices[0].platform == "cpu"
+        self._previous = None
 
     def place_batch(self, batch: PyTree) -> PyTree:
         """Checks a host batch (this process's part) and places it for the compiled step."""
@@ -108,7 +113,12 @@ class CompiledStep:
             batch = self.place_batch(batch)
         if self.check_per_example:
             check_per_example_state(state, batch, self.strategy)
-        return self.compiled(state, batch)
+        if self.bound_in_flight and self._previous is not None:
+            jax.block_until_ready(self._previous)
+        out = self.compiled(state, batch)
+        if self.bound_in_flight:  # the metrics: small, and ready when the step is done
+            self._previous = out[1] if isinstance(out, tuple) else out
+        return out
 
 
 def compile_train_step(objective, strategy: parallel.Strategy, *, batch_spec: BatchSpec = None,
