@@ -40,11 +40,11 @@ if len(sys.argv) > 6:
     from zoo.config import apply_overrides
 
     config = apply_overrides(load_config("lstm_ptb_small"), [
-        "--config.model.hidden_size=32", "--config.model.seq_len=10", "--config.data.seq_len=10",
+        "--config.model.hidden_size=32", "--config.data.seq_len=10",
         "--config.data.batch_size=8", "--config.data.eval_batch_size=8",
         "--config.parallel.strategy=mesh", "--config.train.steps=6",
         "--config.train.eval_every=3", "--config.train.checkpoint_every=3",
-        "--config.train.sample_tokens=5", "--config.optimizer.warmup_steps=0"])
+        "--config.train.sample_tokens=5"])
     result = train.train(config, sys.argv[6], log=lambda s: None)
     assert result.strategy.num_shards == nproc * local_devices
     write(result.strategy.to_host(result.state.params), **result.eval_metrics)
