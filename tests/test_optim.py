@@ -48,7 +48,11 @@ def test_schedule_settings_are_checked():
     with pytest.raises(ValueError, match=r"optimizer.warmup_steps=30, but the exponential schedule "
                                          r"has no warm-up; .*optimizer.decay_begin"):
         optim.make_schedule(dict(schedule="exponential", warmup_steps=30), 100)
-    for bad in ((4, 1, 13), (0, 4), (4, 4)):
+    # Settings that optax would take as "no decay at all" are refused, not run silently constant.
+    for every in (0, None, -5):
+        with pytest.raises(ValueError, match=r"optimizer.transition_steps=.*set it > 0"):
+            optim.make_schedule(dict(schedule="exponential", transition_steps=every), 100)
+    for bad in ((4, 1, 13), (0, 4), (4, 4), ()):
         with pytest.raises(ValueError, match=r"optimizer.boundaries=.* must be increasing steps "
                                              r"> 0"):
             optim.make_schedule(dict(schedule="piecewise", boundaries=bad), 100)

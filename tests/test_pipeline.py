@@ -115,6 +115,12 @@ def _largest_file(directory: Path) -> Path:
 def test_truncated_newest_checkpoint_falls_back_to_the_previous(tmp_path):
     config = _config("--config.train.steps=30", "--config.train.checkpoint_every=10")
     train.train(config, tmp_path, log=lambda s: None)
+    ckpt = Checkpointer(tmp_path / "checkpoints")
+    assert ckpt.read_extra()["step"] == 30
+    with pytest.raises(CheckpointError, match=r"no checkpoint at step 25 in .*; saved steps: "
+                                              r"10, 20, 30"):
+        ckpt.read_extra(25)
+    ckpt.close()
     victim = _largest_file(tmp_path / "checkpoints" / "30" / "state")
     with open(victim, "r+b") as f:
         f.truncate(victim.stat().st_size // 2)
@@ -207,6 +213,15 @@ def test_unknown_dataset_and_model(tmp_path):
         train.build(_config("--config.model.family=diffusion"))
 
 
+def test_an_eval_batch_that_does_not_divide_is_refused_before_training():
+    # Found only at the first evaluation (the last step, by default), it cost the final checkpoint.
+    with pytest.raises(ValueError, match=r"data.eval_batch_size: evaluation on test: global batch "
+                                         r"of 100 examples does not divide over 8 devices"):
+        train.build(_config("--config.data.eval_batch_size=100"))
+    # Larger than the split: one batch of the whole split (512 synthetic images), which divides.
+    assert train.build(_config("--config.data.eval_batch_size=1000")).data.eval_batch_size == 512
+
+
 def test_zoo_train_on_mnist_offline_through_the_cli(tfds_dirs, tmp_path, capsys):
     code = cli.main(["train", "--config", CONFIG, "--workdir", str(tmp_path),
                      f"--config.data.tfds_data_dir={tfds_dirs['tfds_data_dir']}",
@@ -216,3 +231,34 @@ def test_zoo_train_on_mnist_offline_through_the_cli(tfds_dirs, tmp_path, capsys)
     assert code == 0
     assert "step     20/20" in out and "eval (test) at step 20" in out
     assert (tmp_path / "tensorboard").is_dir() and any((tmp_path / "tensorboard").iterdir())
+
+
+def test_processes_sharing_a_data_dir_prepare_a_dataset_once(tfds_dirs, tmp_path, monkeypatch):
+    """Two jobs that miss the cache together: one prepares Fashion-MNIST offline (in a child
+    process), the other waits for it and reads the same cache; no half-written file is read."""
+    import threading
+
+    from zoo import data
+
+    children = []
+    real_run = subprocess.run
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: children.append(a) or real_run(*a, **k))
+    results, errors = [], []
+
+    def job():
+        try:
+            results.append(data.load_tfds("fashion_mnist", "test", data_dir=tmp_path,
+                                          download_dir=tfds_dirs["download_dir"]))
+        except Exception as e:  # noqa: BLE001 -- reported by the assertion below
+            errors.append(e)
+
+    threads = [threading.Thread(target=job) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert len(children) == 1
+    assert [r["image"].shape for r in results] == [(10_000, 28, 28, 1)] * 2
+    np.testing.assert_array_equal(results[0]["label"], results[1]["label"])
+    assert not list(tmp_path.rglob("*.tmp"))

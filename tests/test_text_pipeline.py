@@ -50,7 +50,11 @@ def test_zoo_train_eval_generate_on_tiny_shakespeare(tmp_path, capsys):
     result = json.loads((tmp_path / "eval.json").read_text())
     assert result["split"] == "test" and result["step"] == 60
     quality = result["quality"]
-    np.testing.assert_allclose(quality["bits_per_char"], result["metrics"]["bits_per_char"])
+    # Bits per character is the mean NLL in nats over ln 2, in the metrics and the report alike.
+    bits = result["metrics"]["loss"] / np.log(2)
+    np.testing.assert_allclose(result["metrics"]["bits_per_char"], bits, rtol=1e-6)
+    np.testing.assert_allclose(quality["bits_per_char"], bits, rtol=1e-6)
+    assert 1.0 < bits < np.log2(65)  # better than uniform over the 65 characters after training
     assert 0 < quality["distinct_2"] <= 1 and 0 < quality["distinct_2_reference"] <= 1
     assert quality["tokens_per_s"] > 0 and quality["num_samples"] == 20
 
@@ -193,6 +197,9 @@ def test_the_model_is_filled_from_its_data_and_must_agree_with_it():
 def test_zoo_generate_refuses_a_folder_that_is_no_run(tmp_path, capsys):
     assert cli.main(["generate", str(tmp_path), "--prompt", "hi"]) == 2
     assert "neither a zoo run directory" in capsys.readouterr().err
+    # Config overrides are for train and eval; generate would drop them silently.
+    assert cli.main(["generate", str(tmp_path), "--prompt", "hi", "--config.model.n_layer=2"]) == 2
+    assert "unrecognised arguments --config.model.n_layer=2" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.py")), ids=lambda p: p.stem)
@@ -215,6 +222,9 @@ def test_every_config_builds_its_family(path):
         assert config.model.seq_len == config.data.seq_len
     family = models.make_family(config.model)
     assert family.objective and family.batch_spec
+    from zoo.core import optim
+    for optimizer in [config.optimizer, *dict(config.get("optimizers", None) or {}).values()]:
+        optim.make_optimizer(optimizer, int(config.train.steps))  # its schedule's keys hold
 
 
 def test_a_run_trained_on_eight_devices_generates_and_evaluates_on_one(tmp_path):

@@ -106,17 +106,28 @@ class Checkpointer:
                     "it was saved (model sizes, or data.batch_size for per-example state such as "
                     "an LSTM's carried state). Resume with the saved config, or use a new workdir")
 
+    def _steps_to_try(self, step: int | None) -> list[int]:
+        """``[step]`` if it was saved, else newest first; a clear error when there is none."""
+        saved = list(self.all_steps())
+        if not saved:
+            raise CheckpointError(f"no checkpoint in {self.directory}")
+        if step is None:
+            return sorted(saved, reverse=True)
+        if int(step) not in saved:
+            raise CheckpointError(f"no checkpoint at step {step} in {self.directory}; saved steps: "
+                                  f"{', '.join(map(str, sorted(saved)))}")
+        return [int(step)]
+
     def read_extra(self, step: int | None = None,
                    log: Callable[[str], None] = logging.warning) -> dict:
         """The ``config`` and ``data`` state saved at ``step``, or with ``step=None`` at the
-        newest checkpoint whose record reads (older ones are tried as :meth:`restore` does)."""
-        steps = [step] if step is not None else list(reversed(self.all_steps()))
-        if not steps:
-            raise CheckpointError(f"no checkpoint in {self.directory}")
+        newest checkpoint whose record reads (older ones are tried as :meth:`restore` does).
+        The step it was read from is under ``"step"``."""
+        steps = self._steps_to_try(step)
         for s in steps:
             try:
-                return dict(self.manager.restore(s, args=ocp.args.Composite(
-                    extra=ocp.args.JsonRestore())).extra)
+                return {**self.manager.restore(s, args=ocp.args.Composite(
+                    extra=ocp.args.JsonRestore())).extra, "step": s}
             except Exception as e:  # noqa: BLE001 -- unreadable: try the previous checkpoint
                 log(f"checkpoint at step {s} in {self.directory} has no readable config "
                     f"({type(e).__name__}); trying the previous one")
@@ -131,9 +142,7 @@ class Checkpointer:
         first, then older ones if it cannot be read (each failure is reported through ``log``).
         Returns ``(state, extra, step)`` where ``extra`` holds ``data`` and ``config``.
         """
-        steps = [step] if step is not None else list(reversed(self.all_steps()))
-        if not steps:
-            raise CheckpointError(f"no checkpoint in {self.directory}")
+        steps = self._steps_to_try(step)
         shardings = strategy.restore_shardings(template)
         abstract = jax.tree.map(
             lambda x, s: jax.ShapeDtypeStruct(np.shape(x), np.result_type(x), sharding=s),

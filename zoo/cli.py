@@ -131,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = build_parser().parse_known_args(argv)
     overrides = [a for a in rest if a.startswith("--config.")]
     unknown = [a for a in rest if not a.startswith("--config.")]
+    if overrides and args.command not in ("train", "eval"):  # they would be dropped silently
+        unknown += overrides
     if unknown:
         print(f"zoo {args.command}: unrecognised arguments {' '.join(unknown)}", file=sys.stderr)
         return 2

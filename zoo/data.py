@@ -77,7 +77,7 @@ def prepare_tfds(name: str, data_dir: str | os.PathLike,
     for split in builder.info.splits:
         cache = cache_path(name, split, data_dir)
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(cache.name + ".tmp")
+        tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")  # no two writers share one
         if name in TFDS_TEXT:
             text = "".join(ex["text"].decode("utf-8")
                            for ex in tfds.as_numpy(builder.as_dataset(split=split)))
@@ -96,14 +96,23 @@ def ensure_prepared(name: str, split: str, *, data_dir: str | os.PathLike | None
     ``download_dir`` (default ``$ZOO_TFDS_DOWNLOAD_DIR``): a TFDS download cache to prepare from
     offline.
     """
+    import fcntl
+
     data_dir = Path(data_dir) if data_dir else default_data_dir()
     cache = cache_path(name, split, data_dir)
     if cache.exists():
         return cache
     download_dir = download_dir or os.environ.get(DOWNLOAD_DIR_ENV) or ""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    child = subprocess.run([sys.executable, "-m", "zoo.data", name, str(data_dir),
-                            str(download_dir)], env=env, capture_output=True, text=True)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    # Processes sharing a data_dir (a multi-process run, parallel jobs) prepare one at a time;
+    # the others wait and then read what the first wrote.
+    with open(data_dir / f".zoo_prepare_{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if cache.exists():
+            return cache
+        child = subprocess.run([sys.executable, "-m", "zoo.data", name, str(data_dir),
+                                str(download_dir)], env=env, capture_output=True, text=True)
     if child.returncode != 0:
         raise ValueError(
             f"TFDS could not prepare {name!r} in {data_dir}"

@@ -197,7 +197,7 @@ def run_quality_report(family, params: Mapping, model_state: Mapping, config, *,
             test = real["test"]
             report["test_nll_iwae"] = -vae.test_log_likelihood(
                 family, params, test["image"], test["label"], k=iwae_k,
-                chunk=math.gcd(iwae_k, 100), seed=seed)
+                chunk=math.gcd(iwae_k, 100), seed=seed, binarise=vae.binarises(config.model))
             report["iwae_k"] = iwae_k
             report["iwae_images"] = int(len(test["image"]) // 100 * 100)
         return report

@@ -40,6 +40,8 @@ class RunData:
       example: one batch of training shapes (to initialise the model).
       tokenizer: the text tokenizer (None for images).
       eval_text: the evaluation split's text (None for images): prompts and reference n-grams.
+      eval_batch_size: the global size of each evaluation batch (``data.eval_batch_size``, or the
+        whole split when that is smaller).
     """
 
     train: Any | None
@@ -48,6 +50,7 @@ class RunData:
     example: Batch
     tokenizer: tok.Tokenizer | None = None
     eval_text: str | None = None
+    eval_batch_size: int = 0
 
 
 def known_datasets() -> tuple[str, ...]:
@@ -180,13 +183,13 @@ def make_run_data(data_config, family: Family, *, seed: int, train: bool = True,
         n_eval = len(next(iter(eval_arrays.values())))
         if not n_eval:
             raise ValueError(f"the {eval_split} split of {data_config.dataset} has no examples")
-        # A batch larger than the split is one batch of the whole split.
+        eval_size = min(eval_size, n_eval)  # a batch larger than the split: the whole split
         eval_iter = lambda: data_lib.BatchIterator(
-            eval_arrays, min(eval_size, n_eval), shuffle=False).epoch_batches()
+            eval_arrays, eval_size, shuffle=False).epoch_batches()
         source = train_arrays or eval_arrays
         example = {k: v[:batch_size] for k, v in source.items()}
         it = data_lib.BatchIterator(train_arrays, batch_size, seed=seed) if train else None
-        return RunData(it, eval_iter, eval_split, example)
+        return RunData(it, eval_iter, eval_split, example, eval_batch_size=eval_size)
 
     if tokenizer is None:
         raise ValueError("a text dataset needs its tokenizer (input_pipeline.make_tokenizer)")
@@ -205,4 +208,5 @@ def make_run_data(data_config, family: Family, *, seed: int, train: bool = True,
     # A whole global batch (every process's rows): per-example state is sized from it.
     example = next(text_data.make_iterator(data_config, source, seed=seed, process_index=0,
                                            process_count=1))
-    return RunData(it, eval_iter, eval_split, example, tokenizer, eval_text)
+    return RunData(it, eval_iter, eval_split, example, tokenizer, eval_text,
+                   eval_batch_size=eval_size)

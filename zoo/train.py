@@ -231,6 +231,10 @@ def build(config, *, train: bool = True, eval_split: str | None = None,
     parallel.check_divisible(batch_size, strategy.num_shards, "devices", grad_accum)
     data = input_pipeline.make_run_data(config.data, family, seed=seed, train=train,
                                         eval_split=eval_split, tokenizer=text_tokenizer)
+    try:  # before training: a failing evaluation at the end would cost the last checkpoint
+        parallel.check_divisible(data.eval_batch_size, strategy.num_shards, "devices")
+    except ValueError as e:
+        raise ValueError(f"data.eval_batch_size: evaluation on {data.eval_split}: {e}") from None
     params, model_state = family.init(jax.random.PRNGKey(seed), data.example)
     optimizers = config.get("optimizers", None)  # per player, else one config for all
     tx = {p: optim.make_optimizer(optimizers[p] if optimizers and p in optimizers
@@ -439,7 +443,9 @@ def evaluate_checkpoint(path: str | Path, *, config=None, overrides: list[str] =
         _fit_layout_to_devices(config, log)
         run = build(config, train=False, eval_split=split,
                     tokenizer=extra.get("data", {}).get("tokenizer"))
-        state, _, restored_step = ckpt.restore(run.template, run.strategy, step=step, log=log)
+        # The weights of the step the config came from (an older one if the newest is unreadable).
+        state, _, restored_step = ckpt.restore(run.template, run.strategy, step=extra["step"],
+                                               log=log)
     finally:
         ckpt.close()
     metrics = evaluate_run(run, state)
@@ -475,6 +481,10 @@ def _fit_layout_to_devices(config, log: Callable[[str], None]) -> None:
     sizes = {int(config.data.batch_size),
              int(config.data.get("eval_batch_size", 0) or config.data.batch_size)}
     if any(size % shards for size in sizes):
+        if jax.process_count() > 1:  # one device cannot hold every process's share
+            raise ValueError(f"batches of {sorted(sizes)} do not divide over the {n} devices of "
+                             f"{jax.process_count()} processes; set data.batch_size and "
+                             f"data.eval_batch_size to multiples of {n}")
         log(f"zoo: batches of {sorted(sizes)} do not divide over {n} devices; evaluating on one")
         pc.strategy = "single"
 

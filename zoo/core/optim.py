@@ -52,13 +52,18 @@ def make_schedule(cfg, total_steps: int) -> optax.Schedule:
             [optax.linear_schedule(0.0, lr, warmup), optax.linear_schedule(lr, end, steps - warmup)],
             [warmup])
     if name == "exponential":
-        return optax.exponential_decay(lr, int(_get(cfg, "transition_steps", steps)),
+        every = int(_get(cfg, "transition_steps", 0) or 0)
+        if every <= 0:  # optax would silently keep the rate constant
+            raise ValueError(f"optimizer.transition_steps={every}: the exponential schedule "
+                             "multiplies the rate by optimizer.decay_rate every transition_steps "
+                             "steps; set it > 0")
+        return optax.exponential_decay(lr, every,
                                        float(_get(cfg, "decay_rate", 0.5)),
                                        transition_begin=int(_get(cfg, "decay_begin", 0)),
                                        staircase=True)
     if name == "piecewise":
         boundaries = [int(b) for b in _get(cfg, "boundaries", ())]
-        if boundaries != sorted(set(boundaries)) or (boundaries and boundaries[0] <= 0):
+        if not boundaries or boundaries != sorted(set(boundaries)) or boundaries[0] <= 0:
             raise ValueError(f"optimizer.boundaries={tuple(boundaries)} must be increasing steps "
                              "> 0 (the rate is multiplied by optimizer.decay_rate at each)")
         rate = float(_get(cfg, "decay_rate", 0.5))

@@ -260,12 +260,18 @@ def make_model(config) -> VAE:
                num_classes, activation)
 
 
+def binarises(config) -> bool:
+    """Whether a VAE of this model config trains on dynamically binarised images (``binarize``;
+    by default exactly when its likelihood is Bernoulli)."""
+    return bool(config.get("binarize", config.get("likelihood", "bernoulli") == "bernoulli"))
+
+
 def make_family(config) -> Family:
     """The VAE family. Model config keys: arch (mlp, conv), image_shape, hidden, activation (relu,
     tanh; MLP), features, latent_dim, likelihood (bernoulli, gaussian), binarize (dynamic binarisation, default on for
     Bernoulli), num_classes (> 0: conditional VAE on ``batch["label"]``)."""
     model = make_model(config)
-    binarise = bool(config.get("binarize", model.likelihood == "bernoulli"))
+    binarise = binarises(config)
     conditional = model.num_classes > 0
 
     def loss_fn(params, model_state, batch, rng):
