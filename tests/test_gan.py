@@ -207,3 +207,32 @@ def test_bad_input_gives_clear_errors():
         make_family(dict(TINY_MLP, n_critic=0))
     assert gan.dcgan_base(28) == (7, 2) and gan.dcgan_base(32) == (4, 3)
 
+
+
+def test_a_critics_schedule_runs_over_its_n_critic_updates_per_step():
+    """With n_critic=3 and a linear decay to 0 over 4 steps, the critic's rate reaches 0 at its
+    12th update (the end of step 4), not at its 4th: its params still move in the last step."""
+    from configs_loader import load_config
+    from zoo import train
+    from zoo.config import apply_overrides
+    from zoo.core import step as step_lib
+
+    assert step_lib.updates_per_step(make_family(dict(TINY_MLP, n_critic=3)).objective) == {
+        "discriminator": 3, "generator": 1}
+
+    def critic_after(steps):
+        config = apply_overrides(load_config("gan_mnist"), [
+            "--config.data.dataset=synthetic", "--config.data.synthetic_size=256",
+            "--config.data.batch_size=32", "--config.data.eval_batch_size=32",
+            "--config.model.g_hidden=(16,)", "--config.model.d_hidden=(16,)",
+            "--config.model.n_critic=3", "--config.optimizer.schedule=linear",
+            "--config.optimizer.end_factor=0.0", "--config.train.steps=4",
+            f"--config.train.eval_every={steps}"])
+        run = train.build(config)
+        state = run.strategy.place_state(run.template)
+        it = run.data.train
+        for _ in range(steps):
+            state, _ = run.train_step(state, next(it))
+        return run.strategy.to_host(state.params["discriminator"])
+
+    assert _max_diff(critic_after(3), critic_after(4)) > 1e-7

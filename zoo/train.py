@@ -237,8 +237,12 @@ def build(config, *, train: bool = True, eval_split: str | None = None,
         raise ValueError(f"data.eval_batch_size: evaluation on {data.eval_split}: {e}") from None
     params, model_state = family.init(jax.random.PRNGKey(seed), data.example)
     optimizers = config.get("optimizers", None)  # per player, else one config for all
+    # A schedule runs over a player's updates: n per step for a player updated n times a step
+    # (a GAN critic's n_critic), so it ends with training, not n times too early.
+    updates = step_lib.updates_per_step(family.objective)
     tx = {p: optim.make_optimizer(optimizers[p] if optimizers and p in optimizers
-                                  else config.optimizer, int(tc.steps)) for p in params}
+                                  else config.optimizer, int(tc.steps) * updates.get(p, 1))
+          for p in params}
     template = TrainState.create(params=params, tx=tx, model_state=model_state,
                                  rng=jax.random.PRNGKey(seed + 1))
     _check_best_metric(tc.get("best_metric", ""), family, template, data.example)

@@ -124,6 +124,15 @@ def as_objective(objective: Objective | Callable) -> tuple[Update, ...]:
     return updates
 
 
+def updates_per_step(objective: Objective | Callable) -> dict[str, int]:
+    """How many optimizer updates each player gets in one train step (``Update.repeats``
+    summed): what its learning-rate schedule counts."""
+    counts: dict[str, int] = {}
+    for u in as_objective(objective):
+        counts[u.player] = counts.get(u.player, 0) + u.repeats
+    return counts
+
+
 def cast_floating(tree: PyTree, dtype) -> PyTree:
     """Casts the floating-point leaves of ``tree`` to ``dtype``; integer leaves are kept."""
     if dtype is None:
