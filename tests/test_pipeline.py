@@ -141,6 +141,18 @@ def test_truncated_newest_checkpoint_falls_back_to_the_previous(tmp_path):
     ckpt.close()
 
 
+def test_zoo_eval_falls_back_past_a_truncated_newest_checkpoint(tmp_path):
+    config = _config("--config.train.steps=20", "--config.train.checkpoint_every=10")
+    train.train(config, tmp_path, log=lambda s: None)
+    victim = _largest_file(tmp_path / "checkpoints" / "20" / "state")
+    with open(victim, "r+b") as f:
+        f.truncate(victim.stat().st_size // 2)
+    messages = []
+    result = train.evaluate_checkpoint(tmp_path, quality=False, log=messages.append)
+    assert result["step"] == 10 and np.isfinite(result["metrics"]["loss"])
+    assert any("weights of step 10, config of step 20" in m for m in messages), messages
+
+
 def test_restore_across_device_counts_and_strategies(tmp_path):
     config = _config("--config.train.steps=5", "--config.parallel.data=4",
                      "--config.parallel.fsdp=2", "--config.model.hidden=(256,)")

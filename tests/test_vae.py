@@ -140,21 +140,28 @@ def test_vae_trained_on_mnist_beats_untrained(mnist):
     assert float(iwae) < 0
 
 
+def _train_and_zoo_eval(name, tfds_dirs, workdir, *overrides, num_samples):
+    """A short real-MNIST run of configs/NAME.py (batch 96), then zoo eval with IWAE-10."""
+    from configs_loader import load_config
+    from zoo import train
+    from zoo.config import apply_overrides
+
+    config = apply_overrides(load_config(name), [
+        f"--config.data.tfds_data_dir={tfds_dirs['tfds_data_dir']}",
+        f"--config.data.download_dir={tfds_dirs['download_dir']}",
+        "--config.data.batch_size=96", *overrides])
+    train.train(config, workdir, log=lambda s: None)
+    return train.evaluate_checkpoint(workdir, num_samples=num_samples, iwae_k=10,
+                                     log=lambda s: None)
+
+
 def test_zoo_eval_reports_quality_and_iwae_for_a_vae_run(tfds_dirs, tmp_path):
     """zoo eval on a (short) real MNIST run: eval metrics, classifier-FID beside its floor,
     precision/recall, mode coverage, generation speed and the IWAE test NLL, in eval.json."""
     import json
 
-    from configs_loader import load_config
-    from zoo import train
-    from zoo.config import apply_overrides
-
-    config = apply_overrides(load_config("vae_mnist"), [
-        f"--config.data.tfds_data_dir={tfds_dirs['tfds_data_dir']}",
-        f"--config.data.download_dir={tfds_dirs['download_dir']}",
-        "--config.train.steps=200", "--config.model.hidden=(128,)", "--config.data.batch_size=96"])
-    train.train(config, tmp_path, log=lambda s: None)
-    result = train.evaluate_checkpoint(tmp_path, num_samples=500, iwae_k=10, log=lambda s: None)
+    result = _train_and_zoo_eval("vae_mnist", tfds_dirs, tmp_path, "--config.train.steps=200",
+                                 "--config.model.hidden=(128,)", num_samples=500)
     assert json.loads((tmp_path / "eval.json").read_text()) == result
     q, elbo_nll = result["quality"], result["metrics"]["loss"]
     assert q["num_samples"] == 500 and q["samples_per_s"] > 0
@@ -170,17 +177,12 @@ def test_zoo_eval_scores_a_gaussian_vae_on_the_images_it_was_trained_on(tfds_dir
     """A VAE trained without binarisation (Gaussian likelihood, continuous pixels) gets its IWAE
     test NLL on continuous pixels too: then IWAE-10 is a slightly tighter bound than its ELBO."""
     from configs_loader import load_config
-    from zoo import train
-    from zoo.config import apply_overrides
 
     assert not vae.binarises(load_config("vae_gaussian_mnist").model)
     assert vae.binarises(load_config("vae_mnist").model)
-    config = apply_overrides(load_config("vae_gaussian_mnist"), [
-        f"--config.data.tfds_data_dir={tfds_dirs['tfds_data_dir']}",
-        f"--config.data.download_dir={tfds_dirs['download_dir']}",
-        "--config.train.steps=100", "--config.model.hidden=(64,)", "--config.data.batch_size=96"])
-    train.train(config, tmp_path, log=lambda s: None)
-    result = train.evaluate_checkpoint(tmp_path, num_samples=200, iwae_k=10, log=lambda s: None)
+    result = _train_and_zoo_eval("vae_gaussian_mnist", tfds_dirs, tmp_path,
+                                 "--config.train.steps=100", "--config.model.hidden=(64,)",
+                                 num_samples=200)
     elbo_nll = result["metrics"]["loss"]
     assert elbo_nll - 20 < result["quality"]["test_nll_iwae"] < elbo_nll, (
         result["quality"]["test_nll_iwae"], elbo_nll)

@@ -447,11 +447,13 @@ def evaluate_checkpoint(path: str | Path, *, config=None, overrides: list[str] =
         _fit_layout_to_devices(config, log)
         run = build(config, train=False, eval_split=split,
                     tokenizer=extra.get("data", {}).get("tokenizer"))
-        # The weights of the step the config came from (an older one if the newest is unreadable).
-        state, _, restored_step = ckpt.restore(run.template, run.strategy, step=extra["step"],
-                                               log=log)
+        # Without a step, the newest readable weights; they can be of another step than the
+        # config when one record of the newest checkpoint is unreadable.
+        state, _, restored_step = ckpt.restore(run.template, run.strategy, step=step, log=log)
     finally:
         ckpt.close()
+    if restored_step != extra["step"]:
+        log(f"zoo: weights of step {restored_step}, config of step {extra['step']}")
     metrics = evaluate_run(run, state)
     result = {"step": restored_step, "family": run.family.name, "split": split,
               "metrics": metrics}
