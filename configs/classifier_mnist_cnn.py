@@ -6,7 +6,8 @@ dropout 0.25, dense 128, dropout 0.5; "99.25% test accuracy after 12 epochs") wi
 after each conv as in the Flax MNIST example (flax/examples/mnist), which makes it ~4x cheaper on a
 CPU. Adam 1e-3 with cosine decay, batch 128, 12 epochs (5,616 steps).
 
-    python -m zoo.models.classifier configs/classifier_mnist_cnn.py --save zoo/assets/mnist_cnn.msgpack
+    zoo train --config configs/classifier_mnist_cnn.py --workdir /tmp/mnist_cnn
+    zoo export /tmp/mnist_cnn --format msgpack --out zoo/assets/mnist_cnn.msgpack
 """
 
 import default

@@ -5,7 +5,7 @@ document recognition", and the MNIST page (yann.lecun.com/exdb/mnist): a linear 
 (1-layer NN) at 12.0% test error, 8.4% with deskewing.
 Adam 1e-3, batch 128, 10 epochs (4,680 steps).
 
-    python -m zoo.models.classifier configs/classifier_mnist_logreg.py
+    zoo train --config configs/classifier_mnist_logreg.py --workdir /tmp/run
 """
 
 import default

@@ -3,7 +3,7 @@
 Source: the Keras ``mnist_mlp`` example (keras/examples/mnist_mlp.py: "98.40% test accuracy after
 20 epochs"); here Adam 1e-3 with cosine decay, batch 128, 20 epochs (9,360 steps).
 
-    python -m zoo.models.classifier configs/classifier_mnist_mlp.py
+    zoo train --config configs/classifier_mnist_mlp.py --workdir /tmp/run
 """
 
 import default

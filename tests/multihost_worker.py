@@ -36,7 +36,7 @@ def write(final, **scalars):
 if len(sys.argv) > 6:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from configs_loader import load_config
-    from zoo import train
+    from zoo import sample, train
     from zoo.config import apply_overrides
 
     config = apply_overrides(load_config("lstm_ptb_small"), [
@@ -45,7 +45,8 @@ if len(sys.argv) > 6:
         "--config.parallel.strategy=mesh", "--config.train.steps=6",
         "--config.train.eval_every=3", "--config.train.checkpoint_every=3",
         "--config.train.sample_tokens=5"])
-    result = train.train(config, sys.argv[6], log=lambda s: None)
+    result = train.train(config, sys.argv[6], log=lambda s: None,
+                         make_sampler=sample.run_sampler)
     assert result.strategy.num_shards == nproc * local_devices
     write(result.strategy.to_host(result.state.params), **result.eval_metrics)
     print(f"process {pid}/{nproc}: pipeline done, eval {result.eval_metrics}", flush=True)

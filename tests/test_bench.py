@@ -1,17 +1,15 @@
 """zoo bench: the harness at tiny sizes (every field present), peaks, timing, and the peers."""
 
 import json
+import subprocess
 import sys
-from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
-from zoo import bench, models
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from zoo import models
+from zoo.bench import bench_main, catalog, hardware, report, suites, timing, zoo_runner
 
 RECORD_FIELDS = {
     "case", "family", "framework", "strategy", "devices", "batch_size", "compute_dtype", "step_s",
@@ -28,22 +26,22 @@ META_FIELDS = {"jax", "jaxlib", "flax", "optax", "torch", "platform", "device_ki
 
 
 def test_time_stats_and_chrono():
-    s = bench.time_stats([float(x) for x in range(1, 101)])
+    s = timing.time_stats([float(x) for x in range(1, 101)])
     assert s["n"] == 100 and s["median"] == 50.5 and s["min"] == 1 and s["max"] == 100
     assert s["p10"] == pytest.approx(10.9) and s["p90"] == pytest.approx(90.1)
-    c = bench.Chrono()
+    c = timing.Chrono()
     c.time(lambda: None, n=3)
     with pytest.raises(RuntimeError):
         with c.lap():
             raise RuntimeError("failed steps are not timed")
     assert c.stats()["n"] == 3
     with pytest.raises(ValueError):
-        bench.time_stats([])
+        timing.time_stats([])
 
 
 def test_run_alternating_interleaves_rounds():
     calls = []
-    chronos = bench.run_alternating({"a": lambda: calls.append("a"),
+    chronos = timing.run_alternating({"a": lambda: calls.append("a"),
                                      "b": lambda: calls.append("b")},
                                     warmup=1, steps=5, rounds=2)
     assert calls == ["a", "b"] + ["a"] * 3 + ["b"] * 3 + ["a"] * 2 + ["b"] * 2
@@ -51,18 +49,18 @@ def test_run_alternating_interleaves_rounds():
 
 
 def test_peak_table_by_device_kind():
-    assert bench.table_peak_flops("NVIDIA H100 80GB HBM3", "bfloat16") == 989e12
-    assert bench.table_peak_flops("NVIDIA H100 PCIe", "bfloat16") == 756e12
-    assert bench.table_peak_flops("NVIDIA A100-SXM4-40GB", "bfloat16") == 312e12
-    assert bench.table_peak_flops("TPU v4", "bfloat16") == 275e12
-    assert bench.table_peak_flops("TPU v5 lite", "bfloat16") == 197e12
-    assert bench.table_peak_flops("TPU v5p", "bfloat16") == 459e12
-    assert bench.table_peak_flops("TPU v6 lite", "bfloat16") == 918e12
-    assert bench.table_peak_flops("cpu", "float32") is None
+    assert hardware.table_peak_flops("NVIDIA H100 80GB HBM3", "bfloat16") == 989e12
+    assert hardware.table_peak_flops("NVIDIA H100 PCIe", "bfloat16") == 756e12
+    assert hardware.table_peak_flops("NVIDIA A100-SXM4-40GB", "bfloat16") == 312e12
+    assert hardware.table_peak_flops("TPU v4", "bfloat16") == 275e12
+    assert hardware.table_peak_flops("TPU v5 lite", "bfloat16") == 197e12
+    assert hardware.table_peak_flops("TPU v5p", "bfloat16") == 459e12
+    assert hardware.table_peak_flops("TPU v6 lite", "bfloat16") == 918e12
+    assert hardware.table_peak_flops("cpu", "float32") is None
 
 
 def test_measured_matmul_peak_is_positive_flops():
-    m = bench.measure_matmul_peak(128, reps=3)
+    m = hardware.measure_matmul_peak(128, reps=3)
     assert m["flops_per_matmul"] == 2 * 128 ** 3
     assert m["best_flops_per_s"] >= m["median_flops_per_s"] > 0
 
@@ -70,14 +68,14 @@ def test_measured_matmul_peak_is_positive_flops():
 def test_synthetic_batch_matches_spec():
     spec = {"image": jax.ShapeDtypeStruct((4, 4, 1), np.float32),
             "tokens": jax.ShapeDtypeStruct((9,), np.int32)}
-    b = bench.synthetic_batch(spec, 3, int_high={"tokens": 5})
+    b = zoo_runner.synthetic_batch(spec, 3, int_high={"tokens": 5})
     assert b["image"].shape == (3, 4, 4, 1) and b["image"].dtype == np.float32
     assert b["tokens"].shape == (3, 9) and b["tokens"].dtype == np.int32
     assert 0 <= b["tokens"].min() and b["tokens"].max() < 5
 
 
 def test_tiny_suite_has_every_field(tmp_path):
-    result = bench.run_suite(suite="tiny", cases=["autoencoder-mlp"], strategies=("single",),
+    result = suites.run_suite(suite="tiny", cases=["autoencoder-mlp"], strategies=("single",),
                              peers=("eager",), sweep=(2,), sweep_strategies=("mesh",), warmup=1,
                              steps=20, rounds=2, peak_n=256, log=lambda s: None)
     assert META_FIELDS <= set(result["meta"])
@@ -104,7 +102,7 @@ def test_tiny_suite_has_every_field(tmp_path):
         assert r["speedup_vs_torch_eager"] == pytest.approx(
             peer["step_s"]["median"] / r["step_s"]["median"])
         assert r["param_count"] == peer["param_count"]
-    paths = bench.write_report(result, tmp_path)
+    paths = report.write_report(result, tmp_path)
     loaded = json.loads(paths["json"].read_text())
     assert len(loaded["records"]) == 3
     md = paths["markdown"].read_text()
@@ -114,19 +112,18 @@ def test_tiny_suite_has_every_field(tmp_path):
 
 
 def _peer_cases():
-    from zoo.bench import _case_table
     return [pytest.param(c, suite, id=f"{suite}-{c.name}")
-            for suite in ("tiny", "quick") for c in _case_table(suite) if c.peer]
+            for suite in ("tiny", "quick") for c in catalog.case_table(suite) if c.peer]
 
 
 @pytest.mark.parametrize("case,suite", _peer_cases())
 def test_peer_has_the_zoo_models_parameter_count(case, suite):
     if case.family not in models.FAMILIES:
         pytest.skip(f"family {case.family} is not registered yet")
-    from benchmarks import peers
+    from zoo.bench import peers
     from zoo.core.train_state import param_count
     family = models.make_family(case.model_config())
-    batch = bench.synthetic_batch(family.batch_spec, 2, int_high=case.int_high)
+    batch = zoo_runner.synthetic_batch(family.batch_spec, 2, int_high=case.int_high)
     params, _ = jax.eval_shape(family.init, jax.random.PRNGKey(0), batch)  # shapes, no compute
     peer = peers.make_peer(case.peer, case.model_config(), case.optimizer, batch)
     assert set(peer.players) == set(params)
@@ -141,12 +138,12 @@ def test_peer_has_the_zoo_models_parameter_count(case, suite):
 
 def test_bench_main_rejects_unknown_strategy():
     with pytest.raises(SystemExit):
-        bench.bench_main(["--strategies", "nope"])
+        bench_main(["--strategies", "nope"])
 
 
 def test_bench_main_writes_json_markdown_and_command(tmp_path, capsys):
     out = tmp_path / "run"
-    rc = bench.bench_main(["--suite", "tiny", "--cases", "autoencoder-mlp", "--peers", "none",
+    rc = bench_main(["--suite", "tiny", "--cases", "autoencoder-mlp", "--peers", "none",
                            "--sweep", "", "--no-peak", "--no-plots", "--out", str(out)])
     assert rc == 0
     printed = capsys.readouterr().out
@@ -155,3 +152,36 @@ def test_bench_main_writes_json_markdown_and_command(tmp_path, capsys):
     assert [r["framework"] for r in result["records"]] == ["zoo"]
     assert result["meta"]["measured_peak"] is None and result["meta"]["suite"] == "tiny"
     assert (out / "command.txt").read_text().startswith("zoo bench --suite tiny")
+
+
+def test_importing_the_bench_loads_no_torch_or_tensorflow():
+    code = ("import sys, zoo.bench, zoo.bench.cli, zoo.bench.peers, zoo.bench.suites; "
+            "heavy = [m for m in ('torch', 'tensorflow', 'tensorflow_datasets') "
+            "if m in sys.modules]; assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_zoo_runner_builds_the_case_as_zoo_train_does():
+    """Per-player optimizers, train options and mesh options reach the runner's config; the
+    strategy, state and step come from zoo.build; its FLOPs are the family's."""
+    base = next(c for c in catalog.case_table("tiny") if c.name == "gan-mlp")
+    g_adam = {"name": "adam", "learning_rate": 1e-4}
+    case = catalog.Case(base.name, base.family, base.model, base.batch_size,
+                        optimizer=base.optimizer, optimizers={"generator": g_adam},
+                        train={"grad_accum_steps": 2}, parallel={"fsdp": 2}, peer=base.peer)
+    config = zoo_runner.zoo_config(case, "mesh")
+    assert config.parallel.strategy == "mesh" and config.parallel.fsdp == 2
+    assert config.train.grad_accum_steps == 2 and config.optimizers.generator.learning_rate == 1e-4
+    runner = zoo_runner.ZooRunner(case, "mesh", jax.devices()[:2])
+    assert runner.strategy.name == "mesh" and (runner.strategy.data, runner.strategy.fsdp) == (1, 2)
+    assert runner.step_fn.grad_accum_steps == 2
+    assert runner.players == ("discriminator", "generator")
+    runner.step()
+    assert np.isfinite(runner.loss())
+    assert runner.family_flops == runner.family.flops_per_example * case.batch_size
+    assert runner.jaxpr_flops == pytest.approx(runner.family_flops, rel=1e-6)
+    # The peer trains each player with that player's optimizer too.
+    from zoo.bench.peer_runner import PeerRunner
+    peer = PeerRunner(case, runner.host_batch, players=runner.players).peer
+    assert peer.optimizers["generator"].param_groups[0]["lr"] == 1e-4
+    assert peer.optimizers["discriminator"].param_groups[0]["lr"] == base.optimizer["learning_rate"]

@@ -177,3 +177,28 @@ def test_mnist_cnn_reaches_99_2_percent(tfds_dirs, mnist):
     config.parallel.strategy = "single"
     result = train(config, log=lambda s: None)
     assert result.eval_metrics["accuracy"] >= 0.992
+
+
+def test_zoo_train_then_zoo_export_gives_the_params_the_metrics_load(tmp_path, capsys):
+    """The classifier trains through `zoo train` like any family; `zoo export` writes the params
+    `classifier.load_params` reads (what replaced `python -m zoo.models.classifier --save`)."""
+    from configs_loader import CONFIGS
+    from zoo import checkpoint, cli
+
+    run = tmp_path / "run"
+    assert cli.main(["train", "--config", str(CONFIGS / "classifier_mnist_mlp.py"), "--workdir", str(run),
+                     "--config.data.dataset=synthetic", "--config.data.synthetic_size=256",
+                     "--config.data.batch_size=32", "--config.data.eval_batch_size=32",
+                     "--config.model.hidden=(16,)", "--config.train.steps=4"]) == 0
+    out = tmp_path / "params.msgpack"
+    assert cli.main(["export", str(run), "--format", "msgpack", "--out", str(out)]) == 0
+    trained = checkpoint.load_run(run).params["model"]
+    exported = classifier.load_params(out)
+    for a, b in zip(jax.tree.leaves(trained), jax.tree.leaves(exported)):
+        np.testing.assert_array_equal(np.asarray(a, np.float32), b)
+    images = fake_batch(8)["image"]
+    np.testing.assert_allclose(classifier.predict_logits(exported, images),
+                               classifier.predict_logits(trained, images), rtol=1e-6)
+    capsys.readouterr()
+    assert cli.main(["export", str(run), "--format", "onnx", "--out", str(out)]) == 2
+    assert "unknown export format 'onnx'; choose one of msgpack" in capsys.readouterr().err

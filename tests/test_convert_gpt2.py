@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from zoo import convert_gpt2, generate
+from zoo.models import transformer
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -29,7 +30,8 @@ def hf_model(tmp_path_factory):
 
 def test_logits_and_greedy_continuations_match(hf_model, tmp_path):
     model, path = hf_model
-    zoo_model, params = convert_gpt2.load(path)
+    model_config, params = convert_gpt2.load(path)
+    zoo_model = transformer.make_model(model_config)
     tokens = np.random.default_rng(0).integers(0, 97, (3, 40))
     with torch.no_grad():
         want = model(torch.from_numpy(tokens)).logits.numpy()

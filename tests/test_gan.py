@@ -213,7 +213,7 @@ def test_a_critics_schedule_runs_over_its_n_critic_updates_per_step():
     """With n_critic=3 and a linear decay to 0 over 4 steps, the critic's rate reaches 0 at its
     12th update (the end of step 4), not at its 4th: its params still move in the last step."""
     from configs_loader import load_config
-    from zoo import train
+    from zoo import build
     from zoo.config import apply_overrides
     from zoo.core import step as step_lib
 
@@ -228,7 +228,7 @@ def test_a_critics_schedule_runs_over_its_n_critic_updates_per_step():
             "--config.model.n_critic=3", "--config.optimizer.schedule=linear",
             "--config.optimizer.end_factor=0.0", "--config.train.steps=4",
             f"--config.train.eval_every={steps}"])
-        run = train.build(config)
+        run = build.build(config)
         state = run.strategy.place_state(run.template)
         it = run.data.train
         for _ in range(steps):

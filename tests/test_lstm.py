@@ -64,7 +64,7 @@ def test_carried_state_across_two_batches_equals_concatenated_sequence():
 def test_evaluation_carries_the_state_through_the_split(name, options):
     """The shared eval step over a stream pass equals the loss of each row's whole stream at once,
     under every strategy (the evaluation's own carried state is per-example state)."""
-    from zoo import train
+    from zoo import evaluate
 
     cfg = {**CFG, "init_scale": 0.5}  # larger weights: a state that matters more
     family = models.make_family(cfg)
@@ -79,7 +79,7 @@ def test_evaluation_carries_the_state_through_the_split(name, options):
         params=params["model"], model_state=model_state["model"], tx=optax.sgd(1.0), seed=0))
     eval_step = compiled.compile_eval_step(family.eval_metrics, strategy,
                                            batch_spec=family.batch_spec)
-    got = train.evaluate(eval_step, state, it.epoch_batches())
+    got = evaluate.evaluate(eval_step, state, it.epoch_batches())
     rows = it.rows[:, :it.batches_per_epoch * 5 + 1]                  # (8, 16): 3 batches of 5
     logits, _ = model.apply({"params": params["model"]}, rows[:, :-1])
     want = optax.softmax_cross_entropy_with_integer_labels(logits, rows[:, 1:]).mean()

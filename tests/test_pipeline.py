@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from configs_loader import CONFIGS, load_config
-from zoo import cli, train
+from zoo import build, cli, eval_quality, train
 from zoo.checkpoint import CheckpointError, Checkpointer
+from zoo.config import apply_overrides
 from zoo.core import parallel
 
 CONFIG = str(CONFIGS / "autoencoder_mnist.py")
@@ -40,7 +41,7 @@ def _zoo_train(workdir, *overrides, **popen):
 
 def _final_params(workdir, *overrides):
     config = _config(*overrides)
-    run = train.build(config)
+    run = build.build(config)
     ckpt = Checkpointer(Path(workdir) / "checkpoints")
     try:
         state, extra, step = ckpt.restore(run.template, parallel.make_strategy("single"))
@@ -125,7 +126,7 @@ def test_truncated_newest_checkpoint_falls_back_to_the_previous(tmp_path):
     with open(victim, "r+b") as f:
         f.truncate(victim.stat().st_size // 2)
     messages = []
-    run = train.build(config)
+    run = build.build(config)
     ckpt = Checkpointer(tmp_path / "checkpoints")
     state, extra, step = ckpt.restore(run.template, parallel.make_strategy("single"),
                                       log=messages.append)
@@ -148,7 +149,7 @@ def test_zoo_eval_falls_back_past_a_truncated_newest_checkpoint(tmp_path):
     with open(victim, "r+b") as f:
         f.truncate(victim.stat().st_size // 2)
     messages = []
-    result = train.evaluate_checkpoint(tmp_path, quality=False, log=messages.append)
+    result = eval_quality.evaluate_checkpoint(tmp_path, quality=False, log=messages.append)
     assert result["step"] == 10 and np.isfinite(result["metrics"]["loss"])
     assert any("weights of step 10, config of step 20" in m for m in messages), messages
 
@@ -159,7 +160,7 @@ def test_restore_across_device_counts_and_strategies(tmp_path):
     saved = train.train(config, tmp_path, log=lambda s: None)
     assert saved.strategy.num_shards == 8
     reference = saved.strategy.to_host(saved.state)
-    run = train.build(config)
+    run = build.build(config)
     for name in ("single", "pmap"):
         strategy = parallel.make_strategy(name)
         ckpt = Checkpointer(tmp_path / "checkpoints")
@@ -211,6 +212,35 @@ def test_nonfinite_updates_can_be_skipped_and_counted(tmp_path):
     assert int(result.strategy.to_host(result.state.step)) == 6
 
 
+def test_a_python_config_gets_the_defaults_of_a_config_file():
+    """One home per default: sections left out of a config written in Python take the same
+    values as configs/default.py (both come from zoo.core.settings)."""
+    from zoo.core.settings import RunSettings
+
+    file_defaults = load_config("default")  # configs/default.py
+    assert RunSettings.parse({"model": {}}) == RunSettings.parse(file_defaults)
+    assert RunSettings.parse({"model": {}, "train": {"steps": 7}}).train.checkpoint_every == \
+        file_defaults.train.checkpoint_every == 500
+    with pytest.raises(ValueError, match="train has no key.* stpes; its keys: steps"):
+        RunSettings.parse({"train": {"stpes": 5}})
+    with pytest.raises(ValueError, match="the config has no section.* trian"):
+        RunSettings.parse({"trian": {}})
+    with pytest.raises(ValueError, match="train.steps='many' must be an integer"):
+        RunSettings.parse({"train": {"steps": "many"}})
+
+
+def test_train_writes_samples_only_when_handed_a_sampler(tmp_path):
+    from zoo import sample
+
+    overrides = ["--config.train.steps=2", "--config.train.eval_every=2"]
+    train.train(_config(*overrides), tmp_path / "plain", log=lambda s: None)
+    assert not (tmp_path / "plain" / "samples").exists()
+    config = apply_overrides(load_config("vae_mnist"), [*SMALL[:3], *overrides,
+                                                        "--config.model.hidden=(16,)"])
+    train.train(config, tmp_path / "vae", log=lambda s: None, make_sampler=sample.run_sampler)
+    assert (tmp_path / "vae" / "samples" / "step_0000002" / "samples.png").is_file()
+
+
 def test_bad_config_key_lists_the_nearest(capsys):
     code = cli.main(["train", "--config", CONFIG, "--config.train.stpes=5"])
     err = capsys.readouterr().err
@@ -220,18 +250,18 @@ def test_bad_config_key_lists_the_nearest(capsys):
 
 def test_unknown_dataset_and_model(tmp_path):
     with pytest.raises(ValueError, match="unknown dataset 'imagenet'; known: synthetic, mnist"):
-        train.build(_config("--config.data.dataset=imagenet"))
+        build.build(_config("--config.data.dataset=imagenet"))
     with pytest.raises(ValueError, match="unknown model family 'diffusion'; known: .*autoencoder"):
-        train.build(_config("--config.model.family=diffusion"))
+        build.build(_config("--config.model.family=diffusion"))
 
 
 def test_an_eval_batch_that_does_not_divide_is_refused_before_training():
     # Found only at the first evaluation (the last step, by default), it cost the final checkpoint.
     with pytest.raises(ValueError, match=r"data.eval_batch_size: evaluation on test: global batch "
                                          r"of 100 examples does not divide over 8 devices"):
-        train.build(_config("--config.data.eval_batch_size=100"))
+        build.build(_config("--config.data.eval_batch_size=100"))
     # Larger than the split: one batch of the whole split (512 synthetic images), which divides.
-    assert train.build(_config("--config.data.eval_batch_size=1000")).data.eval_batch_size == 512
+    assert build.build(_config("--config.data.eval_batch_size=1000")).data.eval_batch_size == 512
 
 
 def test_zoo_train_on_mnist_offline_through_the_cli(tfds_dirs, tmp_path, capsys):

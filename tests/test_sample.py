@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zoo import sample
+from zoo import checkpoint, sample
 from zoo.data import synthetic_images
 from zoo.models import make_family
 
@@ -64,8 +64,8 @@ def test_saved_conditional_gan_round_trip(tmp_path):
     family = make_family(config)
     data = synthetic_images(8)
     params, state = jax.jit(family.init)(jax.random.PRNGKey(3), data)
-    run = sample.save_run(tmp_path / "run", config, params, state)
-    written = sample.sample_main(str(run / sample.VARIABLES_FILE), str(tmp_path / "png"),
+    run = checkpoint.save_run(tmp_path / "run", config, params, state)
+    written = sample.sample_main(str(run / checkpoint.VARIABLES_FILE), str(tmp_path / "png"),
                                  n_cols=6, scale=1, interp_rows=3, interp_steps=4)
     assert set(written) == {"samples", "interpolation"}
     fmt, size, _ = _png(written["samples"])
@@ -74,15 +74,17 @@ def test_saved_conditional_gan_round_trip(tmp_path):
                                                      title=True)
     fmt, size, _ = _png(written["interpolation"])
     assert size == sample.grid_size(3, 4, (28, 28), scale=1, row_labels=True, title=True)
-    loaded_family, loaded, _, _ = sample.load_run(run)
-    assert loaded_family.name == "gan"
+    loaded_run = checkpoint.load_run(run)
+    loaded_family, loaded = loaded_run.family, loaded_run.params
+    assert loaded_family.name == "gan" and loaded_family.image_sampler.num_classes == 10
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(loaded)):
         np.testing.assert_array_equal(a, b)
-    # The family's sample_fn (called by zoo.train at each evaluation) writes the same pictures.
-    by_step = loaded_family.sample_fn(loaded, state, jax.random.PRNGKey(0), tmp_path / "s", 7)
+    # The sample_fn zoo train calls at each evaluation writes the same pictures.
+    by_step = sample.image_sample_fn(loaded_family)(loaded, state, jax.random.PRNGKey(0),
+                                                    tmp_path / "s", 7)
     assert by_step["samples"] == tmp_path / "s" / "step_0000007" / "samples.png"
     assert _png(by_step["samples"])[0] == "PNG"
-    with pytest.raises(ValueError, match="not a zoo run directory"):
+    with pytest.raises(ValueError, match="is not a trained run"):
         sample.sample_main(str(tmp_path), str(tmp_path / "png2"))
 
 
@@ -109,6 +111,6 @@ def test_sample_from_a_train_checkpoint(tmp_path):
     fmt, size, _ = _png(written["samples"])
     assert fmt == "PNG" and size == sample.grid_size(10, 5, (28, 28), scale=3, row_labels=True,
                                                      title=True)
-    _, loaded, _, _ = sample.load_run(tmp_path / "wd")
+    loaded = checkpoint.load_run(tmp_path / "wd").params
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(loaded)):
         np.testing.assert_array_equal(a, b)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs_loader import CONFIGS, load_config
-from zoo import cli, train
+from zoo import build, cli, sample, train
 from zoo.config import apply_overrides
 
 # A tiny transformer on tiny_shakespeare's raw text (the pipeline is under test, not the model).
@@ -125,39 +125,40 @@ def test_language_models_train_on_synthetic_text_and_generate_from_it(tmp_path, 
     del config.data["seq_len"]
     with pytest.raises(ValueError, match=r"synthetic data for the transformer family needs a text "
                                          r"data section \(data.seq_len, data.batching"):
-        train.build(config)
+        build.build(config)
 
 
 def test_text_config_errors(tmp_path):
     with pytest.raises(ValueError, match="model.vocab_size=50 is smaller than the 65 tokens"):
-        train.build(_config("transformer_char_cpu", *TRANSFORMER, "--config.model.vocab_size=50"))
+        build.build(_config("transformer_char_cpu", *TRANSFORMER, "--config.model.vocab_size=50"))
     with pytest.raises(ValueError, match="unknown dataset 'wikitext'; known: .*tiny_shakespeare"):
-        train.build(_config("transformer_char_cpu", "--config.data.dataset=wikitext"))
+        build.build(_config("transformer_char_cpu", "--config.data.dataset=wikitext"))
     with pytest.raises(ValueError, match="unknown tokenizer 'wordpiece'; choose one of char"):
-        train.build(_config("transformer_char_cpu", "--config.data.tokenizer=wordpiece"))
+        build.build(_config("transformer_char_cpu", "--config.data.tokenizer=wordpiece"))
     with pytest.raises(ValueError, match="train.best_metric='accuracy' is not an eval metric of "
                                          "the transformer family; choose one of bits_per_char"):
-        train.build(_config("transformer_char_cpu", *TRANSFORMER,
+        build.build(_config("transformer_char_cpu", *TRANSFORMER,
                             "--config.train.best_metric=accuracy"))
-    # Sampling settings are checked at build, not at the first evaluation.
+    # Sampling settings are checked when zoo train makes the run's text sampler, before
+    # training, not at the first evaluation.
     with pytest.raises(ValueError, match=r"train.sample_prompt \(8 tokens\) \+ "
                                          r"train.sample_tokens=30 exceed the transformer's context "
                                          r"of 32 tokens"):
-        train.build(_config("transformer_char_cpu", *TRANSFORMER,
-                            "--config.train.sample_tokens=30"))
-    assert train.build(_config("transformer_char_cpu", *TRANSFORMER,
-                               "--config.train.sample_tokens=0")).sample_fn is None
+        sample.run_sampler(build.build(_config("transformer_char_cpu", *TRANSFORMER,
+                                               "--config.train.sample_tokens=30")))
+    assert sample.run_sampler(build.build(_config("transformer_char_cpu", *TRANSFORMER,
+                                                  "--config.train.sample_tokens=0"))) is None
     # An evaluation split too short for one batch (it would evaluate nothing): random windows
     # (111,540 characters make 3,485 windows of 32 + 1) and contiguous rows.
     with pytest.raises(ValueError, match=r"the validation split of tiny_shakespeare \(111,540 "
                                          r"tokens\) makes no evaluation batch of "
                                          r"data.eval_batch_size=4000 rows of data.seq_len \+ 1 = "
                                          r"33 tokens; set data.eval_batch_size to at most 3485"):
-        train.build(_config("transformer_char_cpu", *TRANSFORMER,
+        build.build(_config("transformer_char_cpu", *TRANSFORMER,
                             "--config.data.eval_batch_size=4000"))
     with pytest.raises(ValueError, match=r"the test split of ptb \(82,430 tokens\) makes no "
                                          r"evaluation batch .* at most 7493"):
-        train.build(_config("lstm_ptb_small", *LSTM, "--config.data.eval_batch_size=8000"),
+        build.build(_config("lstm_ptb_small", *LSTM, "--config.data.eval_batch_size=8000"),
                     train=False, eval_split="test")
 
 
@@ -184,19 +185,20 @@ def test_the_model_is_filled_from_its_data_and_must_agree_with_it():
     config.model.unit = "word"
     with pytest.raises(ValueError, match=r"model.unit='word' does not match the char tokenizer"):
         fill(config, chars)
-    with pytest.raises(ValueError, match=r"data.batching='stream' .* the transformer trains on "
-                                         r"data.batching='random' windows"):
-        fill(_config("transformer_char_cpu", "--config.data.batching=stream"), chars)
-    # Through zoo train's build, before anything compiles.
+    # The batching a family needs (its text_batching), through zoo train's build, before
+    # anything compiles.
+    with pytest.raises(ValueError, match=r"data.batching='stream', but the transformer trains on "
+                                         r"random windows .* Set data.batching='random'"):
+        build.build(_config("transformer_char_cpu", "--config.data.batching=stream"))
     with pytest.raises(ValueError, match=r"data.batching='random', but the LSTM carries its state "
-                                         r".*set data.batching='stream', or "
-                                         r"model.carry_state=False"):
-        train.build(_config("lstm_ptb_small", *LSTM, "--config.data.batching=random"))
+                                         r".*or set model.carry_state=False\). Set "
+                                         r"data.batching='stream'"):
+        build.build(_config("lstm_ptb_small", *LSTM, "--config.data.batching=random"))
 
 
 def test_zoo_generate_refuses_a_folder_that_is_no_run(tmp_path, capsys):
     assert cli.main(["generate", str(tmp_path), "--prompt", "hi"]) == 2
-    assert "neither a zoo run directory" in capsys.readouterr().err
+    assert "is not a trained run" in capsys.readouterr().err
     # Config overrides are for train and eval; generate would drop them silently.
     assert cli.main(["generate", str(tmp_path), "--prompt", "hi", "--config.model.n_layer=2"]) == 2
     assert "unrecognised arguments --config.model.n_layer=2" in capsys.readouterr().err

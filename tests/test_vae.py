@@ -143,7 +143,7 @@ def test_vae_trained_on_mnist_beats_untrained(mnist):
 def _train_and_zoo_eval(name, tfds_dirs, workdir, *overrides, num_samples):
     """A short real-MNIST run of configs/NAME.py (batch 96), then zoo eval with IWAE-10."""
     from configs_loader import load_config
-    from zoo import train
+    from zoo import eval_quality, train
     from zoo.config import apply_overrides
 
     config = apply_overrides(load_config(name), [
@@ -151,7 +151,7 @@ def _train_and_zoo_eval(name, tfds_dirs, workdir, *overrides, num_samples):
         f"--config.data.download_dir={tfds_dirs['download_dir']}",
         "--config.data.batch_size=96", *overrides])
     train.train(config, workdir, log=lambda s: None)
-    return train.evaluate_checkpoint(workdir, num_samples=num_samples, iwae_k=10,
+    return eval_quality.evaluate_checkpoint(workdir, num_samples=num_samples, iwae_k=10,
                                      log=lambda s: None)
 
 

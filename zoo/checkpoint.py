@@ -1,4 +1,5 @@
-"""Checkpoints with orbax-checkpoint's CheckpointManager.
+"""Checkpoints with orbax-checkpoint's CheckpointManager, and :func:`load_run`, the one way a
+trained run is read back for evaluation, sampling and generation.
 
 A checkpoint holds the train state (in its unreplicated, global form, so it restores under any
 strategy and device count), the data iterator's position and the run's config. Saves are async and
@@ -9,15 +10,21 @@ metric. If the newest checkpoint cannot be read, restore says so and falls back 
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from flax import serialization
 
+from zoo import convert_gpt2, models
+from zoo import tokenizers as tok
 from zoo.core import parallel
+from zoo.core.family import Family
 from zoo.core.train_state import TrainState
 
 _STATE_KEYS = ("step", "params", "opt_state", "model_state", "rng")
@@ -200,3 +207,147 @@ def load_on_host(directory: str | Path, step: int | None = None) -> tuple[dict, 
         manager.close()
     state = jax.tree.map(np.asarray, dict(restored.state))
     return state, dict(restored.extra), step
+
+
+# ---- a trained run, read back on the host ---------------------------------------------------
+
+TOKENIZER_FILE = "tokenizer.json"     # beside checkpoints/ in a zoo train workdir
+VARIABLES_FILE = "variables.msgpack"  # a run written by save_run
+CONFIG_FILE = "model_config.json"
+
+
+@dataclasses.dataclass
+class LoadedRun:
+    """A trained run on the host: what ``zoo eval``, ``zoo sample`` and ``zoo generate`` use.
+
+    Attributes:
+      config: the run's config as a plain dict (``model``; ``data``, ``train``, ... where saved).
+      family: the family its model config builds.
+      params, model_state: numpy arrays, dicts keyed by player.
+      tokenizer: a language model's tokenizer (None for other families).
+      step: the checkpoint's step (None for a run without checkpoints).
+    """
+
+    config: dict
+    family: Family
+    params: dict
+    model_state: dict
+    tokenizer: tok.Tokenizer | None = None
+    step: int | None = None
+
+
+def load_run(path: str | Path, step: int | None = None,
+             log: Callable[[str], None] = logging.warning) -> LoadedRun:
+    """Reads the trained run at ``path``, on whatever device count it was trained.
+
+    ``path`` is a ``zoo train`` workdir (its newest readable checkpoint: an unreadable newest one
+    is reported through ``log`` and the one before is tried), one checkpoint of it
+    (``RUN/checkpoints/STEP``), a directory written by :func:`save_run` (or the
+    ``variables.msgpack`` in it), or a Hugging Face GPT-2 folder (``config.json`` and weights).
+    ``step`` picks a checkpoint of a workdir.
+    """
+    path = Path(path)
+    if path.is_dir() and (path / "config.json").is_file():
+        model_config, params = convert_gpt2.load(path)
+        return LoadedRun({"model": model_config}, models.make_family(model_config),
+                         {"model": params}, {"model": {}}, tok.GPT2Tokenizer.from_dir(path))
+    run_dir = path.parent if path.is_file() else path
+    if (run_dir / VARIABLES_FILE).is_file() and (run_dir / CONFIG_FILE).is_file():
+        return _load_saved_variables(run_dir)
+    if path.name.isdigit() and find_checkpoints(path.parent) == path.parent:
+        if step is not None and int(step) != int(path.name):
+            raise ValueError(f"{path} is the checkpoint of step {path.name}, but step {step} was "
+                             "asked for; name the run directory with --step, or one checkpoint")
+        path, step = path.parent, int(path.name)
+    ckpt_dir = find_checkpoints(path)
+    if ckpt_dir is None:
+        raise ValueError(f"{str(path)!r} is not a trained run: no checkpoints/ (a zoo train "
+                         f"workdir), no {VARIABLES_FILE} and {CONFIG_FILE}, no config.json (a "
+                         "Hugging Face GPT-2 folder)")
+    saved_steps = sorted(_saved_steps(ckpt_dir), reverse=True)
+    if step is not None and int(step) not in saved_steps:
+        raise CheckpointError(f"no checkpoint at step {step} in {ckpt_dir}; saved steps: "
+                              f"{', '.join(map(str, sorted(saved_steps)))}")
+    steps = [int(step)] if step is not None else saved_steps
+    errors = []
+    for s in steps:
+        try:
+            state, extra, s = load_on_host(ckpt_dir, s)
+            break
+        except Exception as e:  # noqa: BLE001 -- an unreadable checkpoint: try the previous one
+            errors.append(f"step {s}: {type(e).__name__}: {str(e)[:300]}")
+            log(f"checkpoint at step {s} in {ckpt_dir} cannot be restored ({type(e).__name__}); "
+                "trying the previous one")
+    else:
+        raise CheckpointError(f"no checkpoint in {ckpt_dir} could be restored ({len(errors)} "
+                              f"tried; the newest: {errors[0][:200]})")
+    config = dict(extra.get("config", {}))
+    if "model" not in config:
+        raise CheckpointError(f"the checkpoint at step {s} in {ckpt_dir} holds no model config")
+    saved = extra.get("data", {}).get("tokenizer")
+    if not saved and (ckpt_dir.parent / TOKENIZER_FILE).is_file():
+        saved = json.loads((ckpt_dir.parent / TOKENIZER_FILE).read_text())
+    params = state["params"]
+    model_state = {p: state.get("model_state", {}).get(p, {}) for p in params}
+    return LoadedRun(config, models.make_family(config["model"]), params, model_state,
+                     tok.from_config(saved) if saved else None, s)
+
+
+def _saved_steps(ckpt_dir: Path) -> list[int]:
+    return [int(d.name) for d in ckpt_dir.iterdir() if d.is_dir() and d.name.isdigit()]
+
+
+def _plain(config) -> dict:
+    if hasattr(config, "to_dict"):
+        config = config.to_dict()
+    return json.loads(json.dumps(dict(config), default=list))
+
+
+def save_run(run_dir: str | Path, model_config: Mapping, params, model_state, *,
+             data_config: Mapping[str, Any] | None = None) -> Path:
+    """Writes ``model_config.json`` and ``variables.msgpack`` (flax serialisation of params and
+    model state, dicts keyed by player): a run :func:`load_run` reads without orbax."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    meta = {"model": _plain(model_config)}
+    if data_config is not None:
+        meta["data"] = _plain(data_config)
+    (run_dir / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+    variables = jax.device_get({"params": params, "model_state": model_state})
+    (run_dir / VARIABLES_FILE).write_bytes(serialization.to_bytes(variables))
+    return run_dir
+
+
+def _load_saved_variables(run_dir: Path) -> LoadedRun:
+    meta = json.loads((run_dir / CONFIG_FILE).read_text())
+    family = models.make_family(meta["model"])
+    dummy = jax.tree.map(lambda s: np.zeros((2, *s.shape), s.dtype), family.batch_spec)
+    params, model_state = jax.eval_shape(family.init, jax.random.PRNGKey(0), dummy)  # shapes only
+    variables = serialization.from_bytes({"params": params, "model_state": model_state},
+                                         (run_dir / VARIABLES_FILE).read_bytes())
+    return LoadedRun(meta, family, variables["params"], variables["model_state"])
+
+
+EXPORT_FORMATS = ("msgpack",)
+
+
+def export_params(run: LoadedRun, out: str | Path, *, player: str | None = None,
+                  fmt: str = "msgpack") -> Path:
+    """Writes one player's params of a loaded run (float32; flax msgpack, the format
+    :func:`zoo.models.classifier.load_params` reads). ``player`` defaults to the only one."""
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; choose one of "
+                         f"{', '.join(EXPORT_FORMATS)}")
+    players = sorted(run.params)
+    if player is None and len(players) > 1:
+        raise ValueError(f"the {run.family.name} run has players {', '.join(players)}; name one "
+                         "with --player")
+    player = player or players[0]
+    if player not in run.params:
+        raise ValueError(f"no player {player!r} in the {run.family.name} run; it has "
+                         f"{', '.join(players)}")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    host = jax.tree.map(lambda x: np.asarray(x, np.float32), run.params[player])
+    out.write_bytes(serialization.msgpack_serialize(host))
+    return out

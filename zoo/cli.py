@@ -6,26 +6,42 @@ import argparse
 import sys
 
 
+# Subcommands import what they run when they run: `zoo --help` and `zoo bench` (which sets up
+# devices before JAX starts) stay fast.
+
 def _train(args, overrides) -> int:
     from zoo import config as config_lib
-    from zoo import train
+    from zoo import sample, train
 
     config = config_lib.apply_overrides(config_lib.load_config_file(args.config), overrides)
-    train.train(config, args.workdir)
+    train.train(config, args.workdir, make_sampler=sample.run_sampler)
     return 0
 
 
 def _eval(args, overrides) -> int:
     from zoo import config as config_lib
-    from zoo import train
+    from zoo import eval_quality
 
     config = None
     if args.config:
         config = config_lib.apply_overrides(config_lib.load_config_file(args.config), overrides)
         overrides = []
-    train.evaluate_checkpoint(args.path, config=config, overrides=overrides, step=args.step,
-                              split=args.split, quality=not args.no_quality,
-                              num_samples=args.num_samples, iwae_k=args.iwae_k)
+    eval_quality.evaluate_checkpoint(args.path, config=config, overrides=overrides,
+                                     step=args.step, split=args.split,
+                                     quality=not args.no_quality, num_samples=args.num_samples,
+                                     iwae_k=args.iwae_k)
+    return 0
+
+
+def _export(args, overrides) -> int:
+    from zoo import checkpoint
+
+    if args.format not in checkpoint.EXPORT_FORMATS:  # before reading the run
+        raise ValueError(f"unknown export format {args.format!r}; choose one of "
+                         f"{', '.join(checkpoint.EXPORT_FORMATS)}")
+    out = checkpoint.export_params(checkpoint.load_run(args.path, args.step), args.out,
+                                   player=args.player, fmt=args.format)
+    print(f"wrote {out}")
     return 0
 
 
@@ -115,6 +131,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=_generate)
+    p = sub.add_parser("export", help="write a trained run's params to a file",
+                       description="zoo export RUN --format msgpack --out FILE [--player NAME]: "
+                                   "one player's params (float32, flax msgpack), e.g. the "
+                                   "classifier zoo's image-quality metrics use")
+    p.add_argument("path", help="a run directory (the --workdir of zoo train) or a checkpoint")
+    p.add_argument("--format", default="msgpack", help="msgpack (default)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--player", default=None, help="whose params (default: the only player)")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
+    p.set_defaults(run=_export)
     p = sub.add_parser("bench", help="benchmark harness (zoo bench --help)", add_help=False)
     p.set_defaults(run=None)
     p = sub.add_parser("list", help="list model families and configs")

@@ -14,20 +14,55 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable
 
+import ml_collections
+
+from zoo.core import settings
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every run section at its defaults (:mod:`zoo.core.settings`, their one home), and an
+    empty ``model`` section for a config to fill: what ``configs/default.py`` starts from."""
+    config = ml_collections.ConfigDict()
+    config.model = ml_collections.ConfigDict()
+    for name, cls in (("data", settings.DataSettings), ("optimizer", settings.OptimizerSettings),
+                      ("parallel", settings.ParallelSettings), ("train", settings.TrainSettings)):
+        config[name] = ml_collections.ConfigDict(settings.defaults(cls))
+    return config
+
+
+def _load_module(path: Path, loading: dict[str, Any]):
+    """Executes a config file as a module. The neighbours it imports (``import default``, as in
+    Flax's examples) are loaded from its folder first and shown to it under their names for the
+    length of the load: no search path changes, nothing left behind."""
+    tree = ast.parse(path.read_text(), str(path))
+    names = {a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
+    names |= {node.module for node in ast.walk(tree)
+              if isinstance(node, ast.ImportFrom) and node.module and not node.level}
+    neighbours = {n: path.parent / f"{n}.py" for n in names if (path.parent / f"{n}.py").is_file()}
+    for name, file in neighbours.items():
+        if name not in loading:
+            loading[name] = _load_module(file, loading)
+    spec = importlib.util.spec_from_file_location(f"zoo_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    saved = {n: sys.modules.get(n) for n in neighbours}
+    sys.modules.update({n: loading[n] for n in neighbours})
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        for n, m in saved.items():
+            if m is None:
+                sys.modules.pop(n, None)
+            else:
+                sys.modules[n] = m
+    return module
+
 
 def load_config_file(path: str | Path):
     """Imports ``path`` and returns its ``get_config()``."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"config file {str(path)!r} not found")
-    spec = importlib.util.spec_from_file_location(f"zoo_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    # Config files build on their neighbours (``import default``), as in Flax's examples.
-    sys.path.insert(0, str(path.parent.absolute()))
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(path.parent.absolute()))
+    module = _load_module(path.absolute(), {})
     if not hasattr(module, "get_config"):
         raise ValueError(f"config file {str(path)!r} defines no get_config()")
     return module.get_config()

@@ -32,8 +32,8 @@ _LAYER_PARTS = {  # Hugging Face name inside h.{i}. -> path inside zoo's h_{i}
 _IGNORED = ("attn.bias", "attn.masked_bias")  # causal-mask buffers in older checkpoints
 
 
-def model_from_hf_config(hf: Mapping, dtype: str = "float32") -> transformer.GPT:
-    """zoo's GPT for a GPT-2 ``config.json`` dict."""
+def model_config_from_hf(hf: Mapping, dtype: str = "float32") -> dict:
+    """zoo's transformer model config (``family="transformer"``) for a GPT-2 ``config.json``."""
     unsupported = [k for k in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn")
                    if hf.get(k)]
     if hf.get("scale_attn_weights", True) is False:
@@ -45,11 +45,16 @@ def model_from_hf_config(hf: Mapping, dtype: str = "float32") -> transformer.GPT
     if unsupported:
         raise ValueError(f"GPT-2 config options zoo's transformer does not implement: "
                          f"{', '.join(unsupported)}")
-    return transformer.GPT(
-        vocab_size=int(hf["vocab_size"]), block_size=int(hf.get("n_positions", 1024)),
-        n_layer=int(hf["n_layer"]), n_head=int(hf["n_head"]), n_embd=int(hf["n_embd"]),
-        layer_norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
-        dtype=transformer.DTYPES[dtype])
+    return dict(family="transformer", vocab_size=int(hf["vocab_size"]),
+                block_size=int(hf.get("n_positions", 1024)), n_layer=int(hf["n_layer"]),
+                n_head=int(hf["n_head"]), n_embd=int(hf["n_embd"]),
+                layer_norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)), dtype=dtype,
+                unit="token")
+
+
+def model_from_hf_config(hf: Mapping, dtype: str = "float32") -> transformer.GPT:
+    """zoo's GPT for a GPT-2 ``config.json`` dict."""
+    return transformer.make_model(model_config_from_hf(hf, dtype))
 
 
 def convert_state_dict(state_dict: Mapping[str, np.ndarray], n_layer: int) -> dict:
@@ -101,16 +106,17 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return {k: v.float().numpy() for k, v in sd.items()}
 
 
-def load(path: str | os.PathLike, dtype: str = "float32"):
-    """``(model, params)`` from a Hugging Face GPT-2 folder (``config.json`` + weights)."""
+def load(path: str | os.PathLike, dtype: str = "float32") -> tuple[dict, dict]:
+    """``(model_config, params)`` from a Hugging Face GPT-2 folder (``config.json`` + weights):
+    zoo's transformer model config (:func:`model_config_from_hf`) and its params."""
     path = Path(path)
     config_file = path / "config.json"
     if not config_file.exists():
         raise ValueError(f"{path} has no config.json; a GPT-2 folder is what save_pretrained "
                          "writes")
-    model = model_from_hf_config(json.loads(config_file.read_text()), dtype)
-    params = convert_state_dict(read_state_dict(path), model.n_layer)
-    return model, _to_jax(params)
+    model_config = model_config_from_hf(json.loads(config_file.read_text()), dtype)
+    params = convert_state_dict(read_state_dict(path), model_config["n_layer"])
+    return model_config, _to_jax(params)
 
 
 def _to_jax(tree):

@@ -11,12 +11,19 @@ Metric definitions are in :mod:`zoo.metrics`.
 
 from __future__ import annotations
 
+import json
 import math
-from typing import Any, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
+import jax
 import numpy as np
 
+from zoo import data as data_lib
+from zoo import evaluate, generate, sample
 from zoo import metrics as M
+from zoo.core import settings
+from zoo.models import classifier
 
 
 def _images(x: Any, like: np.ndarray | None = None) -> np.ndarray:
@@ -62,8 +69,6 @@ def image_quality_report(classifier_params: Mapping | None, samples: Any, real_t
     ``conditional_accuracy`` (with ``labels``), ``classifier_test_accuracy`` (when ``real_test``
     has labels), ``num_samples``, ``num_real``.
     """
-    from zoo.models import classifier
-
     params = classifier.load_params() if classifier_params is None else classifier_params
     test = _images(real_test)
     test = M.subsample(test, max_real, seed)
@@ -158,54 +163,50 @@ QUALITY_DATASETS = ("mnist",)  # datasets zoo ships a feature classifier for
 def run_quality_report(family, params: Mapping, model_state: Mapping, config, *, data=None,
                        metrics: Mapping[str, float] | None = None, num_samples: int = 10_000,
                        iwae_k: int = 0, seed: int = 0, log=print) -> dict[str, Any]:
-    """The quality report of a trained run (what ``zoo eval`` adds to the eval metrics).
+    """The quality report of a trained run (what ``zoo eval`` adds to the eval metrics), by what
+    the family can do:
 
-    * ``vae``/``gan`` on MNIST: :func:`image_quality_report` of ``num_samples`` samples (one
-      class in turn for conditional models), with the generation speed; a VAE with
-      ``iwae_k > 0`` also gets ``test_nll_iwae`` (-log p(x) in nats, IWAE-k, test images).
-    * ``lstm``/``transformer``: :func:`text_quality_report` of samples continuing prompts from
-      ``data.eval_text``, with perplexity or bits per character from ``metrics["loss"]``.
-    * Other families: an empty dict (their eval metrics say it all).
+    * draws images (``image_sampler``), on MNIST: :func:`image_quality_report` of
+      ``num_samples`` samples (one class in turn for conditional models), with the generation
+      speed; with a ``log_likelihood`` and ``iwae_k > 0`` also ``test_nll_iwae`` (-log p(x) in
+      nats, IWAE-k, test images).
+    * generates text (``text_decoder``): :func:`text_quality_report` of samples continuing
+      prompts from ``data.eval_text``, with perplexity or bits per character from
+      ``metrics["loss"]``.
+    * neither: an empty dict (its eval metrics say it all).
 
-    ``data`` is the run's :class:`zoo.input_pipeline.RunData`; ``config`` the run's config.
+    ``data`` is the run's :class:`zoo.input_pipeline.RunData`; ``config`` the run's config or its
+    :class:`zoo.core.settings.RunSettings`.
     """
-    import jax
-
-    from zoo import sample
+    run = settings.RunSettings.parse(config)
     rng = jax.random.PRNGKey(seed)
-    dataset = config.data.get("dataset", "")
-    if family.name in ("vae", "gan"):
+    dataset = run.data.dataset
+    if family.image_sampler is not None:
         if dataset not in QUALITY_DATASETS:
             log(f"zoo eval: no quality metrics for {dataset!r}: zoo ships a feature classifier for "
                 f"{', '.join(QUALITY_DATASETS)} only")
             return {}
-        from zoo import data as data_lib
-
-        real = {split: data_lib.load_tfds(dataset, split,
-                                          data_dir=config.data.get("tfds_data_dir") or None,
-                                          download_dir=config.data.get("download_dir") or None)
+        real = {split: data_lib.load_tfds(dataset, split, data_dir=run.data.tfds_data_dir or None,
+                                          download_dir=run.data.download_dir or None)
                 for split in ("train", "test")}
-        k = sample.num_classes(family)
+        k = family.image_sampler.num_classes
         labels = np.arange(num_samples, dtype=np.int32) % k if k else None
         make = lambda: sample.generate_images(family, params, model_state, rng, num_samples,
                                               labels)
         speed = M.generation_speed(make, num_samples, warmup=1, repeats=1)
         report = image_quality_report(None, make(), real["train"], real["test"], labels,
                                       seed=seed, speed=speed)
-        if family.name == "vae" and iwae_k:
-            from zoo.models import vae
+        if family.log_likelihood is not None and iwae_k:
             test = real["test"]
-            report["test_nll_iwae"] = -vae.test_log_likelihood(
-                family, params, test["image"], test["label"], k=iwae_k,
-                chunk=math.gcd(iwae_k, 100), seed=seed, binarise=vae.binarises(config.model))
+            report["test_nll_iwae"] = -family.log_likelihood(params, test["image"], test["label"],
+                                                             k=iwae_k, seed=seed)
             report["iwae_k"] = iwae_k
             report["iwae_images"] = int(len(test["image"]) // 100 * 100)
         return report
-    if family.name in ("lstm", "transformer") and data is not None and data.tokenizer is not None:
-        from zoo import generate
-
-        unit = "char" if config.model.get("unit", "char") == "char" else "token"
-        gen = generate.Generator(family.modules["model"], params["model"], data.tokenizer)
+    if family.text_decoder is not None and data is not None and data.tokenizer is not None:
+        unit = "char" if run.model.get("unit", "char") == "char" else "token"
+        gen = generate.Generator(family.text_decoder, params[generate.text_player(family)],
+                                 data.tokenizer)
         n, length = 20, 200
         if gen.max_len:
             length = min(length, gen.max_len // 2)
@@ -222,6 +223,32 @@ def run_quality_report(family, params: Mapping, model_state: Mapping, config, *,
         report["example"] = data.tokenizer.decode(prompts[0] + samples[0])
         return report
     return {}
+
+
+def evaluate_checkpoint(path: str | Path, *, config=None, overrides: list[str] = (),
+                        step: int | None = None, split: str = "test", quality: bool = True,
+                        num_samples: int = 10_000, iwae_k: int = 0,
+                        log: Callable[[str], None] = print) -> dict[str, Any]:
+    """What ``zoo eval`` runs: a run's eval metrics on ``split``
+    (:func:`zoo.evaluate.checkpoint_metrics`) and, with ``quality``, its
+    :func:`run_quality_report` (``num_samples`` samples; ``iwae_k > 0`` adds the IWAE-k test
+    log-likelihood where the family has one). Returns the results and writes them to
+    ``eval.json`` in the run directory."""
+    result, run, state = evaluate.checkpoint_metrics(path, config=config, overrides=overrides,
+                                                     step=step, split=split, log=log)
+    if quality:
+        report = run_quality_report(
+            run.family, run.strategy.to_host(state.params), run.strategy.to_host(state.model_state),
+            run.settings, data=run.data, metrics=result["metrics"], num_samples=num_samples,
+            iwae_k=iwae_k, log=log)
+        if report:
+            result["quality"] = report
+    path = Path(path)
+    out = (path.parent if path.name == "checkpoints" else path) / "eval.json"
+    if jax.process_index() == 0:
+        out.write_text(json.dumps(result, indent=2))
+    log(json.dumps(result, indent=2))
+    return result
 
 
 def is_json_able(report: Mapping[str, Any]) -> bool:

@@ -16,8 +16,6 @@ vocabulary (a model padded to a larger one) are never drawn.
 
 from __future__ import annotations
 
-import functools
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,9 +23,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from zoo import checkpoint, models
 from zoo import tokenizers as tok
-from zoo.models import lstm as lstm_lib
-from zoo.models import transformer as transformer_lib
+from zoo.core import settings
+from zoo.core.family import TextDecoder
+from zoo.core.settings import TrainSettings
 
 DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048)
 
@@ -61,41 +61,39 @@ def bucket_for(length: int, buckets: Sequence[int], max_len: int | None) -> int:
 
 
 class Generator:
-    """Batched generation with a transformer (KV cache) or an LSTM (carried state).
+    """Batched generation with any :class:`zoo.core.family.TextDecoder` (a family's
+    ``text_decoder``: a transformer with its KV cache, an LSTM with its carried state).
 
     Example::
 
-        gen = Generator(model, params, tokenizer)
+        gen = Generator(family.text_decoder, params["model"], tokenizer)
         texts = gen.generate_text(["ROMEO:", "JULIET:"], max_new_tokens=100, temperature=0.8,
                                   top_k=40, seed=0)
     """
 
-    def __init__(self, model, params, tokenizer: tok.Tokenizer | None = None, *,
+    def __init__(self, model: TextDecoder, params, tokenizer: tok.Tokenizer | None = None, *,
                  buckets: Sequence[int] = DEFAULT_BUCKETS):
-        if not isinstance(model, (transformer_lib.GPT, lstm_lib.LSTMLM)):
-            raise ValueError(f"cannot generate with a {type(model).__name__}; zoo generates with "
-                             "GPT and LSTMLM models")
+        missing = [m for m in ("init_cache", "extend", "context", "vocab_size")
+                   if not hasattr(model, m)]
+        if missing:
+            raise ValueError(f"cannot generate with a {type(model).__name__}: it is no text "
+                             f"decoder (it lacks {', '.join(missing)}; see "
+                             "zoo.core.family.TextDecoder)")
         self.model, self.params, self.tokenizer = model, params, tokenizer
         self.buckets = tuple(buckets)
-        self.is_transformer = isinstance(model, transformer_lib.GPT)
-        self.max_len = model.block_size if self.is_transformer else None
+        self.max_len = model.context
         # A model may have more ids than its tokenizer (GPT-2 padded to 50304): those have no text,
         # so they are never drawn. A static count per generator: compiled once.
         self.num_valid = min(tokenizer.vocab_size, model.vocab_size) if tokenizer else None
         self._prefill = jax.jit(self._prefill_impl)
         self._step = jax.jit(self._step_impl, donate_argnums=(1,))
 
-    # -- the model behind one interface: extend(tokens (B, T), cache, start (B,), lengths (B,)) --
     def _init_cache(self, batch_size: int):
-        if self.is_transformer:
-            return transformer_lib.init_cache(self.model, batch_size)
-        return self.model.initial_carry(batch_size)
+        return self.model.init_cache(batch_size)
 
     def _extend(self, params, tokens, cache, start, lengths):
-        if self.is_transformer:
-            return self.model.apply({"params": params}, tokens, cache, start,
-                                    method=self.model.decode)
-        return self.model.apply({"params": params}, tokens, cache, seq_lengths=lengths)
+        return self.model.apply({"params": params}, tokens, cache, start, lengths,
+                                method="extend")
 
     def _mask(self, logits):
         """Logits (B, V) with the ids the tokenizer cannot decode at -inf."""
@@ -182,16 +180,6 @@ def generate(model, params, tokenizer: tok.Tokenizer, prompt: str | Sequence[str
     return Generator(model, params, tokenizer).generate_text(prompt, max_new_tokens, **sampling)
 
 
-def model_for(model_config):
-    """The generating module of a transformer or LSTM model config."""
-    family = model_config.get("family")
-    if family == "transformer":
-        return transformer_lib.make_model(model_config)
-    if family == "lstm":
-        return lstm_lib.make_model(model_config)
-    raise ValueError(f"cannot generate with model family {family!r}; use transformer or lstm")
-
-
 def default_prompt(tokenizer: tok.Tokenizer, text: str | None, num_tokens: int = 8) -> str:
     """The first ``num_tokens`` tokens of ``text`` (a held-out split), or a newline."""
     if not text:
@@ -239,13 +227,14 @@ def make_text_sampler(model, tokenizer: tok.Tokenizer, train_config, eval_text: 
     prompt the tokenizer cannot encode or that leaves no room in a transformer's context is an
     error before training rather than in its middle.
     """
-    num_tokens = int(train_config.get("sample_tokens", 200))
+    tc = settings.parse(TrainSettings, train_config, "train")
+    num_tokens = tc.sample_tokens
     if num_tokens < 0:
         raise ValueError(f"train.sample_tokens={num_tokens}: the number of tokens sampled at each "
                          "evaluation must be >= 0 (0: none)")
     if not num_tokens:
         return None
-    prompt = train_config.get("sample_prompt", "") or default_prompt(tokenizer, eval_text)
+    prompt = tc.sample_prompt or default_prompt(tokenizer, eval_text)
     try:
         prompt_ids = tokenizer.encode(prompt)
     except tok.OutOfVocabularyError as e:
@@ -254,7 +243,7 @@ def make_text_sampler(model, tokenizer: tok.Tokenizer, train_config, eval_text: 
     if not prompt_ids:
         raise ValueError(f"train.sample_prompt={prompt!r} encodes to no token; sampling starts "
                          "from at least one")
-    context, n = getattr(model, "block_size", None), len(prompt_ids)  # an LSTM has no limit
+    context, n = model.context, len(prompt_ids)  # None: an LSTM has no limit
     if context and n >= context:
         raise ValueError(f"train.sample_prompt ({n} tokens) fills the transformer's context of "
                          f"{context} tokens, leaving none for train.sample_tokens; shorten it")
@@ -265,38 +254,9 @@ def make_text_sampler(model, tokenizer: tok.Tokenizer, train_config, eval_text: 
     return text_sample_fn(model, tokenizer, prompt, max_new_tokens=num_tokens)
 
 
-@functools.lru_cache(maxsize=4)
-def _load_gpt2(path: str):
-    from zoo import convert_gpt2
-    model, params = convert_gpt2.load(path)
-    return model, params, tok.GPT2Tokenizer.from_dir(path)
-
-
-def load_run(path: str | Path):
-    """(model, params, tokenizer) of a language model: a ``zoo train`` run directory (its newest
-    checkpoint, with the config and tokenizer saved in it), one checkpoint of it
-    (``RUN/checkpoints/STEP``), or a Hugging Face GPT-2 folder. A run restores on this machine
-    whatever device count it trained on."""
-    from zoo import checkpoint
-
-    path = Path(path)
-    if (path / "config.json").is_file():
-        return _load_gpt2(str(path))
-    step = None
-    if path.name.isdigit() and checkpoint.find_checkpoints(path.parent) == path.parent:
-        path, step = path.parent, int(path.name)
-    ckpt_dir = checkpoint.find_checkpoints(path)
-    if ckpt_dir is None:
-        raise ValueError(f"{str(path)!r} is neither a zoo run directory (no checkpoints/) nor a "
-                         "Hugging Face GPT-2 folder (no config.json)")
-    state, extra, _ = checkpoint.load_on_host(ckpt_dir, step)
-    saved = extra.get("data", {}).get("tokenizer")
-    if not saved and (ckpt_dir.parent / "tokenizer.json").is_file():
-        saved = json.loads((ckpt_dir.parent / "tokenizer.json").read_text())
-    if not saved:
-        raise ValueError(f"the run in {path} saved no tokenizer: it is not a language model run")
-    model_config = extra.get("config", {}).get("model", {})
-    return model_for(model_config), state["params"]["model"], tok.from_config(saved)
+def text_player(family) -> str:
+    """The player whose module is the family's text decoder."""
+    return next(p for p, m in family.modules.items() if m is family.text_decoder)
 
 
 def generate_main(path: str | None = None, prompt: str | Sequence[str] = "", *,
@@ -317,11 +277,16 @@ def generate_main(path: str | None = None, prompt: str | Sequence[str] = "", *,
             raise ValueError("generating from params needs model_config and tokenizer too")
         if dtype:
             model_config = {**dict(model_config), "dtype": dtype}
-        model = model_for(model_config)
+        model = models.make_family(model_config).require("text_decoder", "generate text")
         if isinstance(tokenizer, dict):
             tokenizer = tok.from_config(tokenizer)
     elif path is not None:
-        model, params, tokenizer = load_run(path)
+        run = checkpoint.load_run(path)
+        model = run.family.require("text_decoder", "generate text")
+        if run.tokenizer is None:
+            raise ValueError(f"the run in {path} saved no tokenizer: it is not a language model "
+                             "run")
+        params, tokenizer = run.params[text_player(run.family)], run.tokenizer
     else:
         raise ValueError("generate_main needs a path (a zoo run or a GPT-2 folder) or params")
     return Generator(model, params, tokenizer).generate_text(

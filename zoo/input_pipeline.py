@@ -23,7 +23,9 @@ import numpy as np
 from zoo import data as data_lib
 from zoo import text_data
 from zoo import tokenizers as tok
+from zoo.core import settings
 from zoo.core.family import Family
+from zoo.core.settings import DataSettings
 
 Batch = dict[str, np.ndarray]
 
@@ -58,17 +60,22 @@ def known_datasets() -> tuple[str, ...]:
     return ("synthetic", *data_lib.IMAGE_DATASETS, *text_data.TEXT_DATASETS)
 
 
+def _data(data_config) -> DataSettings:
+    return settings.parse(DataSettings, data_config, "data")
+
+
 def is_text(data_config) -> bool:
     """Whether ``data_config`` gives a language model's data (a tokenizer, token batches): a text
     dataset, or ``synthetic`` in a text data section (one with ``seq_len``, as
     ``configs/default.text_data`` makes)."""
-    name = data_config.get("dataset", "synthetic")
-    return name in text_data.TEXT_DATASETS or (name == "synthetic" and "seq_len" in data_config)
+    data = _data(data_config)
+    return data.dataset in text_data.TEXT_DATASETS or (data.dataset == "synthetic" and
+                                                       data.seq_len > 0)
 
 
 def check_dataset(data_config) -> None:
     """Refuses a ``data.dataset`` that is not one of :func:`known_datasets` (before any loading)."""
-    name = data_config.get("dataset", "synthetic")
+    name = _data(data_config).dataset
     if name not in known_datasets():
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(known_datasets())}")
 
@@ -90,8 +97,6 @@ def fill_model_config(config, tokenizer: tok.Tokenizer):
     * ``model.seq_len``: ``data.seq_len`` when unset (0); another is refused.
     * ``model.unit``: the tokenizer's (``char``, ``word``, or ``token`` for GPT-2's BPE) when
       unset; another is refused.
-    * ``data.batching``: an LSTM carrying its state across batches needs ``stream`` (row i of a
-      batch continues row i of the last one); the transformer takes ``random`` windows.
     """
     config = copy.deepcopy(config)
     model, data = config.model, config.data
@@ -103,9 +108,9 @@ def fill_model_config(config, tokenizer: tok.Tokenizer):
                          f"tokens of the {type(tokenizer).__name__}; set model.vocab_size=0 to "
                          "take the tokenizer's")
 
-    seq_len = int(data.get("seq_len", 0) or 0)
+    seq_len = _data(data).seq_len
     if seq_len < 1:
-        raise ValueError(f"data.seq_len={data.get('seq_len')}: a language model's data needs the "
+        raise ValueError(f"data.seq_len={seq_len}: a language model's data needs the "
                          "number of tokens per row (>= 1)")
     if not model.get("seq_len", 0):
         model.seq_len = seq_len
@@ -121,30 +126,34 @@ def fill_model_config(config, tokenizer: tok.Tokenizer):
                          f"of data.tokenizer, whose unit is {unit!r}; leave model.unit unset to "
                          "take it")
 
-    family, batching = model.get("family"), data.get("batching", "random")
-    if family == "lstm" and model.get("carry_state", True) and batching != "stream":
-        raise ValueError(f"data.batching={batching!r}, but the LSTM carries its state from batch "
-                         "to batch (model.carry_state=True), which needs contiguous rows: set "
-                         "data.batching='stream', or model.carry_state=False")
-    if family == "transformer" and batching == "stream":
-        raise ValueError("data.batching='stream' lays out contiguous rows for an LSTM's carried "
-                         "state; the transformer trains on data.batching='random' windows")
     return config
+
+
+def check_batching(data_config, family: Family) -> None:
+    """Refuses a ``data.batching`` the family cannot train on (its ``text_batching``: an LSTM
+    carrying its state across batches needs ``stream`` rows)."""
+    if family.text_batching is None:
+        return
+    needed, why = family.text_batching
+    batching = _data(data_config).batching
+    if batching != needed:
+        raise ValueError(f"data.batching={batching!r}, but {why}. Set data.batching={needed!r}")
 
 
 def load_images(data_config, family: Family, split: str, *, seed: int) -> Batch:
     """Arrays of ``split`` holding the keys of ``family.batch_spec``."""
-    name = data_config.get("dataset", "synthetic")
+    data = _data(data_config)
+    name = data.dataset
     if name == "synthetic":
         if "image" not in family.batch_spec:
             raise ValueError(f"synthetic data for the {family.name} family needs a text data "
                              "section (data.seq_len, data.batching: configs/default.text_data)")
         shape = family.batch_spec["image"].shape
-        n = int(data_config.get("synthetic_size", 4096))
+        n = data.synthetic_size
         arrays = data_lib.synthetic_images(n, shape, seed=seed + (split != "train"))
     else:
-        arrays = data_lib.load_tfds(name, split, data_dir=data_config.get("tfds_data_dir") or None,
-                                    download_dir=data_config.get("download_dir") or None)
+        arrays = data_lib.load_tfds(name, split, data_dir=data.tfds_data_dir or None,
+                                    download_dir=data.download_dir or None)
     missing = set(family.batch_spec) - set(arrays)
     if missing:
         raise ValueError(f"dataset {name!r} has no {sorted(missing)} for family {family.name!r}")
@@ -157,9 +166,9 @@ def _check_eval_rows(data_config, split: str, num_tokens: int, eval_size: int) -
     if rows < eval_size:
         fix = f"set data.eval_batch_size to at most {rows}" if rows else "lower data.seq_len"
         raise ValueError(
-            f"the {split} split of {data_config.dataset} ({num_tokens:,} tokens) makes no "
+            f"the {split} split of {_data(data_config).dataset} ({num_tokens:,} tokens) makes no "
             f"evaluation batch of data.eval_batch_size={eval_size} rows of data.seq_len + 1 = "
-            f"{int(data_config.seq_len) + 1} tokens; {fix}")
+            f"{_data(data_config).seq_len + 1} tokens; {fix}")
 
 
 def make_run_data(data_config, family: Family, *, seed: int, train: bool = True,
@@ -170,11 +179,12 @@ def make_run_data(data_config, family: Family, *, seed: int, train: bool = True,
     ``eval_split`` defaults to ``data.eval_split`` (``validation`` for text, ``test`` for images,
     MNIST having no validation split).
     """
+    data_config = _data(data_config)
     check_dataset(data_config)
-    batch_size = int(data_config.batch_size)
-    eval_size = int(data_config.get("eval_batch_size", 0) or batch_size)
+    batch_size = data_config.batch_size
+    eval_size = data_config.eval_batch_size or batch_size
     text = is_text(data_config)
-    eval_split = eval_split or data_config.get("eval_split", "") or (
+    eval_split = eval_split or data_config.eval_split or (
         "validation" if text else "test")
 
     if not text:

@@ -29,7 +29,11 @@ import math
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+
+from zoo.models import classifier
 
 # ----------------------------------------------------------------------------------------------
 # Fréchet distance
@@ -240,8 +244,6 @@ def classifier_fid(generated: np.ndarray, real_test: np.ndarray, real_train: np.
 
 
 def _classifier_features(params: Mapping | None) -> Callable[[np.ndarray], np.ndarray]:
-    from zoo.models import classifier
-
     params = classifier.load_params() if params is None else params
     return lambda images: classifier.features(params, images)
 
@@ -272,9 +274,6 @@ def sequence_nll(logits, targets, mask=None) -> tuple[float, int]:
     """Summed negative log-likelihood (nats) of ``targets`` (B, T) under ``logits`` (B, T, V), and
     the number of tokens counted (``mask`` (B, T) selects them; default all). Divide for the mean.
     """
-    import jax
-    import jax.numpy as jnp
-
     logits = jnp.asarray(logits, jnp.float32)
     targets = jnp.asarray(targets)
     nll = -jnp.take_along_axis(jax.nn.log_softmax(logits, -1), targets[..., None], -1)[..., 0]
@@ -316,8 +315,6 @@ def generation_speed(generate: Callable[[], Any], num_samples: int,
     The first ``warmup`` calls (compilation) are not timed; results are waited for with
     ``jax.block_until_ready``; the median of ``repeats`` timed calls is reported.
     """
-    import jax
-
     for _ in range(warmup):
         jax.block_until_ready(generate())
     times = []

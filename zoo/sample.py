@@ -1,37 +1,41 @@
 """Pictures from trained generative models: sample grids, interpolations, reconstructions, latents.
 
 ``write_samples(family, params, model_state, out_dir, rng, data=None)`` is the API: it writes PNG
-files for a trained ``vae`` or ``gan`` family and returns their paths by name:
+files for any family that draws images (its ``image_sampler``,
+:class:`zoo.core.family.ImageSampler`) and returns their paths by name:
 
 * ``samples.png``: a grid of samples; one labelled row per class for conditional models.
-* ``interpolation.png``: latent interpolation strips, one per row (VAE: between the codes of two
-  test images when ``data`` is given; GAN: between two noise vectors).
-* ``reconstructions.png`` (VAE, with ``data``): test images in one row, their reconstructions below.
-* ``latent_scatter.png`` and ``latent_manifold.png`` (VAE with a 2-d latent, with ``data``): the
-  test set's latent means coloured by label, and images decoded on a grid over the latent plane.
+* ``interpolation.png``: latent interpolation strips, one per row (between the codes of two test
+  images for a family with an encoder when ``data`` is given; else between two random latents).
+* ``reconstructions.png`` (an encoder, with ``data``): test images in one row, their
+  reconstructions below.
+* ``latent_scatter.png`` and ``latent_manifold.png`` (an encoder and a 2-d latent; the scatter
+  with ``data``): the test set's latent means coloured by label, and images decoded on a grid over
+  the latent plane.
 
-``sample_main(path, out_dir)`` is what ``zoo sample`` calls: ``path`` is a ``zoo train`` workdir
-(its newest orbax checkpoint) or a directory (or the ``variables.msgpack`` in it) written by
-:func:`save_run`.
+``sample_main(path, out_dir)`` is what ``zoo sample`` calls, on any run :func:`zoo.checkpoint.
+load_run` reads. :func:`run_sampler` is what ``zoo train`` writes at each evaluation: these PNGs,
+or text for a language model (:func:`zoo.generate.make_text_sampler`).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import json
+import weakref
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+import matplotlib
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from zoo import checkpoint, generate
+from zoo import data as data_lib
+from zoo.core import settings
 from zoo.core.family import Family
-
-VARIABLES_FILE = "variables.msgpack"
-CONFIG_FILE = "model_config.json"
+from zoo.core.settings import DataSettings
+from zoo.build import Run
 
 # ---- image grids ---------------------------------------------------------------------------------
 
@@ -107,9 +111,8 @@ def save_png(image: Image.Image, path: str | Path) -> Path:
 
 def latent_scatter(means, labels, path: str | Path, *, title: str = "") -> Path:
     """A scatter plot of 2-d latent means coloured by label (matplotlib, 800x700 pixels)."""
-    import matplotlib
     matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after choosing the backend: no display needed
 
     means, labels = np.asarray(means), np.asarray(labels)
     fig, ax = plt.subplots(figsize=(8, 7), dpi=100)
@@ -130,7 +133,7 @@ def latent_scatter(means, labels, path: str | Path, *, title: str = "") -> Path:
     return path
 
 
-# ---- what to draw, per family --------------------------------------------------------------------
+# ---- what to draw ---------------------------------------------------------------------------
 
 def _lerp(a, b, steps):
     t = jnp.linspace(0.0, 1.0, steps)[None, :, None]
@@ -141,14 +144,45 @@ def _class_rows(num_classes, n_cols):
     return jnp.repeat(jnp.arange(num_classes, dtype=jnp.int32), n_cols)
 
 
-def with_sample_fn(family: Family) -> Family:
-    """``family`` with a ``sample_fn`` writing :func:`write_samples` PNGs to ``out_dir/step_<step>``."""
+def _names(num_classes, class_names):
+    return list(class_names) if class_names else [f"class {c}" for c in range(num_classes)]
 
-    def sample_fn(params, model_state, rng, out_dir, step):
-        return write_samples(family, params, model_state,
-                             Path(out_dir) / f"step_{int(step):07d}", rng)
 
-    return dataclasses.replace(family, sample_fn=sample_fn)
+# Kept per function while its family lives: a family's decode compiles once per batch shape.
+_COMPILED: "weakref.WeakKeyDictionary[Callable, Callable]" = weakref.WeakKeyDictionary()
+
+
+def _jitted(fn: Callable) -> Callable:
+    """``jax.jit(fn)``, made once per function."""
+    if fn not in _COMPILED:
+        _COMPILED[fn] = jax.jit(fn)
+    return _COMPILED[fn]
+
+
+def _player(family: Family, params: Mapping, model_state: Mapping):
+    sampler = family.require("image_sampler", "draw images")
+    return (sampler, params[sampler.player], dict(model_state.get(sampler.player, {})))
+
+
+def generate_images(family: Family, params: Mapping, model_state: Mapping, rng: jax.Array, n: int,
+                    labels: np.ndarray | None = None, batch_size: int = 1000) -> np.ndarray:
+    """``n`` images in [0, 1] as numpy (N, H, W, C), z ~ N(0, I), from any family that draws
+    images; ``labels`` (N,) for a conditional model."""
+    sampler, p, s = _player(family, params, model_state)
+    if sampler.num_classes and labels is None:
+        raise ValueError(f"this {family.name} is conditioned on {sampler.num_classes} classes; "
+                         "pass labels")
+    decode = _jitted(sampler.decode)
+    out = []
+    for i, start in enumerate(range(0, n, batch_size)):
+        m = min(batch_size, n - start)
+        z = jax.random.normal(jax.random.fold_in(rng, i), (batch_size, sampler.latent_dim))
+        y = None
+        if sampler.num_classes:  # pad the last batch so every call has the same shape
+            y = np.zeros(batch_size, np.int32)
+            y[:m] = labels[start:start + m]
+        out.append(np.asarray(decode(p, s, z, y))[:m])
+    return np.concatenate(out)
 
 
 def write_samples(family: Family, params: Mapping, model_state: Mapping, out_dir: str | Path,
@@ -156,126 +190,71 @@ def write_samples(family: Family, params: Mapping, model_state: Mapping, out_dir
                   n_cols: int = 10, n_rows: int = 10, scale: int = 3, interp_rows: int = 8,
                   interp_steps: int = 10, n_recon: int = 12, scatter_points: int = 5000,
                   class_names: Sequence[str] | None = None) -> dict[str, Path]:
-    """Writes the PNGs described in the module docstring for a ``vae`` or ``gan`` family.
+    """Writes the PNGs described in the module docstring for a family that draws images.
 
     ``params``/``model_state`` are dicts keyed by player (as in a TrainState, on host or device);
     ``data`` is an optional test split ``{"image": (N, H, W, C) in [0, 1], "label": (N,)}``.
     """
+    sampler, p, s = _player(family, params, model_state)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if family.name == "vae":
-        return _write_vae(family, params, out_dir, rng, data, n_cols, n_rows, scale, interp_rows,
-                          interp_steps, n_recon, scatter_points, class_names)
-    if family.name == "gan":
-        return _write_gan(family, params, model_state, out_dir, rng, n_cols, n_rows, scale,
-                          interp_rows, interp_steps, class_names)
-    raise ValueError(f"zoo.sample draws the vae and gan families; got {family.name!r}")
-
-
-def num_classes(family: Family) -> int:
-    """How many classes a ``vae`` or ``gan`` family is conditioned on (0: unconditional)."""
-    module = family.modules["model" if family.name == "vae" else "generator"]
-    return int(module.num_classes)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _decode_batch(family_name: str, module, params, model_state, z, labels):
-    """Images in [0, 1] from latents ``z``; compiled once per module and batch shape (the module
-    is static, params are arguments)."""
-    from zoo.models import gan, vae
-
-    if family_name == "vae":
-        return vae.decode_images(module, params, z, labels)
-    return gan.generate(module, params, model_state, z, labels)
-
-
-def generate_images(family: Family, params: Mapping, model_state: Mapping, rng: jax.Array, n: int,
-                    labels: np.ndarray | None = None, batch_size: int = 1000) -> np.ndarray:
-    """``n`` images in [0, 1] from a ``vae`` (z from the prior) or ``gan`` family, as numpy
-    (N, H, W, C); ``labels`` (N,) for a conditional model."""
-    if family.name not in ("vae", "gan"):
-        raise ValueError(f"zoo generates images with the vae and gan families; got {family.name!r}")
-    player = "model" if family.name == "vae" else "generator"
-    module, p = family.modules[player], params[player]
-    s = dict(model_state.get(player, {}))
-    if module.num_classes and labels is None:
-        raise ValueError(f"this {family.name} is conditioned on {module.num_classes} classes; "
-                         "pass labels")
-    out = []
-    for i, start in enumerate(range(0, n, batch_size)):
-        m = min(batch_size, n - start)
-        z = jax.random.normal(jax.random.fold_in(rng, i), (batch_size, module.latent_dim))
-        y = None
-        if module.num_classes:  # pad the last batch so every call has the same shape
-            y = np.zeros(batch_size, np.int32)
-            y[:m] = labels[start:start + m]
-        out.append(np.asarray(_decode_batch(family.name, module, p, s, z, y))[:m])
-    return np.concatenate(out)
-
-
-def _names(num_classes, class_names):
-    return list(class_names) if class_names else [f"class {c}" for c in range(num_classes)]
-
-
-def _write_vae(family, params, out_dir, rng, data, n_cols, n_rows, scale, interp_rows,
-               interp_steps, n_recon, scatter_points, class_names):
-    from zoo.models import vae
-
-    model, p = family.modules["model"], params["model"]
-    k = model.num_classes
-    decode = jax.jit(functools.partial(vae.decode_images, model))  # one compile per shape
-    encode = jax.jit(functools.partial(vae.encode_means, model))
-    prior = lambda key, n: jax.random.normal(key, (n, model.latent_dim))
+    k, latent, name, z_name = (sampler.num_classes, sampler.latent_dim, sampler.title,
+                               sampler.latent_name)
+    decode = _jitted(sampler.decode)  # one compile per shape
+    draw = lambda z, labels=None: decode(p, s, z, labels)
+    encode = _jitted(sampler.encode) if sampler.encode else None
     sample_rng, interp_rng = jax.random.split(rng)
     written = {}
     if k:
         labels = _class_rows(k, n_cols)
-        images = decode(p, prior(sample_rng, len(labels)), labels)
-        grid = image_grid(images, n_cols, scale=scale, row_labels=_names(k, class_names),
-                          title="Conditional VAE samples: one row per class, z ~ N(0, I)")
+        grid = image_grid(draw(jax.random.normal(sample_rng, (len(labels), latent)), labels),
+                          n_cols, scale=scale, row_labels=_names(k, class_names),
+                          title=f"Conditional {name} samples: one row per class")
     else:
-        images = decode(p, prior(sample_rng, n_rows * n_cols))
-        grid = image_grid(images, n_cols, scale=scale,
-                          title=f"VAE samples, z ~ N(0, I) ({model.latent_dim}-d latent)")
+        grid = image_grid(draw(jax.random.normal(sample_rng, (n_rows * n_cols, latent))), n_cols,
+                          scale=scale, title=f"{name} samples, z ~ N(0, I) ({latent}-d {z_name})")
     written["samples"] = save_png(grid, out_dir / "samples.png")
 
-    if data is not None and not k:
+    if encode is not None and data is not None and not k:
         x = jnp.asarray(data["image"][:2 * interp_rows])
-        z = encode(p, x)
-        z_path = _lerp(z[:interp_rows], z[interp_rows:2 * interp_rows], interp_steps)
-        images = decode(p, z_path)
-        title = "VAE interpolation between the latent means of two test images (left to right)"
+        z = encode(p, x, None)
+        images = draw(_lerp(z[:interp_rows], z[interp_rows:2 * interp_rows], interp_steps))
+        title = (f"{name} interpolation between the latent means of two test images "
+                 "(left to right)")
         ends = None  # row labels: the two images' classes, when known
         if "label" in data:
             y = np.asarray(data["label"][:2 * interp_rows])
             ends = [f"{a} -> {b}" for a, b in zip(y[:interp_rows], y[interp_rows:])]
     else:
-        z0, z1 = jax.random.normal(interp_rng, (2, interp_rows, model.latent_dim))
+        z0, z1 = jax.random.normal(interp_rng, (2, interp_rows, latent))
         labels, ends = None, None
         if k:
             row_labels = jnp.arange(interp_rows, dtype=jnp.int32) % k
             labels = jnp.repeat(row_labels, interp_steps)
             ends = [_names(k, class_names)[int(c)] for c in row_labels]
-        images = decode(p, _lerp(z0, z1, interp_steps), labels)
-        title = "VAE interpolation between two random latents z ~ N(0, I) (left to right)"
+        images = draw(_lerp(z0, z1, interp_steps), labels)
+        title = (f"{name} interpolation between two random {z_name} vectors z ~ N(0, I) "
+                 "(left to right)")
     written["interpolation"] = save_png(
         image_grid(images, interp_steps, scale=scale, row_labels=ends, title=title),
         out_dir / "interpolation.png")
+    if encode is None:
+        return written
 
     if data is not None:
         x = jnp.asarray(data["image"][:n_recon * 3])
         y = jnp.asarray(data["label"][:n_recon * 3]) if k else None
-        recon = decode(p, encode(p, x, y), y)
+        recon = draw(encode(p, x, y), y)
         rows = []
         for r in range(3):
             rows += [x[r * n_recon:(r + 1) * n_recon], recon[r * n_recon:(r + 1) * n_recon]]
         written["reconstructions"] = save_png(
             image_grid(jnp.concatenate(rows), n_recon, scale=scale,
                        row_labels=["input", "recon."] * 3,
-                       title="Test images and their VAE reconstructions (decoder mean at z = "
+                       title=f"Test images and their {name} reconstructions (decoder mean at z = "
                              "posterior mean)"), out_dir / "reconstructions.png")
 
-    if data is not None and model.latent_dim == 2 and "label" in data:
+    if data is not None and latent == 2 and "label" in data:
         n = min(scatter_points, len(data["image"]))
         x = jnp.asarray(data["image"][:n])
         y = jnp.asarray(data["label"][:n]) if k else None
@@ -285,11 +264,11 @@ def _write_vae(family, params, out_dir, rng, data, n_cols, n_rows, scale, interp
         written["latent_scatter"] = latent_scatter(
             means, np.asarray(data["label"][:n]), out_dir / "latent_scatter.png",
             title=f"Latent means of {n} test images, coloured by label")
-    if model.latent_dim == 2 and not k:
+    if latent == 2 and not k:
         side = n_cols
         ticks = np.linspace(-2.5, 2.5, side)
         zz = np.stack(np.meshgrid(ticks, -ticks), -1).reshape(-1, 2)  # rows: z[1] high to low
-        images = decode(p, jnp.asarray(zz, jnp.float32))
+        images = draw(jnp.asarray(zz, jnp.float32))
         written["latent_manifold"] = save_png(
             image_grid(images, side, scale=scale, row_labels=[f"z1={t:+.1f}" for t in -ticks],
                        title="Decoded 2-d latent grid: z0 from -2.5 (left) to +2.5 (right)"),
@@ -297,113 +276,49 @@ def _write_vae(family, params, out_dir, rng, data, n_cols, n_rows, scale, interp
     return written
 
 
-def _write_gan(family, params, model_state, out_dir, rng, n_cols, n_rows, scale, interp_rows,
-               interp_steps, class_names):
-    from zoo.models import gan
+# ---- at each evaluation, and from a saved run ----------------------------------------------------
 
-    gen = family.modules["generator"]
-    p, s = params["generator"], dict(model_state.get("generator", {}))
-    k, latent = gen.num_classes, gen.latent_dim
-    generate = jax.jit(functools.partial(gan.generate, gen))
-    sample_rng, interp_rng = jax.random.split(rng)
-    written = {}
-    if k:
-        labels = _class_rows(k, n_cols)
-        z = jax.random.normal(sample_rng, (len(labels), latent))
-        grid = image_grid(generate(p, s, z, labels), n_cols, scale=scale,
-                          row_labels=_names(k, class_names),
-                          title="Conditional GAN samples: one row per class")
-    else:
-        z = jax.random.normal(sample_rng, (n_rows * n_cols, latent))
-        grid = image_grid(generate(p, s, z), n_cols, scale=scale,
-                          title=f"GAN samples, z ~ N(0, I) ({latent}-d noise)")
-    written["samples"] = save_png(grid, out_dir / "samples.png")
-
-    z0, z1 = jax.random.normal(interp_rng, (2, interp_rows, latent))
-    labels, ends = None, None
-    if k:
-        row_labels = jnp.arange(interp_rows, dtype=jnp.int32) % k
-        labels = jnp.repeat(row_labels, interp_steps)
-        ends = [_names(k, class_names)[int(c)] for c in row_labels]
-    images = generate(p, s, _lerp(z0, z1, interp_steps), labels)
-    written["interpolation"] = save_png(
-        image_grid(images, interp_steps, scale=scale, row_labels=ends,
-                   title="GAN interpolation between two noise vectors (left to right)"),
-        out_dir / "interpolation.png")
-    return written
+SampleFn = Callable[[Mapping, Mapping, jax.Array, Path, int], Any]
 
 
-# ---- runs on disk --------------------------------------------------------------------------------
-
-def _plain(config) -> dict:
-    if hasattr(config, "to_dict"):
-        config = config.to_dict()
-    return json.loads(json.dumps(dict(config), default=list))
-
-
-def save_run(run_dir: str | Path, model_config, params, model_state, *,
-             data_config: Mapping[str, Any] | None = None) -> Path:
-    """Writes ``model_config.json`` and ``variables.msgpack`` (flax serialisation of params and
-    model state, dicts keyed by player) so :func:`sample_main` can draw from them later."""
-    from flax import serialization
-
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    meta = {"model": _plain(model_config)}
-    if data_config is not None:
-        meta["data"] = _plain(data_config)
-    (run_dir / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
-    variables = jax.device_get({"params": params, "model_state": model_state})
-    (run_dir / VARIABLES_FILE).write_bytes(serialization.to_bytes(variables))
-    return run_dir
+def image_sample_fn(family: Family) -> SampleFn:
+    """A ``sample_fn(params, model_state, rng, out_dir, step)`` writing :func:`write_samples`
+    PNGs to ``out_dir/step_<step>``."""
+    def sample_fn(params, model_state, rng, out_dir, step):
+        return write_samples(family, params, model_state,
+                             Path(out_dir) / f"step_{int(step):07d}", rng)
+    return sample_fn
 
 
-def load_run(path: str | Path) -> tuple[Family, dict, dict, dict]:
-    """(family, params, model_state, meta) from a directory written by :func:`save_run`, or from
-    a ``zoo train`` workdir (its newest checkpoint under ``checkpoints/``)."""
-    from flax import serialization
-    from zoo import checkpoint, models
-
-    path = Path(path)
-    run_dir = path.parent if path.is_file() else path
-    ckpt_dir = checkpoint.find_checkpoints(path) if path.is_dir() else None
-    if not (run_dir / VARIABLES_FILE).is_file() and ckpt_dir is not None:
-        state, extra, _ = checkpoint.load_on_host(ckpt_dir)
-        params, model_state = state["params"], state.get("model_state", {})
-        config = dict(extra.get("config", {}))
-        if "model" not in config:
-            raise ValueError(f"the checkpoint in {path} holds no model config")
-        model_state = {p: model_state.get(p, {}) for p in params}
-        return models.make_family(config["model"]), params, model_state, config
-    if not (run_dir / CONFIG_FILE).is_file() or not (run_dir / VARIABLES_FILE).is_file():
-        raise ValueError(f"{path} is not a zoo run directory: expected {CONFIG_FILE} and "
-                         f"{VARIABLES_FILE} in {run_dir}, or a zoo train workdir with checkpoints/")
-    meta = json.loads((run_dir / CONFIG_FILE).read_text())
-    family = models.make_family(meta["model"])
-    dummy = jax.tree.map(lambda s: np.zeros((2, *s.shape), s.dtype), family.batch_spec)
-    params, model_state = jax.eval_shape(family.init, jax.random.PRNGKey(0), dummy)  # shapes only
-    template = {"params": params, "model_state": model_state}
-    variables = serialization.from_bytes(template, (run_dir / VARIABLES_FILE).read_bytes())
-    return family, variables["params"], variables["model_state"], meta
+def run_sampler(run: Run) -> SampleFn | None:
+    """What ``zoo train`` writes at each evaluation of ``run``: PNGs from a family that draws
+    images, text from a language model (``train.sample_tokens`` > 0), else nothing (None)."""
+    if run.family.image_sampler is not None:
+        return image_sample_fn(run.family)
+    if run.family.text_decoder is not None and run.data.tokenizer is not None:
+        return generate.make_text_sampler(run.family.text_decoder, run.data.tokenizer,
+                                          run.settings.train, run.data.eval_text)
+    return None
 
 
 def sample_main(path: str, out_dir: str, *, seed: int = 0, data: Mapping | None = None,
                 dataset: str | None = None, tfds_data_dir: str | None = None,
                 download_dir: str | None = None, **options: Any) -> dict[str, Path]:
-    """``zoo sample``: loads the run at ``path`` and writes its PNGs to ``out_dir``.
+    """``zoo sample``: loads the run at ``path`` (:func:`zoo.checkpoint.load_run`) and writes its
+    PNGs to ``out_dir``.
 
     Test images (for reconstructions, data-driven interpolations and the 2-d latent scatter) come
     from ``data`` if given, else from ``dataset`` (default: the run's ``data.dataset``) through
     ``zoo.data.load_tfds``; without a dataset only the data-free pictures are written.
     ``options`` go to :func:`write_samples`.
     """
-    family, params, model_state, meta = load_run(path)
-    run_data = meta.get("data", {})
-    dataset = dataset or run_data.get("dataset")
+    run = checkpoint.load_run(path)
+    run.family.require("image_sampler", "draw images")
+    run_data = settings.parse(DataSettings, run.config.get("data", {}), "data")
+    dataset = dataset or (run_data.dataset if "data" in run.config else None)
     if data is None and dataset and dataset != "synthetic":
-        from zoo import data as data_lib
         data = data_lib.load_tfds(dataset, "test",
-                                  data_dir=tfds_data_dir or run_data.get("tfds_data_dir") or None,
-                                  download_dir=download_dir or run_data.get("download_dir") or None)
-    return write_samples(family, params, model_state, out_dir, jax.random.PRNGKey(seed), data,
-                         **options)
+                                  data_dir=tfds_data_dir or run_data.tfds_data_dir or None,
+                                  download_dir=download_dir or run_data.download_dir or None)
+    return write_samples(run.family, run.params, run.model_state, out_dir,
+                         jax.random.PRNGKey(seed), data, **options)

@@ -29,9 +29,13 @@ import string
 from pathlib import Path
 from typing import Iterator, Mapping
 
+import jax
 import numpy as np
 
+from zoo import data as data_lib
 from zoo import tokenizers as tok
+from zoo.core import settings
+from zoo.core.settings import DataSettings
 
 TEXT_DATASETS = ("tiny_shakespeare", "ptb", "ptb_char")
 SPLITS = ("train", "validation", "test")
@@ -40,10 +44,8 @@ PTB_FILES = {"train": "ptb.train.txt", "validation": "ptb.valid.txt", "valid": "
 SHARED_DATA_ENV = "ZOO_SHARED_DATA"
 
 
-def _get(cfg, key, default=None):
-    if isinstance(cfg, Mapping):
-        return cfg.get(key, default)
-    return cfg.get(key, default) if hasattr(cfg, "get") else default
+def _data(data_config) -> DataSettings:
+    return settings.parse(DataSettings, data_config, "data")
 
 
 def default_raw_dir() -> Path:
@@ -77,8 +79,6 @@ def tiny_shakespeare_tfds(split: str, *, data_dir: str | os.PathLike | None = No
                           download_dir: str | os.PathLike | None = None) -> str:
     """tiny_shakespeare through TFDS (prepared once, offline from ``download_dir``, in a child
     process: :func:`zoo.data.ensure_prepared`), read from its text cache."""
-    from zoo import data as data_lib
-
     split = _check_split(split)
     cache = data_lib.ensure_prepared("tiny_shakespeare", split, data_dir=data_dir,
                                      download_dir=download_dir)
@@ -113,24 +113,22 @@ def synthetic_symbols(vocab_size: int) -> list[str]:
                                  vocab_size))
 
 
-def _synthetic(data_config) -> tuple[int, int]:
-    size = int(_get(data_config, "synthetic_size", 0) or 100_000)
-    vocab = int(_get(data_config, "synthetic_vocab", 0) or 64)
-    return size, vocab
+def _synthetic(data: DataSettings) -> tuple[int, int]:
+    return data.synthetic_size, data.synthetic_vocab
 
 
 def load_text(data_config, split: str) -> str:
     """The raw text of ``split`` of ``data_config.dataset``."""
-    name = _get(data_config, "dataset", "tiny_shakespeare")
-    path = _get(data_config, "path") or None
+    data = _data(data_config)
+    name, path = data.dataset, data.path or None
     if name == "synthetic":  # a fixed dataset: its splits differ by seed, not by the run's seed
-        size, vocab = _synthetic(data_config)
+        size, vocab = _synthetic(data)
         ids = synthetic_tokens(size, vocab, seed=SPLITS.index(_check_split(split)))
         return "".join(np.array(synthetic_symbols(vocab))[ids])
     if name == "tiny_shakespeare":
-        if _get(data_config, "source", "raw") == "tfds":
-            return tiny_shakespeare_tfds(split, data_dir=_get(data_config, "tfds_data_dir") or None,
-                                         download_dir=_get(data_config, "download_dir") or None)
+        if data.source == "tfds":
+            return tiny_shakespeare_tfds(split, data_dir=data.tfds_data_dir or None,
+                                         download_dir=data.download_dir or None)
         return tiny_shakespeare_raw(split, path)
     if name in ("ptb", "ptb_char"):
         return ptb_text(split, path)
@@ -139,20 +137,21 @@ def load_text(data_config, split: str) -> str:
 
 def make_tokenizer(data_config) -> tok.Tokenizer:
     """The config's tokenizer (``char``, ``word`` or ``gpt2``), built from the training text;
-    for ``synthetic`` data, characters for its ``synthetic_vocab`` symbols."""
-    if _get(data_config, "dataset") == "synthetic":
-        return tok.CharTokenizer(synthetic_symbols(_synthetic(data_config)[1]))
-    default = "word" if _get(data_config, "dataset") == "ptb" else "char"
-    name = _get(data_config, "tokenizer", default)
+    for ``synthetic`` data, characters for its ``synthetic_vocab`` symbols. An empty
+    ``data.tokenizer`` is the dataset's usual one: words for PTB, characters elsewhere."""
+    data = _data(data_config)
+    if data.dataset == "synthetic":
+        return tok.CharTokenizer(synthetic_symbols(_synthetic(data)[1]))
+    name = data.tokenizer or ("word" if data.dataset == "ptb" else "char")
     if name == "gpt2":
-        path = _get(data_config, "tokenizer_path")
+        path = data.tokenizer_path
         if not path:
             raise ValueError("data.tokenizer='gpt2' reads vocab.json and merges.txt from "
                              "data.tokenizer_path, which is empty; set it to their folder")
         return tok.get_tokenizer("gpt2", path=path)
     if name not in tok.TOKENIZERS:
         raise ValueError(f"unknown tokenizer {name!r}; choose one of {', '.join(tok.TOKENIZERS)}")
-    return tok.get_tokenizer(name, text=load_text(data_config, "train"))
+    return tok.get_tokenizer(name, text=load_text(data, "train"))
 
 
 def encode_split(data_config, split: str, text: str, tokenizer: tok.Tokenizer) -> np.ndarray:
@@ -164,8 +163,7 @@ def encode_split(data_config, split: str, text: str, tokenizer: tok.Tokenizer) -
     try:
         return np.asarray(tokenizer.encode(text), np.int32)
     except tok.OutOfVocabularyError as e:
-        name = _get(data_config, "dataset", "tiny_shakespeare")
-        raise ValueError(f"the {split} split of {name} has {e.what} outside the vocabulary built "
+        raise ValueError(f"the {split} split of {_data(data_config).dataset} has {e.what} outside the vocabulary built "
                          f"from the train split: {e.listing}") from None
 
 
@@ -177,8 +175,6 @@ def load_tokens(data_config, split: str, tokenizer: tok.Tokenizer | None = None
 
 
 def _local_rows(global_batch_size: int, process_index: int | None, process_count: int | None):
-    import jax
-
     index = jax.process_index() if process_index is None else process_index
     count = jax.process_count() if process_count is None else process_count
     if global_batch_size % count:
@@ -279,8 +275,9 @@ class WindowIterator:
 def max_eval_rows(data_config, num_tokens: int) -> int:
     """The most rows an evaluation batch of ``num_tokens`` tokens can have: an in-order pass
     (``epoch_batches``) makes a batch only if its rows are at most this many."""
-    seq_len = int(_get(data_config, "seq_len"))
-    if _get(data_config, "batching", "random") == "stream":
+    data = _data(data_config)
+    seq_len = data.seq_len
+    if data.batching == "stream":
         return num_tokens // (seq_len + 1)  # B rows of len // B >= seq_len + 1 tokens
     return (num_tokens - 1) // seq_len  # non-overlapping windows
 
@@ -288,9 +285,8 @@ def max_eval_rows(data_config, num_tokens: int) -> int:
 def make_iterator(data_config, tokens: np.ndarray, *, seed: int = 0, batch_size: int | None = None,
                   **process) -> StreamIterator | WindowIterator:
     """``data.batching``: ``stream`` (contiguous, TBPTT) or ``random`` windows; ``data.seq_len``."""
-    batching = _get(data_config, "batching", "random")
-    batch_size = int(batch_size or _get(data_config, "batch_size"))
-    seq_len = int(_get(data_config, "seq_len"))
+    data = _data(data_config)
+    batching, batch_size, seq_len = data.batching, int(batch_size or data.batch_size), data.seq_len
     if batching == "stream":
         return StreamIterator(tokens, batch_size, seq_len, **process)
     if batching == "random":

@@ -1,9 +1,15 @@
-"""What a model family hands the shared training machinery."""
+"""What a model family hands the shared machinery: its objective, and what else it can do.
+
+The training loop needs only ``init``, ``objective``, ``eval_metrics`` and ``batch_spec``. The
+layers above training (sampling, generation, quality evaluation, the data pipeline) ask a family
+for a *capability* (an attribute that is ``None`` when the family lacks it) and never for its
+name, so a new family is one file under ``zoo/models/`` and a registry entry.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import jax
 
@@ -12,11 +18,57 @@ from zoo.core.train_state import PyTree
 
 
 @dataclasses.dataclass(frozen=True)
-class Family:
-    """A model family's objective and everything the shared loop needs to train it.
+class ImageSampler:
+    """How a family draws images: latents (and labels) in, images in [0, 1] out.
 
     Attributes:
-      name: the family's registry name (``autoencoder``, ``vae``, ...).
+      player: whose params and model state draw (``"model"`` for a VAE, ``"generator"``).
+      latent_dim: the size of one latent ``z`` (drawn from N(0, I)).
+      num_classes: how many classes the images are conditioned on (0: unconditional).
+      decode: ``decode(params, model_state, z (N, latent_dim), labels (N,) or None) -> images
+        (N, H, W, C) in [0, 1]``, with the player's params and model state; jittable.
+      encode: ``encode(params, images, labels) -> latent means (N, latent_dim)`` for families with
+        an encoder (reconstructions, interpolations between real images); None: no encoder.
+      title: what pictures call the model (``"VAE"``, ``"GAN"``).
+      latent_name: what pictures call ``z`` (``"latent"``, a GAN's ``"noise"``).
+    """
+
+    player: str
+    latent_dim: int
+    num_classes: int
+    decode: Callable
+    encode: Callable | None = None
+    title: str = "model"
+    latent_name: str = "latent"
+
+
+class TextDecoder(Protocol):
+    """A linen language model that generates token by token (``zoo.generate.Generator``).
+
+    ``init_cache(batch_size)`` is the empty cache (a transformer's keys and values, an LSTM's zero
+    carry); ``extend`` is a linen method, ``apply(..., method="extend")``: it runs ``tokens``
+    (B, T) from positions ``start`` (B,), the first ``lengths`` (B,) of them real, and returns
+    logits (B, T, vocab) and the new cache. ``context`` is the longest sequence it reads (None:
+    no limit).
+    """
+
+    vocab_size: int
+
+    @property
+    def context(self) -> int | None: ...
+
+    def init_cache(self, batch_size: int) -> Any: ...
+
+    def extend(self, tokens: jax.Array, cache: Any, start: jax.Array,
+               lengths: jax.Array) -> tuple[jax.Array, Any]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """A model family's objective and its capabilities.
+
+    Attributes:
+      name: the family's registry name (``autoencoder``, ``vae``, ...), for messages.
       modules: the linen modules by player; ``apply`` them for encode/decode/sample.
       init: ``init(rng, batch) -> (params, model_state)``, each a dict keyed by player.
       objective: the :class:`zoo.core.step.Update` s one train step applies, in order.
@@ -24,8 +76,14 @@ class Family:
         ``-> (metrics, new_model_state)`` for an evaluation that carries per-example state.
       batch_spec: the batch the family trains on, without the batch dimension.
       flops_per_example: forward+backward FLOPs of one training example (for MFU); None: unknown.
-      sample_fn: ``sample_fn(params, model_state, rng, out_dir, step)`` writes samples (images or
-        text) at each evaluation; None: the family writes none.
+      image_sampler: how it draws images (:class:`ImageSampler`); None: it draws none.
+      text_decoder: the module that generates text (:class:`TextDecoder`), a value of
+        ``modules``; None: not a language model.
+      log_likelihood: ``log_likelihood(params, images, labels, *, k, seed) -> float`` (params
+        keyed by player, as in a TrainState): an estimate of the mean log p(x) of ``images`` in
+        nats per image, with ``k`` samples (a VAE's IWAE-k bound); None: none.
+      text_batching: ``(batching, why)``: the ``data.batching`` a language model needs and the
+        reason (an LSTM carrying its state needs ``stream``); None: any.
     """
 
     name: str
@@ -35,4 +93,15 @@ class Family:
     eval_metrics: Callable
     batch_spec: PyTree
     flops_per_example: float | None = None
-    sample_fn: Callable | None = None
+    image_sampler: ImageSampler | None = None
+    text_decoder: TextDecoder | None = None
+    log_likelihood: Callable | None = None
+    text_batching: tuple[str, str] | None = None
+
+    def require(self, capability: str, what: str) -> Any:
+        """The capability ``capability`` (an attribute name), or a ValueError naming the family
+        and what it cannot do (``what``: e.g. "draw images")."""
+        value = getattr(self, capability)
+        if value is None:
+            raise ValueError(f"the {self.name} family cannot {what} (it has no {capability})")
+        return value

@@ -26,7 +26,9 @@ import flax.jax_utils
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from zoo.core import settings
 from zoo.core import step as step_lib
+from zoo.core.settings import ParallelSettings
 from zoo.core.train_state import PyTree
 
 STRATEGIES = ("single", "pmap", "mesh")
@@ -286,12 +288,26 @@ class Mesh(Strategy):
         return multihost_utils.process_allgather(tree, tiled=True)
 
 
-def make_strategy(name: str = "mesh", **options: Any) -> Strategy:
-    """Strategy by name: ``single``, ``pmap`` or ``mesh`` (options ``data``, ``fsdp``)."""
+def make_strategy(name: str = "mesh", devices: list[jax.Device] | None = None,
+                  **options: Any) -> Strategy:
+    """Strategy by name: ``single``, ``pmap`` or ``mesh`` (options ``data``, ``fsdp``), over
+    ``devices`` (default: all; ``single`` takes the first)."""
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
     if name == "mesh":
-        return Mesh(**options)
+        return Mesh(devices=devices, **options)
     if options:
         raise ValueError(f"strategy {name!r} takes no options; got {sorted(options)}")
-    return Single() if name == "single" else Pmap()
+    if name == "single":
+        return Single(devices[0] if devices else None)
+    return Pmap(devices)
+
+
+def strategy_from_config(section: Any, devices: list[jax.Device] | None = None) -> Strategy:
+    """The strategy of a config's ``parallel`` section (:class:`zoo.core.settings.
+    ParallelSettings` or a mapping of its keys): the one factory ``zoo train``, ``zoo eval`` and
+    ``zoo bench`` use."""
+    p = settings.parse(ParallelSettings, section, "parallel")
+    if p.strategy == "mesh":
+        return make_strategy("mesh", devices, data=p.data, fsdp=p.fsdp)
+    return make_strategy(p.strategy, devices)

@@ -15,6 +15,8 @@ import numpy as np
 import optax
 from flax import linen as nn
 
+from zoo import flops
+from zoo.core import settings
 from zoo.core.family import Family
 from zoo.core.step import Update
 
@@ -108,18 +110,19 @@ def reconstruction_loss(logits: jax.Array, x: jax.Array, kind: str) -> jax.Array
     raise ValueError(f"unknown reconstruction loss {kind!r}; choose one of {', '.join(LOSSES)}")
 
 
+ARCHS = {"mlp": MLPAutoencoder, "conv": ConvAutoencoder}
+
+
 def make_model(config) -> nn.Module:
+    """The module of ``model.arch`` (default mlp), its fields from the config's keys (the rest at
+    the module's defaults)."""
     arch = config.get("arch", "mlp")
-    shape = tuple(config.get("image_shape", (28, 28, 1)))
-    latent = int(config.get("latent_dim", 32))
-    if latent < 1:
-        raise ValueError(f"latent_dim must be >= 1, got {latent}")
-    remat = bool(config.get("remat", False))
-    if arch == "mlp":
-        return MLPAutoencoder(shape, tuple(config.get("hidden", (512, 256))), latent, remat)
-    if arch == "conv":
-        return ConvAutoencoder(shape, tuple(config.get("features", (32, 64))), latent, remat)
-    raise ValueError(f"unknown autoencoder arch {arch!r}; choose one of mlp, conv")
+    if arch not in ARCHS:
+        raise ValueError(f"unknown autoencoder arch {arch!r}; choose one of {', '.join(ARCHS)}")
+    model = ARCHS[arch](**settings.module_fields(ARCHS[arch], config))
+    if model.latent_dim < 1:
+        raise ValueError(f"latent_dim must be >= 1, got {model.latent_dim}")
+    return model
 
 
 def make_family(config) -> Family:
@@ -143,7 +146,7 @@ def make_family(config) -> Family:
         params = model.init(rng, jnp.asarray(batch["image"][:1]))["params"]
         return {"model": params}, {"model": {}}
 
-    shape = tuple(config.get("image_shape", (28, 28, 1)))
+    shape = tuple(model.image_shape)
     return Family(
         name="autoencoder",
         modules={"model": model},
@@ -151,5 +154,18 @@ def make_family(config) -> Family:
         objective=(Update("model", loss_fn),),
         eval_metrics=lambda *a: loss_fn(*a)[1],
         batch_spec={"image": jax.ShapeDtypeStruct(shape, jnp.float32)},
-        flops_per_example=None,
+        flops_per_example=train_flops_per_example(model),
     )
+
+
+# ---- FLOPs
+
+
+def train_flops_per_example(model: nn.Module) -> float | None:
+    """Forward+backward matmul FLOPs of one training example (:mod:`zoo.flops` conventions): the
+    MLP's Dense stack, whose input is data (no input gradient). None for the conv autoencoder:
+    its transposed convolutions have no closed form here yet."""
+    if not isinstance(model, MLPAutoencoder):
+        return None
+    d, hidden = int(np.prod(model.image_shape)), list(model.hidden)
+    return flops.mlp_train_flops([d, *hidden, model.latent_dim, *reversed(hidden), d])

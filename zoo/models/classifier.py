@@ -10,9 +10,10 @@ dropout, dense-10), after the Keras ``mnist_cnn`` example and the Flax MNIST exa
 set of params belongs to is read back from the params' shapes (:func:`model_from_params`), so
 ``features(params, images)`` needs nothing but the params.
 
-Train the classifier the metrics use, and save its params (1.7 MB)::
+Train the classifier the metrics use, like any family, and save its params (1.7 MB)::
 
-    python -m zoo.models.classifier configs/classifier_mnist_cnn.py --save zoo/assets/mnist_cnn.msgpack
+    zoo train --config configs/classifier_mnist_cnn.py --workdir /tmp/mnist_cnn
+    zoo export /tmp/mnist_cnn --format msgpack --out zoo/assets/mnist_cnn.msgpack
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ import optax
 from flax import linen as nn
 from flax import serialization
 
+from zoo import flops
+from zoo.core import settings
 from zoo.core.family import Family
 from zoo.core.step import Update
 
-ARCHS = ("logreg", "mlp", "cnn")
 ASSET_DIR = Path(__file__).resolve().parents[1] / "assets"
 DEFAULT_PARAMS_PATH = ASSET_DIR / "mnist_cnn.msgpack"
 
@@ -107,19 +109,17 @@ class CNN(nn.Module):
         return self.out(h)
 
 
+ARCHS = {"logreg": LogisticRegression, "mlp": MLP, "cnn": CNN}
+
+
 def make_model(config) -> nn.Module:
     """The classifier module from a model config (keys: arch, num_classes, hidden, features,
     dense, dropout, conv_dropout)."""
     arch = config.get("arch", "cnn")
-    k = int(config.get("num_classes", 10))
-    if arch == "logreg":
-        return LogisticRegression(k)
-    if arch == "mlp":
-        return MLP(tuple(config.get("hidden", (512, 512))), k, float(config.get("dropout", 0.2)))
-    if arch == "cnn":
-        return CNN(tuple(config.get("features", (32, 64))), int(config.get("dense", 128)), k,
-                   float(config.get("conv_dropout", 0.25)), float(config.get("dropout", 0.5)))
-    raise ValueError(f"unknown classifier arch {arch!r}; choose one of {', '.join(ARCHS)}")
+    if arch not in ARCHS:
+        raise ValueError(f"unknown classifier arch {arch!r}; choose one of {', '.join(ARCHS)}")
+    cls = ARCHS[arch]
+    return cls(**settings.module_fields(cls, config, rename={"features": "features_"}))
 
 
 def cross_entropy_metrics(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, dict]:
@@ -157,27 +157,8 @@ def make_family(config) -> Family:
         eval_metrics=eval_metrics,
         batch_spec={"image": jax.ShapeDtypeStruct(shape, jnp.float32),
                     "label": jax.ShapeDtypeStruct((), jnp.int32)},
-        flops_per_example=_flops_per_example(model, shape),
+        flops_per_example=train_flops_per_example(model, shape),
     )
-
-
-def _flops_per_example(model: nn.Module, shape: Sequence[int]) -> float:
-    """Forward+backward FLOPs per example: 3 x (2 x multiply-adds) of the conv and dense layers."""
-    h, w, c = shape
-    macs = 0
-    if isinstance(model, CNN):
-        for f in model.features_:
-            macs += h * w * c * f * 9
-            h, w, c = h // 2, w // 2, f
-        macs += h * w * c * model.dense + model.dense * model.num_classes
-    elif isinstance(model, MLP):
-        d = h * w * c
-        for n in model.hidden:
-            macs, d = macs + d * n, n
-        macs += d * model.num_classes
-    else:
-        macs = h * w * c * model.num_classes
-    return float(6 * macs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -264,42 +245,27 @@ def load_params(path: str | Path = DEFAULT_PARAMS_PATH) -> dict:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(
-            f"no classifier params at {path}; train them with `python -m zoo.models.classifier "
-            f"configs/classifier_mnist_cnn.py --save {path}`")
+            f"no classifier params at {path}; train them with `zoo train --config "
+            f"configs/classifier_mnist_cnn.py --workdir RUN` and `zoo export RUN --format msgpack "
+            f"--out {path}`")
     return serialization.msgpack_restore(path.read_bytes())
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
-    """``python -m zoo.models.classifier CONFIG [--save PATH] [--workdir DIR]``: train, evaluate on
-    the test split, optionally save the params. Prints the wall time and test metrics."""
-    import argparse
-    import json
-    import time
-
-    from zoo.config import load_config_file
-    from zoo.train import train
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("config", help="a configs/classifier_*.py file")
-    parser.add_argument("--save", default=None, help="write the trained params here")
-    parser.add_argument("--workdir", default=None)
-    parser.add_argument("--steps", type=int, default=None, help="override config.train.steps")
-    args = parser.parse_args(argv)
-    config = load_config_file(args.config)
-    if args.steps:
-        config.train.steps = args.steps
-    t0 = time.perf_counter()
-    result = train(config, args.workdir)
-    wall = time.perf_counter() - t0
-    params = result.strategy.to_host(result.state.params)["model"]
-    summary = {"config": args.config, "steps": int(config.train.steps), "wall_s": round(wall, 1),
-               "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
-               **{f"test_{k}": v for k, v in result.eval_metrics.items()}}
-    if args.save:
-        summary["saved"] = str(save_params(params, args.save))
-    print(json.dumps(summary))
-    return summary
+# ---- FLOPs
 
 
-if __name__ == "__main__":
-    main()
+def train_flops_per_example(model: nn.Module, shape: Sequence[int]) -> float:
+    """Forward+backward FLOPs of one training example (:mod:`zoo.flops` conventions): 3x the
+    forward of each conv and dense layer, less the first layer's input gradient (its input is
+    data, which nobody differentiates). Matches the train step's jaxpr count exactly."""
+    h, w, c = shape
+    if isinstance(model, CNN):  # 3x3 SAME convolutions, each followed by a 2x2 max-pool
+        layers = []
+        for f in model.features_:
+            layers.append(flops.conv2d_flops(1, (h, w), (3, 3), c, f))
+            h, w, c = h // 2, w // 2, f
+        layers += [flops.dense_flops(1, h * w * c, model.dense),
+                   flops.dense_flops(1, model.dense, model.num_classes)]
+        return flops.train_flops(sum(layers), layers[0])
+    hidden = tuple(model.hidden) if isinstance(model, MLP) else ()
+    return flops.mlp_train_flops([h * w * c, *hidden, model.num_classes])

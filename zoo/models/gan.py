@@ -38,12 +38,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from zoo.core.family import Family
-from zoo.sample import with_sample_fn
+from zoo import flops
+from zoo.core import settings
+from zoo.core.family import Family, ImageSampler
 from zoo.core.parallel import PMAP_AXIS
 from zoo.core.step import Update
 
-ARCHS = ("mlp", "dcgan")
 LOSSES = ("minimax", "non_saturating", "hinge", "wasserstein")
 CONDITIONINGS = ("projection", "concat")
 PLAYERS = ("generator", "discriminator")
@@ -214,32 +214,32 @@ def generator_loss(kind: str, fake: jax.Array) -> jax.Array:
 
 # ---- the family ----------------------------------------------------------------------------------
 
+ARCHS = {"mlp": (MLPGenerator, MLPDiscriminator), "dcgan": (DCGANGenerator, DCGANDiscriminator)}
+
+
 def make_players(config) -> tuple[nn.Module, nn.Module]:
+    """(generator, discriminator) of ``model.arch`` (default mlp), their fields from the config's
+    keys (``g_hidden`` / ``d_hidden``: each MLP player's ``hidden``), the rest at the modules'
+    defaults; settings they cannot build are refused."""
     arch = config.get("arch", "mlp")
-    shape = tuple(config.get("image_shape", (28, 28, 1)))
-    classes = int(config.get("num_classes", 0))
-    if classes < 0:
-        raise ValueError(f"num_classes must be >= 0 (0: unconditional), got {classes}")
-    conditioning = config.get("conditioning", "projection")
-    if conditioning not in CONDITIONINGS:
-        raise ValueError(f"unknown conditioning {conditioning!r}; choose one of "
+    if arch not in ARCHS:
+        raise ValueError(f"unknown GAN arch {arch!r}; choose one of {', '.join(ARCHS)}")
+    gen_cls, disc_cls = ARCHS[arch]
+    gen = gen_cls(**settings.module_fields(gen_cls, config, rename={"g_hidden": "hidden"}))
+    disc = disc_cls(**settings.module_fields(disc_cls, config, rename={"d_hidden": "hidden"}))
+    shape = tuple(gen.image_shape)
+    if gen.num_classes < 0:
+        raise ValueError(f"num_classes must be >= 0 (0: unconditional), got {gen.num_classes}")
+    if disc.conditioning not in CONDITIONINGS:
+        raise ValueError(f"unknown conditioning {disc.conditioning!r}; choose one of "
                          f"{', '.join(CONDITIONINGS)}")
-    embed = int(config.get("embed_dim", 10))
-    latent = int(config.get("latent_dim", 100))
-    if latent < 1:
-        raise ValueError(f"latent_dim must be >= 1, got {latent}")
-    if arch == "mlp":
-        return (MLPGenerator(shape, tuple(config.get("g_hidden", (256,))), classes, embed, latent),
-                MLPDiscriminator(shape, tuple(config.get("d_hidden", (256,))), classes,
-                                 conditioning, embed))
+    if gen.latent_dim < 1:
+        raise ValueError(f"latent_dim must be >= 1, got {gen.latent_dim}")
     if arch == "dcgan":
         if len(shape) != 3 or shape[0] != shape[1]:
             raise ValueError(f"DCGAN builds square images (H, W, C) with H == W; got {shape}")
         dcgan_base(shape[0])
-        features = int(config.get("features", 64))
-        return (DCGANGenerator(shape, features, classes, embed, latent),
-                DCGANDiscriminator(shape, features, classes, conditioning, embed))
-    raise ValueError(f"unknown GAN arch {arch!r}; choose one of {', '.join(ARCHS)}")
+    return gen, disc
 
 
 def _apply(module, params, state, *args, train: bool):
@@ -335,7 +335,7 @@ def make_family(config) -> Family:
     spec = {"image": jax.ShapeDtypeStruct(tuple(gen.image_shape), jnp.float32)}
     if conditional:
         spec["label"] = jax.ShapeDtypeStruct((), jnp.int32)
-    family = Family(
+    return Family(
         name="gan",
         modules={"generator": gen, "discriminator": disc},
         init=init,
@@ -343,13 +343,73 @@ def make_family(config) -> Family:
                    Update("generator", g_loss, prefix="g_")),
         eval_metrics=eval_metrics,
         batch_spec=spec,
+        flops_per_example=train_flops_per_example(gen, disc, n_critic, gp),
+        image_sampler=ImageSampler(player="generator", latent_dim=latent,
+                                   num_classes=gen.num_classes, title="GAN",
+                                   latent_name="noise",
+                                   decode=lambda params, state, z, labels: generate(
+                                       gen, params, state, z, labels)),
     )
-    return with_sample_fn(family)
 
 
-# ---- generation, for zoo.sample ----------------------------------------------------------------
+# ---- generation ----------------------------------------------------------------
 
 def generate(generator: nn.Module, params, model_state, z, labels=None) -> jax.Array:
     """Images in [0, 1] from noise z (eval-mode BatchNorm)."""
     x, _ = _apply(generator, params, model_state, z, labels, train=False)
     return (x.astype(jnp.float32) + 1.0) / 2.0
+
+
+# ---- FLOPs
+
+
+def train_flops_per_example(gen: nn.Module, disc: nn.Module, n_critic: int = 1,
+                            gradient_penalty: float = 0.0) -> float | None:
+    """Matmul and convolution FLOPs of one train step per example (:mod:`zoo.flops`
+    conventions; a transposed convolution's useful FLOPs). A D update, ``n_critic`` times: G
+    forward (no gradient), D on real and on fake images, forward and backward, with no gradient
+    into its input; then a G update: G forward and backward, D forward and its activation
+    gradients (D's weights are not differentiated). None with a gradient penalty, whose double
+    backward is not counted here."""
+    if gradient_penalty:
+        return None
+    g_fwd, g_free = _player_flops(gen)
+    d_fwd, d_free = _player_flops(disc)
+    d_update = g_fwd + 2 * flops.train_flops(d_fwd, d_free)
+    g_update = flops.train_flops(g_fwd, g_free) + 2 * d_fwd
+    return n_critic * d_update + g_update
+
+
+def _player_flops(player: nn.Module) -> tuple[float, float]:
+    """(forward FLOPs, FLOPs of the first layer's input gradient that nobody needs) of one
+    example through a player. That gradient is needed after all when a trained label embedding
+    is concatenated to the input (a conditional G; a D with ``conditioning="concat"``)."""
+    shape, classes = tuple(player.image_shape), player.num_classes
+    generator = isinstance(player, (MLPGenerator, DCGANGenerator))
+    embedded = bool(classes) and (generator or player.conditioning == "concat")
+    extra = player.embed_dim if embedded else 0
+    if isinstance(player, (MLPGenerator, MLPDiscriminator)):
+        pixels = int(np.prod(shape))
+        sizes = ([player.latent_dim + extra, *player.hidden, pixels] if generator
+                 else [pixels + extra, *player.hidden, 1])
+        first = flops.dense_flops(1, sizes[0], sizes[1])
+        return flops.mlp_forward_flops(sizes), 0.0 if embedded else first
+    size, c, f = shape[0], shape[-1], player.features
+    base, n = dcgan_base(size)
+    if generator:  # project to base x base, then n transposed convolutions double it
+        width = f * 2 ** (n - 1)
+        first = flops.dense_flops(1, player.latent_dim + extra, base * base * width)
+        forward, hw = first, base
+        for _ in range(n - 1):
+            forward += flops.conv_transpose2d_flops(1, (hw, hw), (4, 4), width, width // 2)
+            width, hw = width // 2, hw * 2
+        forward += flops.conv_transpose2d_flops(1, (hw, hw), (4, 4), width, c)
+    else:  # n stride-2 convolutions halve it, then one logit
+        first = flops.conv2d_flops(1, (size // 2, size // 2), (4, 4), c + extra, f)
+        forward, hw, cin = first, size // 2, f
+        for i in range(1, n):
+            hw //= 2
+            forward += flops.conv2d_flops(1, (hw, hw), (4, 4), cin, f * 2 ** i)
+            cin = f * 2 ** i
+        forward += flops.dense_flops(1, hw * hw * cin, 1)
+    return forward, 0.0 if embedded else first

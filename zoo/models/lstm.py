@@ -21,9 +21,10 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from zoo import flops
+from zoo.core import dtypes, settings
 from zoo.core.family import Family
 from zoo.core.step import PER_EXAMPLE, Update
-from zoo.models.transformer import UNITS, lm_metrics
+from zoo.models.language import check_unit, lm_metrics
 
 Carry = list  # per layer: (c, h), each (B, hidden_size)
 
@@ -84,23 +85,28 @@ class LSTMLM(nn.Module):
                               name="out")(x)
         return logits.astype(jnp.float32), new_carry
 
+    # The TextDecoder capability (zoo.core.family): what zoo.generate drives.
+    @property
+    def context(self) -> None:
+        return None  # a recurrent model reads sequences of any length
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+    def init_cache(self, batch_size: int) -> Carry:
+        return self.initial_carry(batch_size)
+
+    def extend(self, tokens: jax.Array, cache: Carry, start: jax.Array, lengths: jax.Array):
+        # The carry is the position: start is implicit. Steps past a row's length keep its carry.
+        return self(tokens, cache, seq_lengths=lengths)
 
 
 def make_model(config) -> LSTMLM:
     vocab = config.get("vocab_size", None)
     if not vocab:
         raise ValueError("the LSTM needs model.vocab_size (the tokenizer's vocabulary)")
-    dtype = config.get("dtype", "float32")
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    return LSTMLM(vocab_size=int(vocab), hidden_size=int(config.get("hidden_size", 200)),
-                  num_layers=int(config.get("num_layers", 2)),
-                  embed_dim=config.get("embed_dim", None) or None,
-                  dropout=float(config.get("dropout", 0.0)),
-                  tie_embeddings=bool(config.get("tie_embeddings", False)),
-                  init_scale=float(config.get("init_scale", 0.1)), dtype=DTYPES[dtype])
+    kwargs = settings.module_fields(LSTMLM, config, exclude=("dtype", "embed_dim"))
+    if config.get("dtype"):
+        kwargs["dtype"] = dtypes.dtype(config.get("dtype"), "model.dtype")
+    # embed_dim 0 (or unset): the hidden size.
+    return LSTMLM(**kwargs, embed_dim=config.get("embed_dim", None) or None)
 
 
 def _reset(carry: Carry, reset: jax.Array) -> Carry:
@@ -116,9 +122,7 @@ def make_family(config) -> Family:
     ``{PER_EXAMPLE: {"carry": [(c, h)] * num_layers}}``, each (global B, hidden_size)."""
     model = make_model(config)
     seq_len = int(config.get("seq_len", 35))
-    unit = config.get("unit", "word")
-    if unit not in UNITS:
-        raise ValueError(f"unknown unit {unit!r}; choose one of {', '.join(UNITS)}")
+    unit = check_unit(config.get("unit", "word"))
     carry_state = bool(config.get("carry_state", True))
 
     def loss_fn(params, model_state, batch, rng):
@@ -164,5 +168,9 @@ def make_family(config) -> Family:
         batch_spec={"tokens": jax.ShapeDtypeStruct((seq_len + 1,), jnp.int32),
                     "reset": jax.ShapeDtypeStruct((), jnp.int32)},
         flops_per_example=float(seq_len * per_token),
+        text_decoder=model,
+        text_batching=("stream", "the LSTM carries its state from batch to batch "
+                                 "(model.carry_state=True), which needs contiguous rows (or set "
+                                 "model.carry_state=False)") if carry_state else None,
     )
 

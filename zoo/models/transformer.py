@@ -19,12 +19,13 @@ import math
 import chex
 import jax
 import jax.numpy as jnp
-import optax
 from flax import linen as nn
 
 from zoo import flops
+from zoo.core import dtypes
 from zoo.core.family import Family
 from zoo.core.step import Update
+from zoo.models.language import check_unit, lm_metrics
 
 PRESETS = {
     # name: (n_layer, n_head, n_embd, block_size); GPT-2 sizes use GPT-2's 50257-token vocabulary.
@@ -36,8 +37,6 @@ PRESETS = {
     "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280, block_size=1024, vocab_size=50257),
     "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600, block_size=1024, vocab_size=50257),
 }
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-UNITS = ("char", "word", "token")
 
 
 class CausalSelfAttention(nn.Module):
@@ -166,6 +165,17 @@ class GPT(nn.Module):
             new_cache.append(layer_cache)
         return self._head(x), new_cache
 
+    # The TextDecoder capability (zoo.core.family): what zoo.generate drives.
+    @property
+    def context(self) -> int:
+        return self.block_size
+
+    def init_cache(self, batch_size: int) -> list:
+        return init_cache(self, batch_size)
+
+    def extend(self, tokens: jax.Array, cache: list, start: jax.Array, lengths: jax.Array):
+        return self.decode(tokens, cache, start)  # causal: padding after lengths is never read
+
 
 def init_cache(model: GPT, batch_size: int, max_len: int | None = None, dtype=None) -> list:
     """An empty key/value cache: one ``{"k", "v"}`` of shape (B, max_len, heads, head_dim) per
@@ -189,28 +199,13 @@ def model_kwargs(config) -> dict:
             kw[key] = value
     if "vocab_size" not in kw:
         raise ValueError("the transformer needs model.vocab_size (the tokenizer's vocabulary)")
-    dtype = config.get("dtype", "float32")
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    kw["dtype"] = DTYPES[dtype]
+    kw["dtype"] = dtypes.dtype(config.get("dtype", "float32"), "model.dtype")
     kw["attention_impl"] = kw.get("attention_impl") or None
     return kw
 
 
 def make_model(config) -> GPT:
     return GPT(**model_kwargs(config))
-
-
-def lm_metrics(logits: jax.Array, targets: jax.Array, unit: str) -> tuple[jax.Array, dict]:
-    """Mean next-token cross-entropy (nats), with perplexity (words) or bits per character."""
-    loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
-        logits.astype(jnp.float32), targets))
-    metrics = {"loss": loss}
-    if unit == "char":
-        metrics["bits_per_char"] = loss / jnp.log(2.0)
-    else:
-        metrics["perplexity"] = jnp.exp(loss)
-    return loss, metrics
 
 
 def make_family(config) -> Family:
@@ -221,9 +216,7 @@ def make_family(config) -> Family:
     seq_len = int(config.get("seq_len", None) or model.block_size)
     if seq_len > model.block_size:
         raise ValueError(f"seq_len={seq_len} exceeds the model's context of {model.block_size}")
-    unit = config.get("unit", "char")
-    if unit not in UNITS:
-        raise ValueError(f"unknown unit {unit!r}; choose one of {', '.join(UNITS)}")
+    unit = check_unit(config.get("unit", "char"))
 
     def loss_fn(params, model_state, batch, rng):
         tokens = batch["tokens"]
@@ -252,4 +245,7 @@ def make_family(config) -> Family:
         eval_metrics=eval_metrics,
         batch_spec={"tokens": jax.ShapeDtypeStruct((seq_len + 1,), jnp.int32)},
         flops_per_example=float(seq_len * per_token),
+        text_decoder=model,
+        text_batching=("random", "the transformer trains on random windows ('stream' lays out "
+                                 "contiguous rows for an LSTM's carried state)"),
     )

@@ -26,8 +26,9 @@ import numpy as np
 import optax
 from flax import linen as nn
 
-from zoo.core.family import Family
-from zoo.sample import with_sample_fn
+from zoo import flops
+from zoo.core import settings
+from zoo.core.family import Family, ImageSampler
 from zoo.core.step import Update
 
 ARCHS = ("mlp", "conv")
@@ -233,31 +234,27 @@ def iwae_bound(model: VAE, params, x, y, rng, *, k: int = 5000, chunk: int = 100
 
 
 def make_model(config) -> VAE:
-    arch = config.get("arch", "mlp")
-    if arch not in ARCHS:
-        raise ValueError(f"unknown VAE arch {arch!r}; choose one of {', '.join(ARCHS)}")
-    likelihood = config.get("likelihood", "bernoulli")
-    if likelihood not in LIKELIHOODS:
-        raise ValueError(f"unknown VAE likelihood {likelihood!r}; choose one of "
+    """The VAE of a model config: its fields from the config's keys, the rest at the module's
+    defaults; settings it cannot build are refused."""
+    m = VAE(**settings.module_fields(VAE, config))
+    if m.arch not in ARCHS:
+        raise ValueError(f"unknown VAE arch {m.arch!r}; choose one of {', '.join(ARCHS)}")
+    if m.likelihood not in LIKELIHOODS:
+        raise ValueError(f"unknown VAE likelihood {m.likelihood!r}; choose one of "
                          f"{', '.join(LIKELIHOODS)}")
-    latent = int(config.get("latent_dim", 16))
-    if latent < 1:
+    if m.latent_dim < 1:
         raise ValueError(f"latent_dim must be >= 1 (2 gives a plottable latent space), "
-                         f"got {latent}")
-    shape = tuple(config.get("image_shape", (28, 28, 1)))
-    features = tuple(config.get("features", (32, 64)))
-    if arch == "conv" and (shape[0] % 2 ** len(features) or shape[1] % 2 ** len(features)):
-        raise ValueError(f"the conv VAE halves the image {len(features)} times; image size "
-                         f"{shape[0]}x{shape[1]} must be divisible by {2 ** len(features)}")
-    num_classes = int(config.get("num_classes", 0))
-    if num_classes < 0:
-        raise ValueError(f"num_classes must be >= 0 (0: unconditional), got {num_classes}")
-    activation = config.get("activation", "relu")
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {activation!r}; choose one of "
+                         f"got {m.latent_dim}")
+    down = 2 ** len(m.features)
+    if m.arch == "conv" and (m.image_shape[0] % down or m.image_shape[1] % down):
+        raise ValueError(f"the conv VAE halves the image {len(m.features)} times; image size "
+                         f"{m.image_shape[0]}x{m.image_shape[1]} must be divisible by {down}")
+    if m.num_classes < 0:
+        raise ValueError(f"num_classes must be >= 0 (0: unconditional), got {m.num_classes}")
+    if m.activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {m.activation!r}; choose one of "
                          f"{', '.join(ACTIVATIONS)}")
-    return VAE(shape, arch, tuple(config.get("hidden", (512, 256))), features, latent, likelihood,
-               num_classes, activation)
+    return m
 
 
 def binarises(config) -> bool:
@@ -268,8 +265,9 @@ def binarises(config) -> bool:
 
 def make_family(config) -> Family:
     """The VAE family. Model config keys: arch (mlp, conv), image_shape, hidden, activation (relu,
-    tanh; MLP), features, latent_dim, likelihood (bernoulli, gaussian), binarize (dynamic binarisation, default on for
-    Bernoulli), num_classes (> 0: conditional VAE on ``batch["label"]``)."""
+    tanh; MLP), features, latent_dim, likelihood (bernoulli, gaussian), binarize (dynamic
+    binarisation, default on for Bernoulli), num_classes (> 0: conditional VAE on
+    ``batch["label"]``). It draws images and estimates log p(x) (IWAE)."""
     model = make_model(config)
     binarise = binarises(config)
     conditional = model.num_classes > 0
@@ -292,13 +290,24 @@ def make_family(config) -> Family:
     spec = {"image": jax.ShapeDtypeStruct(model.image_shape, jnp.float32)}
     if conditional:
         spec["label"] = jax.ShapeDtypeStruct((), jnp.int32)
-    family = Family(name="vae", modules={PLAYER: model}, init=init,
-                    objective=(Update(PLAYER, loss_fn),),
-                    eval_metrics=lambda *a: loss_fn(*a)[1], batch_spec=spec)
-    return with_sample_fn(family)
+    sampler = ImageSampler(
+        player=PLAYER, latent_dim=model.latent_dim, num_classes=model.num_classes,
+        decode=lambda params, model_state, z, labels: decode_images(model, params, z, labels),
+        encode=lambda params, x, labels: encode_means(model, params, x, labels), title="VAE")
+
+    def log_likelihood(params, images, labels=None, *, k: int = 5000, seed: int = 0) -> float:
+        # Images binarised as in training: IWAE bounds the likelihood the model was fit to.
+        return test_log_likelihood(model, params[PLAYER], images, labels, k=k,
+                                   chunk=math.gcd(k, 100), seed=seed, binarise=binarise)
+
+    return Family(name="vae", modules={PLAYER: model}, init=init,
+                  objective=(Update(PLAYER, loss_fn),),
+                  flops_per_example=train_flops_per_example(model),
+                  eval_metrics=lambda *a: loss_fn(*a)[1], batch_spec=spec,
+                  image_sampler=sampler, log_likelihood=log_likelihood)
 
 
-# ---- generation, for zoo.sample ----------------------------------------------------------------
+# ---- generation and likelihood ----------------------------------------------------------------
 
 def generate(model: VAE, params, rng, n: int, labels=None) -> jax.Array:
     """n images E[x | z], z ~ N(0, I), in [0, 1]."""
@@ -320,12 +329,12 @@ def reconstruct(model: VAE, params, x, labels=None) -> jax.Array:
     return decode_images(model, params, encode_means(model, params, x, labels), labels)
 
 
-def test_log_likelihood(family: Family, params, images, labels=None, *, k: int = 5000,
+def test_log_likelihood(model: VAE, params, images, labels=None, *, k: int = 5000,
                         chunk: int = 100, batch_size: int = 100, seed: int = 0,
                         binarise: bool = True) -> float:
-    """Mean IWAE-k estimate of log p(x) in nats over ``images`` (dynamically binarised once)."""
-    model = family.modules[PLAYER]
-    p = params[PLAYER] if PLAYER in params else params
+    """Mean IWAE-k estimate of log p(x) in nats over ``images`` (dynamically binarised once
+    with ``binarise``), in batches of ``batch_size`` (a remainder is left out)."""
+    p = params
     fn = jax.jit(lambda x, y, key: iwae_bound(model, p, x, y, key, k=k, chunk=chunk))
     rng, total = jax.random.PRNGKey(seed), 0.0
     n = (len(images) // batch_size) * batch_size
@@ -339,3 +348,21 @@ def test_log_likelihood(family: Family, params, images, labels=None, *, k: int =
             labels[start:start + batch_size])
         total += float(jnp.sum(fn(x, y, key)))
     return total / n
+
+
+# ---- FLOPs
+
+
+def train_flops_per_example(model: VAE) -> float | None:
+    """Forward+backward matmul FLOPs of one training example (:mod:`zoo.flops` conventions) of
+    the MLP VAE: the encoder (its input is data: no input gradient), the mean and log-variance
+    heads, and the decoder (its input z needs a gradient). A conditional VAE's one-hot label
+    widens the first layer of each. None for the conv VAE: its transposed convolutions have no
+    closed form here yet."""
+    if model.arch != "mlp":
+        return None
+    d, k, hidden = int(np.prod(model.image_shape)), model.num_classes, list(model.hidden)
+    encoder = flops.mlp_train_flops([d + k, *hidden])
+    heads = 2 * flops.dense_flops(1, hidden[-1] if hidden else d + k, model.latent_dim)
+    decoder = flops.mlp_forward_flops([model.latent_dim + k, *reversed(hidden), d])
+    return encoder + flops.train_flops(heads, 0 if hidden else heads) + flops.train_flops(decoder)

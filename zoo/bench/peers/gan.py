@@ -14,16 +14,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from benchmarks.peers.common import Peer, to_tensor
+from zoo.bench.peers.common import Peer, to_tensor
+from zoo.models.gan import dcgan_base
 
 BN = dict(momentum=0.1, eps=1e-5)  # torch momentum 0.1 == flax momentum 0.9
-
-
-def dcgan_base(size: int) -> tuple[int, int]:
-    base, n = int(size), 0
-    while base % 2 == 0 and base > 7:
-        base, n = base // 2, n + 1
-    return base, n
 
 
 class DCGANGenerator(nn.Module):

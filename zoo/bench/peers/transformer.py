@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from benchmarks.peers.common import Peer, to_tensor
+from zoo.bench.peers.common import Peer, to_tensor
 
 PRESETS = {
     "tiny": dict(n_layer=2, n_head=2, n_embd=64, block_size=64),

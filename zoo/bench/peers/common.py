@@ -28,6 +28,13 @@ def make_optimizer(params, config: Mapping) -> torch.optim.Optimizer:
         return cls(params, foreach=True, **kwargs)
 
 
+def player_config(optimizer_config: Mapping, player: str) -> Mapping:
+    """``player``'s optimizer config: ``optimizer_config[player]`` when it is given per player,
+    else ``optimizer_config`` itself (one config for every player)."""
+    own = optimizer_config.get(player)
+    return own if isinstance(own, Mapping) else optimizer_config
+
+
 def to_tensor(x, device, dtype=None) -> torch.Tensor:
     t = torch.from_numpy(np.ascontiguousarray(x)).to(device)
     return t if dtype is None else t.to(dtype)
@@ -42,13 +49,14 @@ class Peer:
     """One training step of a torch model: ``loss = peer.step()``.
 
     Subclasses set ``self.players`` (name -> ``nn.Module``, the same players as the zoo family)
-    and implement ``step``. ``compile()`` swaps each player's forward for ``torch.compile`` 's.
+    and implement ``step``; ``optimizer_config`` is one config for every player or a mapping of
+    player to config. ``compile()`` swaps each player's forward for ``torch.compile`` 's.
     """
 
     def __init__(self, players: dict[str, nn.Module], optimizer_config: Mapping, device: str):
         self.device = device
         self.players = {k: m.to(device) for k, m in players.items()}
-        self.optimizers = {k: make_optimizer(m.parameters(), optimizer_config)
+        self.optimizers = {k: make_optimizer(m.parameters(), player_config(optimizer_config, k))
                            for k, m in self.players.items()}
         self.fn = dict(self.players)  # what step() calls: the module or its compiled form
         self.compiled = False

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from benchmarks.peers.common import Peer, to_tensor
+from zoo.bench.peers.common import Peer, to_tensor
 
 
 class MLPAutoencoder(nn.Module):

@@ -1,0 +1,109 @@
+"""``zoo bench``'s command line: :func:`main` parses the options and runs a suite.
+
+Nothing heavy is imported until :func:`main` has set the environment JAX and PyTorch read when
+they start (so this module is safe to import first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import os
+from pathlib import Path
+from typing import Sequence
+
+from zoo.bench import catalog, hardware
+
+
+def _csv(s: str) -> tuple[str, ...]:
+    return tuple(x for x in s.split(",") if x)
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="zoo bench",
+        description="Benchmark zoo's model families (throughput, MFU, compile time, memory, "
+                    "scaling) against PyTorch peers. With no arguments: the quick suite (~2 min "
+                    "on a 2-core CPU), printing a markdown table.")
+    p.add_argument("--suite", default="quick", choices=catalog.SUITES)
+    p.add_argument("--cases", type=_csv, default=None, help="comma-separated case names")
+    p.add_argument("--strategies", type=_csv, default=None, help="e.g. single,pmap,mesh")
+    p.add_argument("--peers", type=_csv, default=None,
+                   help="PyTorch modes: eager,compile ('' or none: no peers)")
+    p.add_argument("--torch-compile", action="store_true", help="add torch.compile to the peers")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU cores for both zoo and the peers (the process is pinned to its first "
+                        "N cores; the peers get N threads); default: all cores")
+    p.add_argument("--torch-threads", default=None,
+                   help="CPU threads for the peers only: a number, or auto (the faster of all "
+                        "cores and 1, timed per peer); default: as --threads")
+    p.add_argument("--sweep", type=lambda s: tuple(int(x) for x in _csv(s)), default=None,
+                   help="device counts to sweep, e.g. 1,2,4,8 ('' : none)")
+    p.add_argument("--sweep-strategies", type=_csv, default=("pmap", "mesh"))
+    p.add_argument("--sweep-cases", type=_csv, default=None)
+    p.add_argument("--steps", type=int, default=None, help="timed steps per contender (>= 20)")
+    p.add_argument("--warmup", type=int, default=None)
+    p.add_argument("--rounds", type=int, default=4, help="alternating rounds")
+    p.add_argument("--no-peak", action="store_true", help="skip the measured matmul peak")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--out", default=None,
+                   help="output folder (default bench_results/<platform>-<UTC time>)")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    return p.parse_args(list(argv))
+
+
+def _torch_threads(args) -> int | str:
+    if args.torch_threads == "auto":
+        return "auto"
+    if args.torch_threads:
+        return int(args.torch_threads)
+    return args.threads or hardware.cores()
+
+
+def main(argv: Sequence[str]) -> int:
+    """``zoo bench [options]`` (also ``python -m zoo.bench``); returns the exit status."""
+    # On a GPU the PyTorch peers share the device: JAX must not grab 75% of its memory up front.
+    # (Only works before JAX starts its backend, so `zoo bench` must not touch JAX before this.)
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    # PyTorch's OpenMP threads spin for a while after each parallel region; with zoo's and the
+    # peer's steps alternating, that spinning steals the cores from zoo's next steps (measured:
+    # zoo's autoencoder step 14.9 ms alternating with spinning threads, 10.5 ms without). Passive
+    # waiting lets each contender have the machine for its own steps. Set before torch loads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    args = parse_args(argv)
+    if args.threads:
+        hardware.limit_cores(args.threads)
+    if args.worker is not None:
+        from zoo.bench.suites import worker
+        return worker(args.worker)
+    strategies, peers, sweep, sweep_cases, steps, warmup = catalog.SUITE_DEFAULTS[args.suite]
+    strategies = args.strategies or strategies
+    peers = tuple(x for x in (args.peers if args.peers is not None else peers) if x != "none")
+    if args.torch_compile and "compile" not in peers:
+        peers = peers + ("compile",)
+    sweep = args.sweep if args.sweep is not None else sweep
+    sweep_cases = args.sweep_cases or sweep_cases
+    steps = args.steps or steps
+    warmup = args.warmup if args.warmup is not None else warmup
+    for s in strategies + tuple(args.sweep_strategies):
+        if s not in ("single", "pmap", "mesh"):
+            raise SystemExit(f"zoo bench: unknown strategy {s!r}; choose single, pmap, mesh")
+    for m in peers:
+        if m not in ("eager", "compile"):
+            raise SystemExit(f"zoo bench: unknown peer mode {m!r}; choose eager, compile")
+    from zoo.bench.report import markdown_report, write_report
+    from zoo.bench.suites import run_suite
+    result = run_suite(suite=args.suite, cases=args.cases, strategies=strategies, peers=peers,
+                       sweep=sweep, sweep_strategies=args.sweep_strategies,
+                       sweep_cases=sweep_cases, warmup=warmup, steps=steps, rounds=args.rounds,
+                       peak=not args.no_peak,
+                       torch_threads=_torch_threads(args))
+    result["meta"]["threads"] = args.threads or hardware.cores()
+    result["meta"]["command"] = " ".join(["zoo bench", *argv]).strip()
+    out = Path(args.out) if args.out else Path("bench_results") / (
+        f"{result['meta']['platform']}-{_dt.datetime.now(_dt.timezone.utc):%Y%m%d-%H%M%S}")
+    paths = write_report(result, out, plots=not args.no_plots)
+    print()
+    print(markdown_report(result))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 1 if any("error" in r and r["framework"] == "zoo" for r in result["records"]) else 0

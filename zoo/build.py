@@ -1,0 +1,127 @@
+"""A run built from its config: family, strategy, data, initial state and compiled steps.
+
+``build(config)`` is what ``zoo train`` and ``zoo eval`` start from; :func:`initial_state` and
+:func:`compile_steps` are the pieces ``zoo bench`` reuses, so a benchmark builds its strategy,
+optimizers and steps exactly as training does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+
+from zoo import input_pipeline, models
+from zoo.core import compiled, dtypes, optim, parallel, settings
+from zoo.core import step as step_lib
+from zoo.core.settings import RunSettings, TrainSettings
+from zoo.core.family import Family
+from zoo.core.train_state import TrainState
+
+NONFINITE_POLICIES = ("stop", "skip")
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything built from a config, before training starts."""
+
+    config: Any                       # the config, with model.vocab_size filled in for text
+    settings: RunSettings             # the config parsed (what the layers below are handed)
+    family: Family
+    strategy: parallel.Strategy
+    template: TrainState              # host state at step 0 (shapes, optimizers)
+    train_step: compiled.CompiledStep
+    eval_step: compiled.CompiledStep
+    data: input_pipeline.RunData
+
+
+def make_optimizers(family: Family, config, players) -> dict[str, Any]:
+    """Each player's optax optimizer: ``optimizers.<player>`` where the config has one, else
+    ``optimizer``. A schedule runs over a player's updates: n per step for a player updated n
+    times a step (a GAN critic's n_critic), so it ends with training, not n times too early.
+    ``config``: a run config or its :class:`zoo.core.settings.RunSettings`."""
+    run = RunSettings.parse(config)
+    updates = step_lib.updates_per_step(family.objective)
+    return {p: optim.make_optimizer(run.optimizer_of(p), run.train.steps * updates.get(p, 1))
+            for p in players}
+
+
+def initial_state(family: Family, config, example) -> TrainState:
+    """The run's host TrainState at step 0: params from ``train.seed``, each player's optimizer
+    (:func:`make_optimizers`), the step rng from ``train.seed + 1``."""
+    seed = RunSettings.parse(config).train.seed
+    params, model_state = family.init(jax.random.PRNGKey(seed), example)
+    return TrainState.create(params=params, tx=make_optimizers(family, config, params),
+                             model_state=model_state, rng=jax.random.PRNGKey(seed + 1))
+
+
+def compile_steps(family: Family, strategy: parallel.Strategy, train_config
+                  ) -> tuple[compiled.CompiledStep, compiled.CompiledStep]:
+    """The family's train and eval steps under ``strategy``, as ``train_config`` (a ``train``
+    section or :class:`zoo.core.settings.TrainSettings`) asks: ``grad_accum_steps``,
+    ``compute_dtype``, ``remat``, ``nonfinite``."""
+    tc = settings.parse(TrainSettings, train_config, "train")
+    if tc.nonfinite not in NONFINITE_POLICIES:
+        raise ValueError(f"unknown train.nonfinite {tc.nonfinite!r}; choose one of "
+                         f"{', '.join(NONFINITE_POLICIES)}")
+    dtype = dtypes.compute_dtype(tc.compute_dtype)
+    train_step = compiled.compile_train_step(
+        family.objective, strategy, batch_spec=family.batch_spec,
+        grad_accum_steps=tc.grad_accum_steps, compute_dtype=dtype, remat=tc.remat,
+        skip_nonfinite=tc.nonfinite == "skip")
+    eval_step = compiled.compile_eval_step(family.eval_metrics, strategy,
+                                           batch_spec=family.batch_spec, compute_dtype=dtype)
+    return train_step, eval_step
+
+
+def build(config, *, train: bool = True, eval_split: str | None = None,
+          tokenizer: dict | None = None) -> Run:
+    """Family, strategy, data, initial state and compiled steps from a config.
+
+    The config is parsed here, once (:class:`zoo.core.settings.RunSettings`); the layers below
+    get its typed sections. ``train=False`` loads only the evaluation split (``eval_split``,
+    default the config's). For text, ``tokenizer`` is a saved tokenizer's ``to_config()`` (a
+    resumed or evaluated run uses the one it trained with); otherwise one is built from the
+    training split.
+    """
+    run = RunSettings.parse(config)
+    input_pipeline.check_dataset(run.data)
+    text_tokenizer = None
+    if input_pipeline.is_text(run.data):
+        text_tokenizer = input_pipeline.make_tokenizer(run.data, tokenizer)
+        config = input_pipeline.fill_model_config(config, text_tokenizer)
+        run = dataclasses.replace(run, model=dict(config.model.items()))
+    family = models.make_family(run.model)
+    if text_tokenizer is not None:
+        input_pipeline.check_batching(run.data, family)
+    strategy = parallel.strategy_from_config(run.parallel)
+    tc = run.train
+    # Fail before loading data or compiling if the batch cannot be split as asked.
+    parallel.check_divisible(run.data.batch_size, strategy.num_shards, "devices",
+                             tc.grad_accum_steps)
+    data = input_pipeline.make_run_data(run.data, family, seed=tc.seed, train=train,
+                                        eval_split=eval_split, tokenizer=text_tokenizer)
+    try:  # before training: a failing evaluation at the end would cost the last checkpoint
+        parallel.check_divisible(data.eval_batch_size, strategy.num_shards, "devices")
+    except ValueError as e:
+        raise ValueError(f"data.eval_batch_size: evaluation on {data.eval_split}: {e}") from None
+    template = initial_state(family, run, data.example)
+    check_best_metric(tc.best_metric, family, template, data.example)
+    train_step, eval_step = compile_steps(family, strategy, tc)
+    return Run(config, run, family, strategy, template, train_step, eval_step, data)
+
+
+def check_best_metric(name: str, family: Family, template: TrainState, example) -> None:
+    """Refuses a ``train.best_metric`` that evaluation will not report (an abstract trace)."""
+    if not name:
+        return
+    out = jax.eval_shape(family.eval_metrics, template.params, template.model_state, example,
+                         jax.random.PRNGKey(0))
+    names = (out[0] if isinstance(out, tuple) else out).keys()  # (metrics, model_state): stateful
+    if name not in names:
+        raise ValueError(f"train.best_metric={name!r} is not an eval metric of the "
+                         f"{family.name} family; choose one of {', '.join(sorted(names))}, or '' "
+                         "to keep only the latest checkpoints")
+
+
