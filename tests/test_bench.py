@@ -185,3 +185,36 @@ def test_zoo_runner_builds_the_case_as_zoo_train_does():
     peer = PeerRunner(case, runner.host_batch, players=runner.players).peer
     assert peer.optimizers["generator"].param_groups[0]["lr"] == 1e-4
     assert peer.optimizers["discriminator"].param_groups[0]["lr"] == base.optimizer["learning_rate"]
+
+
+def test_compile_only_compiles_at_full_size_without_allocating(tmp_path, capsys):
+    """``--compile-only`` (what checks the GPU suite on a CPU): abstract inputs, the case's real
+    parameter count (against an actual init), the family's FLOPs, XLA's and the memory estimate;
+    a case that cannot compile is an error record and a non-zero exit."""
+    from zoo.bench import compile_only
+
+    (record,) = compile_only.run_compile_only("tiny", ["vae-mlp"], log=lambda s: None)
+    case = next(c for c in catalog.suite_cases("tiny")[0] if c.name == "vae-mlp")
+    family = models.make_family(case.model_config())
+    batch = zoo_runner.synthetic_batch(family.batch_spec, case.batch_size)
+    params, _ = family.init(jax.random.PRNGKey(0), batch)
+    assert record["param_count"] == sum(int(np.size(x)) for x in jax.tree.leaves(params))
+    assert record["flops_per_step_family"] == family.flops_per_example * case.batch_size
+    # XLA counts the same matmuls plus the elementwise work: within a few tens of percent.
+    assert 0.8 < record["flops_per_step_xla"] / record["flops_per_step_family"] < 2.0
+    memory = record["memory_analysis"]
+    assert memory["argument_size_in_bytes"] >= 4 * record["param_count"] * 3  # params + 2 Adam
+    assert record["peak_bytes_estimate"] >= memory["argument_size_in_bytes"] - memory.get(
+        "alias_size_in_bytes", 0)
+    # Under a mesh over the 8 test devices: batch 16 splits; the transformer's batch of 4 cannot.
+    mesh, bad = compile_only.run_compile_only("tiny", ["autoencoder-mlp", "transformer"],
+                                              strategy="mesh", log=lambda s: None)
+    assert mesh["devices"] == jax.device_count() == 8 and mesh["compile_s"] > 0
+    assert "does not divide" in bad["error"] and "param_count" not in bad
+    with pytest.raises(ValueError, match="single or mesh"):
+        compile_only.compile_case(case, "pmap")
+    assert bench_main(["--suite", "tiny", "--cases", "lstm", "--compile-only",
+                       "--out", str(tmp_path)]) == 0
+    saved = json.loads((tmp_path / "compile_only.json").read_text())
+    assert [r["case"] for r in saved["records"]] == ["lstm"] and "jax" in saved["meta"]
+    assert "| lstm |" in capsys.readouterr().out

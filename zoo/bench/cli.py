@@ -46,6 +46,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=4, help="alternating rounds")
     p.add_argument("--no-peak", action="store_true", help="skip the measured matmul peak")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--compile-only", action="store_true",
+                   help="lower and compile every case at full size on abstract inputs (nothing "
+                        "allocated, no step run): FLOPs and memory_analysis per case, e.g. the "
+                        "gpu suite on a CPU before any GPU time")
     p.add_argument("--out", default=None,
                    help="output folder (default bench_results/<platform>-<UTC time>)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -58,6 +62,27 @@ def _torch_threads(args) -> int | str:
     if args.torch_threads:
         return int(args.torch_threads)
     return args.threads or hardware.cores()
+
+
+def _compile_only(args, strategies, argv) -> int:
+    """``--compile-only``: lower and compile each case at full size (abstract inputs), report
+    FLOPs and memory, write ``compile_only.json`` / ``.md``; non-zero if a case fails."""
+    import json
+
+    from zoo.bench import compile_only
+    strategy = next((s for s in strategies if s in ("single", "mesh")), "single")
+    records = compile_only.run_compile_only(args.suite, args.cases, strategy)
+    table = compile_only.compile_only_table(records)
+    out = Path(args.out) if args.out else Path("bench_results") / (
+        f"compile-only-{args.suite}-{_dt.datetime.now(_dt.timezone.utc):%Y%m%d-%H%M%S}")
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"command": " ".join(["zoo bench", *argv]).strip(), **hardware.environment()}
+    (out / "compile_only.json").write_text(json.dumps({"meta": meta, "records": records},
+                                                      indent=2, default=str))
+    (out / "compile_only.md").write_text(table + "\n")
+    print(table)
+    print(f"wrote {out / 'compile_only.json'}, {out / 'compile_only.md'}")
+    return 1 if any("error" in r for r in records) else 0
 
 
 def main(argv: Sequence[str]) -> int:
@@ -91,6 +116,8 @@ def main(argv: Sequence[str]) -> int:
     for m in peers:
         if m not in ("eager", "compile"):
             raise SystemExit(f"zoo bench: unknown peer mode {m!r}; choose eager, compile")
+    if args.compile_only:
+        return _compile_only(args, strategies, argv)
     from zoo.bench.report import markdown_report, write_report
     from zoo.bench.suites import run_suite
     result = run_suite(suite=args.suite, cases=args.cases, strategies=strategies, peers=peers,
