@@ -241,6 +241,27 @@ def test_train_writes_samples_only_when_handed_a_sampler(tmp_path):
     assert (tmp_path / "vae" / "samples" / "step_0000002" / "samples.png").is_file()
 
 
+@pytest.mark.parametrize("override, message", [
+    ("--config.train.steps=0", "train.steps=0 must be >= 1"),
+    ("--config.train.steps=-5", "train.steps=-5 must be >= 1"),
+    ("--config.data.batch_size=0", "data.batch_size=0 must be >= 1"),
+    ("--config.train.grad_accum_steps=0", "train.grad_accum_steps=0 must be >= 1"),
+    ("--config.train.log_every=0", "train.log_every=0 must be >= 1"),
+])
+def test_settings_that_would_do_nothing_or_divide_by_zero_are_one_line_errors(override, message,
+                                                                             tmp_path, capsys):
+    # Before: steps=0 exited 0 having done nothing; batch_size=0 was a ZeroDivisionError.
+    assert cli.main(["train", "--config", CONFIG, "--workdir", str(tmp_path), override]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"zoo train: error: {message}" and not (tmp_path / "checkpoints").exists()
+
+
+def test_zoo_train_without_a_workdir_says_nothing_is_saved(capsys):
+    assert cli.main(["train", "--config", CONFIG, *SMALL, "--config.train.steps=1"]) == 0
+    assert "no --workdir: checkpoints, metrics and samples will not be saved" in \
+        capsys.readouterr().err
+
+
 def test_bad_config_key_lists_the_nearest(capsys):
     code = cli.main(["train", "--config", CONFIG, "--config.train.stpes=5"])
     err = capsys.readouterr().err

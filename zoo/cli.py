@@ -14,6 +14,9 @@ def _train(args, overrides) -> int:
     from zoo import sample, train
 
     config = config_lib.apply_overrides(config_lib.load_config_file(args.config), overrides)
+    if args.workdir is None:
+        print("zoo train: no --workdir: checkpoints, metrics and samples will not be saved",
+              file=sys.stderr)
     train.train(config, args.workdir, make_sampler=sample.run_sampler)
     return 0
 

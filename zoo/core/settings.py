@@ -128,6 +128,17 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
     return value
 
 
+# The smallest value each counted setting may take: below it a run would do nothing (steps=0) or
+# divide by zero (batch_size=0), so it is refused with its name before anything is built.
+MINIMUMS = {
+    "DataSettings": {"batch_size": 1, "eval_batch_size": 0, "synthetic_size": 1,
+                     "synthetic_vocab": 2, "seq_len": 0},
+    "ParallelSettings": {"fsdp": 1},
+    "TrainSettings": {"steps": 1, "log_every": 1, "eval_every": 0, "checkpoint_every": 0,
+                      "keep_checkpoints": 1, "grad_accum_steps": 1, "sample_tokens": 0},
+}
+
+
 def parse(cls: type[T], section: Any, name: str = "") -> T:
     """``section`` (a mapping, or already a ``cls``) as a ``cls``; missing keys take the
     defaults, unknown keys are refused. ``name`` (``"train"``) is what errors call it."""
@@ -146,6 +157,9 @@ def parse(cls: type[T], section: Any, name: str = "") -> T:
         raise ValueError(f"{name} has no key(s) {', '.join(unknown)}; its keys: "
                          f"{', '.join(fields)}")
     values = {k: _coerce(v, fields[k].default, f"{name}.{k}") for k, v in items.items()}
+    for key, low in MINIMUMS.get(cls.__name__, {}).items():
+        if key in values and values[key] < low:
+            raise ValueError(f"{name}.{key}={values[key]} must be >= {low}")
     return cls(**values)
 
 
