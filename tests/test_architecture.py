@@ -16,7 +16,7 @@ ZOO = Path(__file__).resolve().parents[1] / "zoo"
 LAYERS = (
     ("core and leaf helpers", ("zoo", "zoo.core", "zoo.flops", "zoo.config")),
     ("models", ("zoo.models",)),
-    ("data", ("zoo.tokenizers", "zoo.data", "zoo.text_data", "zoo.input_pipeline",
+    ("data", ("zoo.tokenizers", "zoo.token_files", "zoo.data", "zoo.text_data", "zoo.input_pipeline",
               "zoo.convert_gpt2")),
     ("train, evaluate, checkpoint", ("zoo.checkpoint", "zoo.build", "zoo.evaluate", "zoo.train")),
     ("sample, generate, eval_quality", ("zoo.sample", "zoo.generate", "zoo.metrics",

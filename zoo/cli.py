@@ -86,6 +86,23 @@ def _generate(args, overrides) -> int:
     return 0
 
 
+def _prepare_text(args, overrides) -> int:
+    from zoo import text_data
+
+    if (args.text is None) == (args.dataset is None):
+        raise ValueError("give one of --text FILE or --dataset NAME")
+    data = {"dataset": args.dataset or "synthetic", "tokenizer": args.tokenizer or "",
+            "tokenizer_path": args.tokenizer_path or "", "path": args.path or "",
+            "source": args.source}
+    meta = text_data.prepare_token_files(args.out, text_file=args.text,
+                                         val_fraction=args.val_fraction, data_config=data)
+    counts = ", ".join(f"{split} {n:,}" for split, n in meta["tokens"].items())
+    print(f"wrote {args.out}: {counts} tokens ({meta['dtype']}, {meta['tokenizer']['name']} "
+          f"vocabulary of {meta['vocab_size']:,})")
+    print(f"train on it with --config.data.dataset=tokens --config.data.path={args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zoo", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -144,6 +161,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--player", default=None, help="whose params (default: the only player)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
     p.set_defaults(run=_export)
+    p = sub.add_parser("prepare-text", help="tokenize a text into memory-mapped token files",
+                       description="zoo prepare-text (--text FILE | --dataset NAME) --out DIR "
+                                   "[--tokenizer char|word|gpt2 --tokenizer-path DIR]: writes "
+                                   "train.bin, val.bin (nanoGPT's layout) and meta.json, which "
+                                   "data.dataset=tokens with data.path=DIR trains on without "
+                                   "loading them whole")
+    p.add_argument("--text", default=None, help="a UTF-8 text file (split by --val-fraction)")
+    p.add_argument("--dataset", default=None, help="a text dataset: tiny_shakespeare, ptb, ptb_char")
+    p.add_argument("--out", required=True, help="the folder to write")
+    p.add_argument("--tokenizer", default=None,
+                   help="char, word or gpt2 (default: the dataset's usual one; char for --text)")
+    p.add_argument("--tokenizer-path", default=None, help="gpt2: folder of vocab.json, merges.txt")
+    p.add_argument("--path", default=None, help="the dataset's folder (default: ../shared/data)")
+    p.add_argument("--source", default="raw", help="tiny_shakespeare: raw or tfds")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="--text: the last part that validates (default 0.1, as nanoGPT)")
+    p.set_defaults(run=_prepare_text)
     p = sub.add_parser("bench", help="benchmark harness (zoo bench --help)", add_help=False)
     p.set_defaults(run=None)
     p = sub.add_parser("list", help="list model families and configs")

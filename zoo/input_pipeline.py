@@ -1,8 +1,9 @@
 """A run's data from its config: the training iterator, evaluation passes and, for text, the tokenizer.
 
 Image datasets (``mnist``, ``fashion_mnist``, ``cifar10``, ``synthetic``) come from
-:mod:`zoo.data`; text datasets (``tiny_shakespeare``, ``ptb``, ``ptb_char``, and ``synthetic``
-token streams for a language model) from :mod:`zoo.text_data`. Either way the training iterator
+:mod:`zoo.data`; text datasets (``tiny_shakespeare``, ``ptb``, ``ptb_char``, ``tokens`` folders
+of memory-mapped token files, and ``synthetic`` token streams for a language model) from
+:mod:`zoo.text_data`. Either way the training iterator
 is deterministic for a seed, gives each process its slice of the global batch, and saves and
 restores its position (``state()`` / ``restore()``), which the checkpoint holds.
 
@@ -203,8 +204,7 @@ def make_run_data(data_config, family: Family, *, seed: int, train: bool = True,
 
     if tokenizer is None:
         raise ValueError("a text dataset needs its tokenizer (input_pipeline.make_tokenizer)")
-    eval_text = text_data.load_text(data_config, eval_split)
-    eval_tokens = text_data.encode_split(data_config, eval_split, eval_text, tokenizer)
+    eval_tokens, eval_text = text_data.load_tokens_and_text(data_config, eval_split, tokenizer)
     _check_eval_rows(data_config, eval_split, len(eval_tokens), eval_size)
     eval_iter = lambda: text_data.make_iterator(
         data_config, eval_tokens, batch_size=eval_size).epoch_batches()

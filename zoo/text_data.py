@@ -6,6 +6,9 @@ Datasets:
   (``source="raw"``: the first 90% trains, the last 10% is both validation and test, as nanoGPT).
 * ``ptb``: Mikolov's Penn Treebank, read from ``ptb.{train,valid,test}.txt`` in ``path``
   (word level, 10k words; ``ptb_char`` reads the same text one character at a time).
+* ``tokens``: a folder of token files (:mod:`zoo.token_files`, nanoGPT's ``train.bin`` /
+  ``val.bin`` layout) named by ``path``, memory-mapped: a corpus larger than memory trains.
+  :func:`prepare_token_files` (``zoo prepare-text``) writes one from a text file or a dataset here.
 * ``synthetic`` (no files): ``synthetic_size`` tokens of ``synthetic_vocab`` symbols per split
   (:func:`synthetic_tokens`), so a language model trains with no dataset at hand.
 
@@ -33,15 +36,19 @@ import jax
 import numpy as np
 
 from zoo import data as data_lib
+from zoo import token_files
 from zoo import tokenizers as tok
 from zoo.core import settings
 from zoo.core.settings import DataSettings
 
-TEXT_DATASETS = ("tiny_shakespeare", "ptb", "ptb_char")
+TEXT_DATASETS = ("tiny_shakespeare", "ptb", "ptb_char", "tokens")
 SPLITS = ("train", "validation", "test")
 PTB_FILES = {"train": "ptb.train.txt", "validation": "ptb.valid.txt", "valid": "ptb.valid.txt",
              "test": "ptb.test.txt"}
 SHARED_DATA_ENV = "ZOO_SHARED_DATA"
+# A token folder's evaluation text (sampling prompts, reference n-grams) is its split decoded, up
+# to this many tokens: the split itself may be larger than memory.
+TOKEN_TEXT_LIMIT = 1_000_000
 
 
 def _data(data_config) -> DataSettings:
@@ -117,10 +124,22 @@ def _synthetic(data: DataSettings) -> tuple[int, int]:
     return data.synthetic_size, data.synthetic_vocab
 
 
+def _token_folder(data: DataSettings) -> Path:
+    if not data.path:
+        raise ValueError("data.dataset='tokens' reads train.bin and val.bin from data.path, which "
+                         "is empty; set it to a folder written by zoo prepare-text")
+    return Path(data.path)
+
+
 def load_text(data_config, split: str) -> str:
-    """The raw text of ``split`` of ``data_config.dataset``."""
+    """The raw text of ``split`` of ``data_config.dataset`` (of a token folder: the split decoded,
+    at most :data:`TOKEN_TEXT_LIMIT` tokens of it)."""
     data = _data(data_config)
     name, path = data.dataset, data.path or None
+    if name == "tokens":
+        tokenizer = make_tokenizer(data)
+        ids = token_files.open_split(_token_folder(data), _check_split(split), tokenizer.vocab_size)
+        return tokenizer.decode(ids[:TOKEN_TEXT_LIMIT])
     if name == "synthetic":  # a fixed dataset: its splits differ by seed, not by the run's seed
         size, vocab = _synthetic(data)
         ids = synthetic_tokens(size, vocab, seed=SPLITS.index(_check_split(split)))
@@ -142,6 +161,8 @@ def make_tokenizer(data_config) -> tok.Tokenizer:
     data = _data(data_config)
     if data.dataset == "synthetic":
         return tok.CharTokenizer(synthetic_symbols(_synthetic(data)[1]))
+    if data.dataset == "tokens":
+        return _folder_tokenizer(data)
     name = data.tokenizer or ("word" if data.dataset == "ptb" else "char")
     if name == "gpt2":
         path = data.tokenizer_path
@@ -152,6 +173,60 @@ def make_tokenizer(data_config) -> tok.Tokenizer:
     if name not in tok.TOKENIZERS:
         raise ValueError(f"unknown tokenizer {name!r}; choose one of {', '.join(tok.TOKENIZERS)}")
     return tok.get_tokenizer(name, text=load_text(data, "train"))
+
+
+def _folder_tokenizer(data: DataSettings) -> tok.Tokenizer:
+    """A token folder's tokenizer: its ``meta.json``'s, or (a nanoGPT folder without one) GPT-2's
+    from ``data.tokenizer_path``. A ``data.tokenizer`` that names another is refused."""
+    folder = _token_folder(data)
+    tokenizer = token_files.folder_tokenizer(folder)
+    if tokenizer is None:
+        if data.tokenizer != "gpt2" or not data.tokenizer_path:
+            raise ValueError(f"{folder} has no {token_files.META_FILE}; for nanoGPT's GPT-2 token "
+                             "files set data.tokenizer='gpt2' and data.tokenizer_path to the "
+                             "folder of vocab.json and merges.txt")
+        return tok.get_tokenizer("gpt2", path=data.tokenizer_path)
+    if data.tokenizer and data.tokenizer != tokenizer.name:
+        raise ValueError(f"data.tokenizer={data.tokenizer!r}, but {folder} was written with the "
+                         f"{tokenizer.name} tokenizer; leave data.tokenizer empty to take it")
+    return tokenizer
+
+
+def prepare_token_files(out: str | os.PathLike, *, text_file: str | os.PathLike | None = None,
+                        val_fraction: float = 0.1, data_config=None) -> dict:
+    """Writes a token folder (:mod:`zoo.token_files`) for ``data.dataset='tokens'``; returns its
+    meta. From ``text_file``: the first ``1 - val_fraction`` of it trains, the rest validates
+    (nanoGPT's split), tokenized by ``data.tokenizer`` (char by default) built from the train part.
+    Otherwise from ``data_config``'s text dataset: its own splits and tokenizer."""
+    data = _data(data_config or {})
+    if text_file is not None:
+        if not 0 < val_fraction < 1:
+            raise ValueError(f"val_fraction={val_fraction} must lie strictly between 0 and 1")
+        path = Path(text_file)
+        if not path.is_file():
+            raise ValueError(f"text file {path} not found")
+        text = path.read_text(encoding="utf-8")
+        cut = int((1 - val_fraction) * len(text))
+        splits = {"train": text[:cut], "validation": text[cut:]}
+        name = data.tokenizer or "char"
+        if name not in tok.TOKENIZERS:
+            raise ValueError(f"unknown tokenizer {name!r}; choose one of {', '.join(tok.TOKENIZERS)}")
+        if name == "gpt2" and not data.tokenizer_path:
+            raise ValueError("the gpt2 tokenizer reads vocab.json and merges.txt from "
+                             "data.tokenizer_path; set it")
+        tokenizer = tok.get_tokenizer(name, text=splits["train"], path=data.tokenizer_path or None)
+    else:
+        if data.dataset not in TEXT_DATASETS or data.dataset == "tokens":
+            raise ValueError(f"prepare-text reads a text file or one of the text datasets "
+                             f"{', '.join(d for d in TEXT_DATASETS if d != 'tokens')}; got "
+                             f"{data.dataset!r}")
+        tokenizer = make_tokenizer(data)
+        splits = {s: load_text(data, s) for s in SPLITS}
+        if data.dataset == "tiny_shakespeare" and data.source == "raw":
+            del splits["test"]  # the raw file's test split is its validation split
+    for split, text in splits.items():
+        encode_split(data, split, text, tokenizer)  # out-of-vocabulary text: named, nothing written
+    return token_files.write_token_files(splits, tokenizer, out)
 
 
 def encode_split(data_config, split: str, text: str, tokenizer: tok.Tokenizer) -> np.ndarray:
@@ -169,9 +244,32 @@ def encode_split(data_config, split: str, text: str, tokenizer: tok.Tokenizer) -
 
 def load_tokens(data_config, split: str, tokenizer: tok.Tokenizer | None = None
                 ) -> tuple[np.ndarray, tok.Tokenizer]:
-    """``split`` encoded as int32 ids, and the tokenizer (built from the train split if None)."""
+    """``split``'s ids, and the tokenizer (built from the train split if None): int32 ids encoded
+    from the text, or a token folder's memory map (uint16 or uint32, read only where indexed)."""
     tokenizer = tokenizer or make_tokenizer(data_config)
+    data = _data(data_config)
+    if data.dataset == "tokens":
+        folder = _token_folder(data)
+        return token_files.open_split(folder, _check_split(split), tokenizer.vocab_size), tokenizer
     return encode_split(data_config, split, load_text(data_config, split), tokenizer), tokenizer
+
+
+def load_tokens_and_text(data_config, split: str, tokenizer: tok.Tokenizer
+                         ) -> tuple[np.ndarray, str]:
+    """``split``'s ids (as :func:`load_tokens`) and its text (as :func:`load_text`), each read
+    once."""
+    if _data(data_config).dataset == "tokens":
+        return load_tokens(data_config, split, tokenizer)[0], load_text(data_config, split)
+    text = load_text(data_config, split)
+    return encode_split(data_config, split, text, tokenizer), text
+
+
+def _ids(tokens) -> np.ndarray:
+    """Token ids as given when they are an unsigned or int32 array (a memory map stays one: rows
+    are read, and widened to int32, only when a batch takes them), else as int32."""
+    if isinstance(tokens, np.ndarray) and tokens.dtype in (np.uint16, np.uint32, np.int32):
+        return tokens
+    return np.asarray(tokens, np.int32)
 
 
 def _local_rows(global_batch_size: int, process_index: int | None, process_count: int | None):
@@ -194,7 +292,7 @@ class StreamIterator:
 
     def __init__(self, tokens: np.ndarray, global_batch_size: int, seq_len: int, *,
                  process_index: int | None = None, process_count: int | None = None):
-        tokens = np.asarray(tokens, np.int32)
+        tokens = _ids(tokens)
         row = len(tokens) // global_batch_size
         self.batches_per_epoch = (row - 1) // seq_len
         if self.batches_per_epoch < 1:
@@ -214,7 +312,8 @@ class StreamIterator:
     def _batch(self, j: int) -> dict[str, np.ndarray]:
         lo = j * self.seq_len
         reset = np.full((len(self.rows),), int(j == 0), np.int32)
-        return {"tokens": self.rows[:, lo:lo + self.seq_len + 1], "reset": reset}
+        return {"tokens": self.rows[:, lo:lo + self.seq_len + 1].astype(np.int32),
+                "reset": reset}
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         return self
@@ -240,7 +339,7 @@ class WindowIterator:
 
     def __init__(self, tokens: np.ndarray, global_batch_size: int, seq_len: int, *, seed: int = 0,
                  process_index: int | None = None, process_count: int | None = None):
-        self.tokens = np.asarray(tokens, np.int32)
+        self.tokens = _ids(tokens)
         if len(self.tokens) < seq_len + 2:
             raise ValueError(f"{len(self.tokens)} tokens are too few for windows of {seq_len + 1}")
         self.global_batch_size, self.seq_len, self.seed = global_batch_size, seq_len, seed
@@ -261,7 +360,10 @@ class WindowIterator:
         self.index += 1
         starts = rng.integers(0, len(self.tokens) - self.seq_len - 1, self.global_batch_size)
         starts = starts[self.local]
-        return {"tokens": self.tokens[starts[:, None] + np.arange(self.seq_len + 1)]}
+        return {"tokens": self._windows(starts)}
+
+    def _windows(self, starts: np.ndarray) -> np.ndarray:
+        return self.tokens[starts[:, None] + np.arange(self.seq_len + 1)].astype(np.int32)
 
     def epoch_batches(self) -> Iterator[dict[str, np.ndarray]]:
         """Non-overlapping windows in order, covering the split once (for evaluation)."""
@@ -269,7 +371,7 @@ class WindowIterator:
         starts = np.arange(n) * self.seq_len
         for lo in range(0, n - self.global_batch_size + 1, self.global_batch_size):
             s = starts[lo:lo + self.global_batch_size][self.local]
-            yield {"tokens": self.tokens[s[:, None] + np.arange(self.seq_len + 1)]}
+            yield {"tokens": self._windows(s)}
 
 
 def max_eval_rows(data_config, num_tokens: int) -> int:
