@@ -218,3 +218,29 @@ def test_compile_only_compiles_at_full_size_without_allocating(tmp_path, capsys)
     saved = json.loads((tmp_path / "compile_only.json").read_text())
     assert [r["case"] for r in saved["records"]] == ["lstm"] and "jax" in saved["meta"]
     assert "| lstm |" in capsys.readouterr().out
+
+
+def test_loop_mode_times_the_real_training_loop_beside_the_step(tmp_path, capsys):
+    from zoo.bench import loop
+    from zoo.core.train_state import param_count
+    case = next(c for c in catalog.case_table("tiny") if c.name == "lstm")
+    # The loop trains the case's own model: the same parameters as the step alone.
+    config = loop.loop_config(case, "single", steps=20, log_every=10)
+    from zoo import train
+    result = train.train(config, None, log=lambda s: None)
+    runner = zoo_runner.ZooRunner(case, "single")
+    assert param_count(result.state.params) == runner.param_count
+    assert [s for s, _ in result.log_times] == [10, 20]
+    timed = loop.time_loop(case, intervals=3, log_every=5)
+    assert timed["step_s"]["n"] == 3 and timed["step_s"]["min"] > 0
+    out = tmp_path / "loop"
+    assert bench_main(["--suite", "tiny", "--loop", "--cases", "autoencoder-mlp,transformer",
+                       "--steps", "20", "--log-every", "5", "--out", str(out)]) == 0
+    records = json.loads((out / "loop.json").read_text())["records"]
+    assert [r["case"] for r in records] == ["autoencoder-mlp", "transformer"]
+    for r in records:
+        assert r["loop_over_step"] == pytest.approx(
+            r["step_s"]["median"] / r["loop_step_s"]["median"])
+        assert r["step_s"]["n"] == 20 and r["loop_step_s"]["n"] == 5
+    assert "| autoencoder-mlp | single | 16 |" in capsys.readouterr().out
+    assert (out / "loop.md").read_text().startswith("| case | strategy |")

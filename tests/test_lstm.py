@@ -215,3 +215,20 @@ def test_checkpoint_saved_under_pmap_restores_under_mesh(tmp_path):
     state, _ = pmap_step(state, batch)
     restored, _ = mesh_step(restored, batch)
     _assert_trees_close(mesh.to_host(restored), pmap.to_host(state))
+
+
+def test_without_carried_state_it_trains_on_random_windows_or_rows():
+    """carry_state=False has no reset to take: random windows (no reset) and stream rows both
+    train it."""
+    from zoo import train
+    from zoo.config import default_config
+    for batching in ("random", "stream"):
+        config = default_config()
+        config.model = {**CFG, "hidden_size": 16, "seq_len": 8, "carry_state": False,
+                        "vocab_size": 0, "unit": ""}
+        config.data.update(dataset="synthetic", seq_len=8, batch_size=8, eval_batch_size=8,
+                           synthetic_size=2000, batching=batching)
+        config.train.update(steps=4, log_every=2, sample_tokens=0)
+        result = train.train(config, None, log=lambda s: None)
+        assert "reset" not in result.family.batch_spec
+        assert np.isfinite(result.history[-1]["loss"])

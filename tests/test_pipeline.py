@@ -203,13 +203,44 @@ def test_nonfinite_loss_stops_with_step_and_last_checkpoint(tmp_path):
         train.train(config, tmp_path, log=lambda s: None)
 
 
-def test_nonfinite_updates_can_be_skipped_and_counted(tmp_path):
+def test_nonfinite_loss_is_named_at_its_step_between_logs(tmp_path):
+    # Metrics are fetched only at log and checkpoint steps, yet the first NaN is named at its own
+    # step (2), and the NaN state is never checkpointed.
+    config = _config("--config.train.steps=100", "--config.train.log_every=50",
+                     "--config.train.checkpoint_every=25", "--config.optimizer.learning_rate=1e30")
+    with pytest.raises(train.NonFiniteLossError,
+                       match=r"non-finite loss at step 2 .*no checkpoint was saved"):
+        train.train(config, tmp_path, log=lambda s: None)
+    assert not list((tmp_path / "checkpoints").glob("[0-9]*"))
+
+
+@pytest.mark.parametrize("log_every", [1, 50])
+def test_nonfinite_updates_can_be_skipped_and_counted(tmp_path, log_every):
     config = _config("--config.train.steps=6", "--config.optimizer.learning_rate=1e30",
-                     "--config.train.nonfinite=skip")
+                     "--config.train.nonfinite=skip", f"--config.train.log_every={log_every}")
     result = train.train(config, None, log=lambda s: None)
-    # Step 1 applies a huge update; every later loss is non-finite and its update is skipped.
+    # Step 1 applies a huge update; every later loss is non-finite and its update is skipped,
+    # counted whether or not the step logged.
     assert result.skipped_updates == 5
     assert int(result.strategy.to_host(result.state.step)) == 6
+
+
+def test_device_prefetch_saves_the_position_of_the_next_batch_it_gives():
+    from zoo import data, input_pipeline
+    arrays = {"x": np.arange(40, dtype=np.float32)[:, None]}
+    it = data.BatchIterator(arrays, 4, seed=1)
+    placed = []
+    prefetch = input_pipeline.DevicePrefetch(it, lambda b: placed.append(1) or b, depth=2)
+    assert len(placed) == 2  # two batches on the device before the first step
+    for _ in range(3):
+        next(prefetch)
+    assert len(placed) == 5
+    # A resume from the saved position trains on the very batch the prefetch gives next,
+    # though the wrapped iterator is already two batches further.
+    fresh = data.BatchIterator(arrays, 4, seed=1)
+    fresh.restore(prefetch.state())
+    assert prefetch.state() != it.state()
+    np.testing.assert_array_equal(next(fresh)["x"], next(prefetch)["x"])
 
 
 def test_a_python_config_gets_the_defaults_of_a_config_file():

@@ -179,11 +179,16 @@ class BatchIterator:
         self.global_batch_size = global_batch_size
         self.seed, self.shuffle, self.drop_remainder = seed, shuffle, drop_remainder
         self.epoch, self.index = 0, 0
+        self._cached: tuple[int | None, np.ndarray | None] = (None, None)
 
     def _order(self, epoch: int) -> np.ndarray:
-        if not self.shuffle:
-            return np.arange(self.n)
-        return np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        # Computed once per epoch: a permutation of 60,000 costs ~2 ms, a quarter of a small
+        # model's step, if drawn for every batch.
+        if self._cached[0] != epoch:
+            order = (np.random.default_rng([self.seed, epoch]).permutation(self.n)
+                     if self.shuffle else np.arange(self.n))
+            self._cached = (epoch, order)
+        return self._cached[1]
 
     def state(self) -> dict[str, int]:
         return {"epoch": self.epoch, "index": self.index}

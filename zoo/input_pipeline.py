@@ -15,6 +15,7 @@ and the data, and refuses a model that does not match them.
 
 from __future__ import annotations
 
+import collections
 import copy
 import dataclasses
 from typing import Any, Callable, Iterator
@@ -54,6 +55,42 @@ class RunData:
     tokenizer: tok.Tokenizer | None = None
     eval_text: str | None = None
     eval_batch_size: int = 0
+
+
+class DevicePrefetch:
+    """Batches placed on the device ``depth`` steps ahead (as ``flax.jax_utils.prefetch_to_device``).
+
+    ``next()`` gives the oldest placed batch and places one more, so a batch's transfer is issued
+    while earlier steps still run (the steps are dispatched asynchronously). ``state()`` is the
+    wrapped iterator's position *before* the next batch this gives, so a checkpoint resumes
+    exactly at the batch the loop would have trained on next, not after the prefetched ones.
+
+    Args:
+      it: an iterator with ``state()`` (e.g. :class:`zoo.data.BatchIterator`).
+      place: a host batch to a placed one (``CompiledStep.place_batch``).
+      depth: batches in flight (2: double buffering).
+    """
+
+    def __init__(self, it, place: Callable[[Batch], Any], depth: int = 2):
+        self.it, self.place, self.depth = it, place, depth
+        self.queue: collections.deque = collections.deque()
+        self._fill()
+
+    def _fill(self) -> None:
+        while len(self.queue) < self.depth:
+            position = self.it.state()
+            self.queue.append((position, self.place(next(self.it))))
+
+    def state(self) -> dict:
+        return self.queue[0][0]
+
+    def __iter__(self) -> "DevicePrefetch":
+        return self
+
+    def __next__(self):
+        _, batch = self.queue.popleft()
+        self._fill()
+        return batch
 
 
 def known_datasets() -> tuple[str, ...]:
@@ -206,17 +243,18 @@ def make_run_data(data_config, family: Family, *, seed: int, train: bool = True,
         raise ValueError("a text dataset needs its tokenizer (input_pipeline.make_tokenizer)")
     eval_tokens, eval_text = text_data.load_tokens_and_text(data_config, eval_split, tokenizer)
     _check_eval_rows(data_config, eval_split, len(eval_tokens), eval_size)
+    with_reset = "reset" in family.batch_spec  # a model that carries its state across batches
     eval_iter = lambda: text_data.make_iterator(
-        data_config, eval_tokens, batch_size=eval_size).epoch_batches()
+        data_config, eval_tokens, batch_size=eval_size, with_reset=with_reset).epoch_batches()
     it = None
     if train:
         train_tokens, _ = text_data.load_tokens(data_config, "train", tokenizer)
-        it = text_data.make_iterator(data_config, train_tokens, seed=seed)
+        it = text_data.make_iterator(data_config, train_tokens, seed=seed, with_reset=with_reset)
         source = train_tokens
     else:
         source = eval_tokens
     # A whole global batch (every process's rows): per-example state is sized from it.
     example = next(text_data.make_iterator(data_config, source, seed=seed, process_index=0,
-                                           process_count=1))
+                                           process_count=1, with_reset=with_reset))
     return RunData(it, eval_iter, eval_split, example, tokenizer, eval_text,
                    eval_batch_size=eval_size)

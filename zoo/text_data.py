@@ -283,7 +283,8 @@ def _local_rows(global_batch_size: int, process_index: int | None, process_count
 
 
 class StreamIterator:
-    """Contiguous batches for truncated BPTT: ``{"tokens": (B, T+1), "reset": (B,)}``.
+    """Contiguous batches for truncated BPTT: ``{"tokens": (B, T+1), "reset": (B,)}`` (``reset``
+    left out with ``with_reset=False``, for a model that carries no state).
 
     The stream is cut into B rows of ``len(tokens) // B`` tokens; batch j holds columns
     ``[j*T, j*T + T]`` of every row (consecutive batches overlap by one token: the last target of
@@ -291,8 +292,10 @@ class StreamIterator:
     """
 
     def __init__(self, tokens: np.ndarray, global_batch_size: int, seq_len: int, *,
-                 process_index: int | None = None, process_count: int | None = None):
+                 with_reset: bool = True, process_index: int | None = None,
+                 process_count: int | None = None):
         tokens = _ids(tokens)
+        self.with_reset = with_reset
         row = len(tokens) // global_batch_size
         self.batches_per_epoch = (row - 1) // seq_len
         if self.batches_per_epoch < 1:
@@ -311,9 +314,10 @@ class StreamIterator:
 
     def _batch(self, j: int) -> dict[str, np.ndarray]:
         lo = j * self.seq_len
-        reset = np.full((len(self.rows),), int(j == 0), np.int32)
-        return {"tokens": self.rows[:, lo:lo + self.seq_len + 1].astype(np.int32),
-                "reset": reset}
+        batch = {"tokens": self.rows[:, lo:lo + self.seq_len + 1].astype(np.int32)}
+        if self.with_reset:
+            batch["reset"] = np.full((len(self.rows),), int(j == 0), np.int32)
+        return batch
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         return self
@@ -385,12 +389,13 @@ def max_eval_rows(data_config, num_tokens: int) -> int:
 
 
 def make_iterator(data_config, tokens: np.ndarray, *, seed: int = 0, batch_size: int | None = None,
-                  **process) -> StreamIterator | WindowIterator:
-    """``data.batching``: ``stream`` (contiguous, TBPTT) or ``random`` windows; ``data.seq_len``."""
+                  with_reset: bool = True, **process) -> StreamIterator | WindowIterator:
+    """``data.batching``: ``stream`` (contiguous, TBPTT) or ``random`` windows; ``data.seq_len``.
+    ``with_reset``: stream batches carry ``reset`` (for a model that carries its state)."""
     data = _data(data_config)
     batching, batch_size, seq_len = data.batching, int(batch_size or data.batch_size), data.seq_len
     if batching == "stream":
-        return StreamIterator(tokens, batch_size, seq_len, **process)
+        return StreamIterator(tokens, batch_size, seq_len, with_reset=with_reset, **process)
     if batching == "random":
         return WindowIterator(tokens, batch_size, seq_len, seed=seed, **process)
     raise ValueError(f"unknown batching {batching!r}; choose stream or random")

@@ -25,6 +25,7 @@ from jax.experimental import multihost_utils
 
 from zoo import build as build_lib
 from zoo import evaluate as evaluate_lib
+from zoo import input_pipeline
 from zoo.checkpoint import TOKENIZER_FILE, Checkpointer
 from zoo.core import parallel
 from zoo.core.family import Family
@@ -44,6 +45,9 @@ class TrainResult:
     strategy: parallel.Strategy
     preempted: bool = False
     skipped_updates: int = 0
+    # (step, time.perf_counter()) at each logged step, once its metrics reached the host: the
+    # loop's own throughput between logs (``zoo bench --loop``).
+    log_times: list[tuple[int, float]] = dataclasses.field(default_factory=list)
 
 
 class PreemptionGuard:
@@ -76,6 +80,8 @@ class PreemptionGuard:
 class Progress:
     """One status line: step, loss, throughput, ETA (redrawn in place on a terminal).
 
+    Throughput is over the steps since the previous line (the first line's includes compiling),
+    so it is the loop's speed now, not an average diluted by compile and evaluation time.
     ``tokens_per_example`` (language models) adds tokens/s to examples/s.
     """
 
@@ -83,12 +89,13 @@ class Progress:
                  tokens_per_example: int = 0):
         self.total, self.start, self.batch_size, self.log = total, start, batch_size, log
         self.tokens_per_example = tokens_per_example
-        self.t0 = time.perf_counter()
+        self.last = (start, time.perf_counter())
         self.tty = log is print and sys.stdout.isatty()
 
-    def line(self, step: int, metrics: dict[str, float]) -> str:
-        elapsed = time.perf_counter() - self.t0
-        rate = (step - self.start) / max(elapsed, 1e-9)
+    def line(self, step: int, metrics: dict[str, float], now: float | None = None) -> str:
+        now = time.perf_counter() if now is None else now
+        rate = (step - self.last[0]) / max(now - self.last[1], 1e-9)
+        self.last = (step, now)
         eta = (self.total - step) / max(rate, 1e-9)
         shown = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
         tokens = (f"{rate * self.batch_size * self.tokens_per_example:,.0f} tok/s  "
@@ -96,11 +103,15 @@ class Progress:
         return (f"step {step:>6}/{self.total}  {shown}  {rate * self.batch_size:,.0f} ex/s  "
                 f"{tokens}eta {int(eta) // 60}:{int(eta) % 60:02d}")
 
-    def update(self, step: int, metrics: dict[str, float]) -> None:
+    def update(self, step: int, metrics: dict[str, float], now: float | None = None) -> None:
         if self.tty:
-            print("\r" + self.line(step, metrics), end="", flush=True)
+            print("\r" + self.line(step, metrics, now), end="", flush=True)
         else:
-            self.log(self.line(step, metrics))
+            self.log(self.line(step, metrics, now))
+
+    def restart(self, step: int) -> None:
+        """Counts throughput from now (after an evaluation or checkpoint, not part of it)."""
+        self.last = (step, time.perf_counter())
 
     def newline(self) -> None:
         if self.tty:
@@ -196,7 +207,7 @@ def train(config, workdir: str | Path | None = None, log: Callable[[str], None] 
     progress = Progress(steps, start, batch_size, log, tokens)
     log_every, eval_every, save_every = tc.log_every, tc.eval_every or steps, \
         tc.checkpoint_every or steps
-    history, eval_metrics, preempted = [], {}, False
+    history, eval_metrics, preempted, log_times = [], {}, False, []
     last_saved = start if start else None
 
     def save(step: int, metrics=None) -> None:
@@ -204,34 +215,56 @@ def train(config, workdir: str | Path | None = None, log: Callable[[str], None] 
         if ckpt is None:
             return
         ckpt.save(step, state, strategy, metrics=metrics, config=_config_dict(config),
-                  data_state={"iterator": it.state(), "skipped_updates": skipped,
+                  data_state={"iterator": batches.state(), "skipped_updates": skipped,
                               "tokenizer": tokenizer})
         last_saved = step
 
     stop_on_nonfinite = tc.nonfinite == "stop"
+    # Each step's metrics stay on the device until a step logs, saves or evaluates; then those of
+    # all the steps since are fetched at once: the loop never waits for a step it need not, yet a
+    # NaN is named at the step it appeared and every skipped update is counted.
+    pending: list[tuple[int, dict]] = []
 
-    def check_finite(step: int, m: dict[str, float]) -> None:
-        if stop_on_nonfinite and not all(np.isfinite(v) for k, v in m.items() if k != "skipped"):
-            where = (f"the last good checkpoint is step {last_saved} in {ckpt.directory}"
-                     if ckpt and last_saved is not None else "no checkpoint was saved")
-            raise NonFiniteLossError(
-                f"non-finite loss at step {step} ({m}); {where}. Lower the learning rate, clip "
-                "gradients (optimizer.grad_clip_norm) or set train.nonfinite=skip")
+    def fetch() -> dict[str, float]:
+        """The pending steps' metrics, checked; the newest step's as floats."""
+        nonlocal skipped
+        host = strategy.to_host([m for _, m in pending])
+        steps_fetched = [s for s, _ in pending]
+        pending.clear()
+        for step, m in zip(steps_fetched, host):
+            skipped += int(m.get("skipped", 0))
+            if stop_on_nonfinite and not all(np.all(np.isfinite(v)) for k, v in m.items()
+                                             if k != "skipped"):
+                where = (f"the last good checkpoint is step {last_saved} in {ckpt.directory}"
+                         if ckpt and last_saved is not None else "no checkpoint was saved")
+                shown = {k: float(v) for k, v in m.items()}
+                raise NonFiniteLossError(
+                    f"non-finite loss at step {step} ({shown}); {where}. Lower the learning "
+                    "rate, clip gradients (optimizer.grad_clip_norm) or set "
+                    "train.nonfinite=skip")
+        return {k: float(v) for k, v in host[-1].items()}
 
+    # The next two batches are on the device before each step is dispatched (double buffering);
+    # with steps dispatched asynchronously nothing here waits for a step, except the metrics of
+    # the steps that log, save or evaluate.
+    batches = input_pipeline.DevicePrefetch(it, run.train_step.place_batch, depth=2) \
+        if start < steps else None
     try:
         with PreemptionGuard() as guard:
             for step in range(start + 1, steps + 1):
-                state, metrics = run.train_step(state, next(it))
+                state, metrics = run.train_step(state, next(batches), placed=True)
+                pending.append((step, metrics))
                 logged = step % log_every == 0 or step == steps
                 saving = step % save_every == 0 or step == steps
                 evaluating = step % eval_every == 0 or step == steps
-                if logged or saving or evaluating or "skipped" in metrics:
-                    m = {k: float(v) for k, v in strategy.to_host(metrics).items()}
-                    skipped += int(m.get("skipped", 0))
-                    check_finite(step, m)
+                stopping = guard.stop_requested()
+                if logged or saving or evaluating or stopping:
+                    m = fetch()
                     if logged:
+                        now = time.perf_counter()
+                        log_times.append((step, now))
                         history.append({"step": step, **m})
-                        progress.update(step, m)
+                        progress.update(step, m, now)
                         writer.write(step, m)
                 if evaluating:
                     progress.newline()
@@ -249,7 +282,9 @@ def train(config, workdir: str | Path | None = None, log: Callable[[str], None] 
                                 log(f"sample at step {step}:\n{written}")
                 if saving:
                     save(step, eval_metrics if evaluating and eval_metrics else None)
-                if guard.stop_requested():
+                if evaluating or saving:
+                    progress.restart(step)
+                if stopping:
                     if last_saved != step:
                         save(step)
                     if ckpt:
@@ -266,6 +301,7 @@ def train(config, workdir: str | Path | None = None, log: Callable[[str], None] 
         writer.close()
     if skipped:
         log(f"zoo: skipped {skipped} update(s) with a non-finite loss or gradient")
-    return TrainResult(state, history, eval_metrics, run.family, strategy, preempted, skipped)
+    return TrainResult(state, history, eval_metrics, run.family, strategy, preempted, skipped,
+                       log_times)
 
 

@@ -50,6 +50,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                    help="lower and compile every case at full size on abstract inputs (nothing "
                         "allocated, no step run): FLOPs and memory_analysis per case, e.g. the "
                         "gpu suite on a CPU before any GPU time")
+    p.add_argument("--loop", action="store_true",
+                   help="time each case's real training loop (zoo.train.train on synthetic "
+                        "data) beside its step alone: loop / step throughput, no peers")
+    p.add_argument("--log-every", type=int, default=10,
+                   help="--loop: steps between the loop's logs (its timing points)")
     p.add_argument("--out", default=None,
                    help="output folder (default bench_results/<platform>-<UTC time>)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -82,6 +87,31 @@ def _compile_only(args, strategies, argv) -> int:
     (out / "compile_only.md").write_text(table + "\n")
     print(table)
     print(f"wrote {out / 'compile_only.json'}, {out / 'compile_only.md'}")
+    return 1 if any("error" in r for r in records) else 0
+
+
+def _loop(args, strategies, steps, warmup, argv) -> int:
+    """``--loop``: each case's training loop beside its step alone; ``loop.json`` / ``.md``."""
+    import json
+
+    from zoo.bench import loop
+    cases, notes = catalog.suite_cases(args.suite, args.cases)
+    for note in notes:
+        print(note)
+    records = []
+    for strategy in strategies:
+        records += loop.run_loop_suite(cases, strategy, warmup=warmup, steps=steps,
+                                       log_every=args.log_every)
+    table = loop.loop_table(records)
+    out = Path(args.out) if args.out else Path("bench_results") / (
+        f"loop-{args.suite}-{_dt.datetime.now(_dt.timezone.utc):%Y%m%d-%H%M%S}")
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"command": " ".join(["zoo bench", *argv]).strip(), **hardware.environment()}
+    (out / "loop.json").write_text(json.dumps({"meta": meta, "records": records}, indent=2,
+                                              default=str))
+    (out / "loop.md").write_text(table + "\n")
+    print(table)
+    print(f"wrote {out / 'loop.json'}, {out / 'loop.md'}")
     return 1 if any("error" in r for r in records) else 0
 
 
@@ -118,6 +148,10 @@ def main(argv: Sequence[str]) -> int:
             raise SystemExit(f"zoo bench: unknown peer mode {m!r}; choose eager, compile")
     if args.compile_only:
         return _compile_only(args, strategies, argv)
+    if args.log_every < 1:
+        raise SystemExit(f"zoo bench: --log-every={args.log_every} must be >= 1")
+    if args.loop:
+        return _loop(args, strategies, steps, warmup, argv)
     from zoo.bench.report import markdown_report, write_report
     from zoo.bench.suites import run_suite
     result = run_suite(suite=args.suite, cases=args.cases, strategies=strategies, peers=peers,

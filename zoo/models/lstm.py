@@ -118,7 +118,8 @@ def _reset(carry: Carry, reset: jax.Array) -> Carry:
 def make_family(config) -> Family:
     """The LSTM LM family. Keys: vocab_size, hidden_size, num_layers, embed_dim, dropout,
     tie_embeddings, init_scale, dtype, seq_len, unit (char, word), carry_state (default True).
-    Batches: ``{"tokens": (B, seq_len + 1) int32, "reset": (B,) int32}``; the model state is
+    Batches: ``{"tokens": (B, seq_len + 1) int32, "reset": (B,) int32}`` (no ``reset`` without
+    ``carry_state``); the model state is
     ``{PER_EXAMPLE: {"carry": [(c, h)] * num_layers}}``, each (global B, hidden_size)."""
     model = make_model(config)
     seq_len = int(config.get("seq_len", 35))
@@ -165,8 +166,10 @@ def make_family(config) -> Family:
         init=init,
         objective=(Update("model", loss_fn),),
         eval_metrics=eval_metrics,
+        # ``reset`` marks where a carried state starts again; without one there is none to mark
+        # (and random windows, which have no reset, train it).
         batch_spec={"tokens": jax.ShapeDtypeStruct((seq_len + 1,), jnp.int32),
-                    "reset": jax.ShapeDtypeStruct((), jnp.int32)},
+                    **({"reset": jax.ShapeDtypeStruct((), jnp.int32)} if carry_state else {})},
         flops_per_example=float(seq_len * per_token),
         text_decoder=model,
         text_batching=("stream", "the LSTM carries its state from batch to batch "
