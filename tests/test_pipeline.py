@@ -50,6 +50,12 @@ def _final_params(workdir, *overrides):
     return step, jax.device_get(state.params), extra
 
 
+def _metric_rows(workdir, key="train"):
+    import json
+    rows = map(json.loads, (Path(workdir) / "metrics.jsonl").read_text().splitlines())
+    return [(r["step"], r[key]) for r in rows if key in r]
+
+
 def _wait_for_step(workdir, proc, step, timeout=120):
     metrics = Path(workdir) / "metrics.jsonl"
     deadline = time.time() + timeout
@@ -88,6 +94,9 @@ def test_sigkill_at_a_random_step_then_resume_is_bitwise_identical(tmp_path):
     assert step_a == step_b == 60
     for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
         np.testing.assert_array_equal(a, b, err_msg=f"killed at step {kill_at}")
+    # One metrics row per step, as the uninterrupted run's: the re-run steps replaced theirs.
+    assert _metric_rows(tmp_path / "killed") == _metric_rows(tmp_path / "full")
+    assert [step for step, _ in _metric_rows(tmp_path / "full")] == list(range(1, 61))
 
 
 def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path):
@@ -356,3 +365,190 @@ def test_processes_sharing_a_data_dir_prepare_a_dataset_once(tfds_dirs, tmp_path
     assert [r["image"].shape for r in results] == [(10_000, 28, 28, 1)] * 2
     np.testing.assert_array_equal(results[0]["label"], results[1]["label"])
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+# The newest checkpoint's files, each damaged one way or another (a crash mid-write, a full disk,
+# a careless hand): the resumed run still ends at the final step with the uninterrupted run's
+# params, and the damaged checkpoint is moved aside, never deleted.
+_VICTIMS = {
+    "array data": lambda d: _largest_file(d / "state"),
+    "array metadata": lambda d: d / "state" / "_METADATA",
+    "array manifest": lambda d: d / "state" / "manifest.ocdbt",
+    "iterator state and config": lambda d: d / "extra" / "metadata",
+    "checkpoint metadata": lambda d: d / "_CHECKPOINT_METADATA",
+}
+
+
+@pytest.fixture(scope="module")
+def fault_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("faults")
+    config = _config("--config.train.steps=30", "--config.train.checkpoint_every=10")
+    train.train(config, root / "uninterrupted", log=lambda s: None)
+    train.train(_config("--config.train.steps=20", "--config.train.checkpoint_every=10"),
+                root / "base", log=lambda s: None)
+    return root, _final_params(root / "uninterrupted")[1]
+
+
+@pytest.mark.parametrize("how", ["truncated", "deleted"])
+@pytest.mark.parametrize("victim", list(_VICTIMS))
+def test_a_damaged_newest_checkpoint_is_moved_aside_and_the_run_finishes(fault_runs, tmp_path,
+                                                                        victim, how):
+    import shutil
+    root, want = fault_runs
+    workdir = tmp_path / "run"
+    shutil.copytree(root / "base", workdir)
+    target = _VICTIMS[victim](workdir / "checkpoints" / "20")
+    if how == "truncated":
+        with open(target, "r+b") as f:
+            f.truncate(target.stat().st_size // 2)
+    else:
+        target.unlink()
+    messages = []
+    config = _config("--config.train.steps=30", "--config.train.checkpoint_every=10")
+    train.train(config, workdir, log=messages.append)
+    step, params, _ = _final_params(workdir)
+    assert step == 30
+    jax.tree.map(np.testing.assert_array_equal, params, want)
+    resumed = next(m for m in messages if m.startswith("zoo: resuming"))
+    if "step 10" in resumed:  # the damage was seen: step 20 moved aside, whole
+        aside = workdir / "checkpoints.damaged" / "20"
+        assert aside.is_dir() and any("moved it to" in m and str(aside) in m for m in messages)
+        assert len(list(aside.rglob("*"))) >= 5
+    else:  # orbax read it anyway (a file it does not need)
+        assert "step 20" in resumed
+
+
+@pytest.mark.parametrize("how", ["truncated", "deleted"])
+def test_a_damaged_tokenizer_file_is_replaced_by_the_checkpoints_copy(tmp_path, how):
+    from test_text_pipeline import TRANSFORMER
+    from test_text_pipeline import _config as text_config
+    overrides = [*TRANSFORMER, "--config.data.dataset=synthetic", "--config.train.sample_tokens=0",
+                 "--config.train.checkpoint_every=5"]
+    train.train(text_config("transformer_char_cpu", *overrides, "--config.train.steps=5"),
+                tmp_path, log=lambda s: None)
+    file = tmp_path / "tokenizer.json"
+    saved = file.read_text()
+    if how == "truncated":
+        file.write_text(saved[:len(saved) // 2])
+    else:
+        file.unlink()
+    messages = []
+    result = train.train(text_config("transformer_char_cpu", *overrides, "--config.train.steps=10"),
+                         tmp_path, log=messages.append)
+    assert int(result.strategy.to_host(result.state.step)) == 10
+    assert any("using the tokenizer saved with the checkpoint at step 5" in m for m in messages)
+    assert file.read_text() == saved  # written whole again
+
+
+def test_a_second_trainer_on_a_workdir_is_refused_with_the_first_ones_pid(tmp_path):
+    first = _zoo_train(tmp_path, "--config.train.steps=100000",
+                       "--config.train.checkpoint_every=1000")
+    try:
+        _wait_for_step(tmp_path, first, 3)
+        second = _zoo_train(tmp_path, "--config.train.steps=10")
+        out, _ = second.communicate(timeout=120)
+        assert second.returncode == 2, out
+        assert f"is in use by zoo train process {first.pid}" in out
+        assert "Traceback" not in out and len(out.strip().splitlines()) == 1, out
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=120)
+    assert first.returncode == 0
+    assert not (tmp_path / "train.lock").exists()  # released on the way out
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
+    import json
+    import socket
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / "train.lock").write_text(json.dumps({"pid": dead.pid,
+                                                     "host": socket.gethostname()}))
+    result = train.train(_config("--config.train.steps=3"), tmp_path, log=lambda s: None)
+    assert int(result.strategy.to_host(result.state.step)) == 3
+    assert not (tmp_path / "train.lock").exists()
+    # A live holder (this very process) is refused before anything is built.
+    (tmp_path / "train.lock").write_text(json.dumps({"pid": os.getpid(),
+                                                     "host": socket.gethostname()}))
+    with pytest.raises(train.WorkdirBusyError, match=f"in use by zoo train process {os.getpid()}"):
+        train.train(_config("--config.train.steps=3"), tmp_path, log=lambda s: None)
+
+
+def test_a_workdir_that_is_a_file_or_unwritable_is_one_line(tmp_path, monkeypatch, capsys):
+    file = tmp_path / "notadir"
+    file.write_text("x")
+    assert cli.main(["train", "--config", CONFIG, "--workdir", str(file), *SMALL]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"zoo train: error: --workdir {file} is a file; give a folder (it is " \
+                          "created if missing)"
+    real_open = os.open
+
+    def refuse(path, *a, **k):  # as a read-only folder answers (root ignores chmod)
+        if str(path).endswith("train.lock"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(os, "open", refuse)
+    assert cli.main(["train", "--config", CONFIG, "--workdir", str(tmp_path / "ro"), *SMALL]) == 2
+    assert "cannot write to --workdir" in capsys.readouterr().err
+
+
+def test_tfds_download_cache_lookup_order_and_fast_offline_failure(tmp_path, monkeypatch,
+                                                                  shared_data):
+    from zoo import data
+    monkeypatch.delenv(data.DOWNLOAD_DIR_ENV, raising=False)
+    monkeypatch.setenv(data.SHARED_DATA_ENV, str(shared_data))
+    assert data.find_download_dir()[0] == shared_data / "tfds_downloads"  # beside the checkout
+    monkeypatch.setenv(data.DOWNLOAD_DIR_ENV, str(tmp_path))
+    assert data.find_download_dir()[0] == tmp_path                        # the variable first
+    assert data.find_download_dir(shared_data)[0] == shared_data          # data.download_dir first
+    with pytest.raises(ValueError, match="download cache .*nowhere is not a folder"):
+        data.find_download_dir(tmp_path / "nowhere")
+    # Neither a cache nor a network: one message naming what to set, in seconds not minutes.
+    monkeypatch.delenv(data.DOWNLOAD_DIR_ENV)
+    monkeypatch.setenv(data.SHARED_DATA_ENV, str(tmp_path / "no_shared"))
+    monkeypatch.setattr(data, "_online", lambda *a, **k: False)
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match=r"no TFDS download cache was found \(looked in "
+                                         r"data.download_dir, \$ZOO_TFDS_DOWNLOAD_DIR, .*\) and "
+                                         r"storage.googleapis.com cannot be reached"):
+        data.ensure_prepared("mnist", "train", data_dir=tmp_path / "fresh")
+    assert time.perf_counter() - t0 < 15
+
+
+def test_xla_cpu_defaults_are_added_once_and_never_override_the_user():
+    from zoo.core import xla_flags
+    flag = "--xla_cpu_experimental_ynn_fusion_type=INDIVIDUAL_DOT"
+    env = {}
+    assert xla_flags.apply_cpu_defaults(env) == [flag] and env["XLA_FLAGS"] == flag
+    assert xla_flags.apply_cpu_defaults(env) == [] and env["XLA_FLAGS"] == flag
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    xla_flags.apply_cpu_defaults(env)
+    assert env["XLA_FLAGS"] == f"--xla_force_host_platform_device_count=8 {flag}"
+    env = {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type="}  # the user's choice wins
+    assert xla_flags.apply_cpu_defaults(env) == [] and env["XLA_FLAGS"].endswith("type=")
+    env = {"ZOO_XLA_DEFAULTS": "0"}
+    assert xla_flags.apply_cpu_defaults(env) == [] and "XLA_FLAGS" not in env
+
+
+def test_zoos_xla_cpu_defaults_reach_xla_and_leave_results_unchanged(tmp_path):
+    base = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    probe = ("from zoo.core import xla_flags; xla_flags.apply_cpu_defaults(); import jax, "
+             "jax.numpy as jnp; print('ynn_fusion' in jax.jit(lambda x: (x * x).sum())"
+             ".lower(jnp.ones((128, 784))).compile().as_text())")
+    offloaded = {}
+    for name, env in (("zoo", base), ("xla", {**base, "ZOO_XLA_DEFAULTS": "0"})):
+        done = subprocess.run([sys.executable, "-c", probe], env=env, text=True,
+                              capture_output=True, check=True)
+        offloaded[name] = done.stdout.strip()
+        proc = subprocess.run([sys.executable, "-m", "zoo.cli", "train", "--config", CONFIG,
+                               "--workdir", str(tmp_path / name), *SMALL,
+                               "--config.train.steps=3"], env=env, text=True, capture_output=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    # A reduction goes to YNNPACK under XLA's defaults, not under zoo's.
+    assert offloaded == {"zoo": "False", "xla": "True"}
+    ours, theirs = _metric_rows(tmp_path / "zoo"), _metric_rows(tmp_path / "xla")
+    assert [s for s, _ in ours] == [1, 2, 3]
+    for (_, a), (_, b) in zip(ours, theirs):  # float rounding only (reduction order)
+        np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)

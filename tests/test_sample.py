@@ -114,3 +114,26 @@ def test_sample_from_a_train_checkpoint(tmp_path):
     loaded = checkpoint.load_run(tmp_path / "wd").params
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(loaded)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_an_autoencoder_run_writes_reconstructions_beside_their_inputs(tmp_path):
+    """An autoencoder has no prior to sample, so its pictures are of real images: zoo train
+    writes its evaluation images beside their reconstructions, and interpolations between them."""
+    from configs_loader import load_config
+    from zoo import train
+    from zoo.config import apply_overrides
+    config = apply_overrides(load_config("autoencoder_mnist"), [
+        "--config.data.dataset=synthetic", "--config.data.synthetic_size=256",
+        "--config.data.batch_size=32", "--config.model.hidden=(32,)", "--config.train.steps=4",
+        "--config.train.eval_every=4"])
+    train.train(config, tmp_path, log=lambda s: None, make_sampler=sample.run_sampler)
+    written = sorted(p.name for p in (tmp_path / "samples" / "step_0000004").iterdir())
+    assert written == ["interpolation.png", "reconstructions.png"]  # no samples from N(0, I)
+    fmt, size, pixels = _png(tmp_path / "samples" / "step_0000004" / "reconstructions.png")
+    assert fmt == "PNG" and size == sample.grid_size(6, 12, (28, 28), scale=3, row_labels=True,
+                                                     title=True)
+    # The first row is the evaluation split's first images themselves.
+    first = synthetic_images(256, seed=1)["image"][0, :, :, 0]  # the test split's seed
+    top, left = sample.FONT_SIZE + 10 + 2, 70 + 2
+    tile = pixels[top:top + 84:3, left:left + 84:3, 0]
+    np.testing.assert_allclose(tile / 255.0, first, atol=1 / 255 + 1e-6)

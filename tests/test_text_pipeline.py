@@ -48,7 +48,7 @@ def test_zoo_train_eval_generate_on_tiny_shakespeare(tmp_path, capsys):
 
     assert cli.main(["eval", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "eval.json").read_text())
-    assert result["split"] == "test" and result["step"] == 60
+    assert result["split"] == "validation" and result["step"] == 60
     quality = result["quality"]
     # Bits per character is the mean NLL in nats over ln 2, in the metrics and the report alike.
     bits = result["metrics"]["loss"] / np.log(2)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -140,14 +141,32 @@ class Checkpointer:
                     f"({type(e).__name__}); trying the previous one")
         raise CheckpointError(f"no checkpoint in {self.directory} has a readable config")
 
+    def move_aside(self, step: int) -> Path:
+        """Moves the checkpoint of ``step`` out of the manager's sight, never deleting it:
+        to ``<directory>.damaged/<step>`` (``<step>-2``, ... if taken). A damaged newest
+        checkpoint left in place would stop the resumed run when it reaches that step again."""
+        source = Path(self.manager.directory) / str(step)
+        aside = self.directory.with_name(self.directory.name + ".damaged")
+        aside.mkdir(parents=True, exist_ok=True)
+        dest, n = aside / str(step), 1
+        while dest.exists():
+            n += 1
+            dest = aside / f"{step}-{n}"
+        shutil.move(str(source), str(dest))
+        self.manager.reload()
+        return dest
+
     def restore(self, template: TrainState, strategy: parallel.Strategy, step: int | None = None,
-                log: Callable[[str], None] = logging.warning) -> tuple[TrainState, dict, int]:
+                log: Callable[[str], None] = logging.warning, *, move_aside: bool = False
+                ) -> tuple[TrainState, dict, int]:
         """Restores a checkpoint into ``strategy``'s placement.
 
         ``template`` is a freshly built (host) state of the same model: it gives the tree structure,
         shapes, dtypes and the static optimizers. With ``step=None`` the newest checkpoint is tried
         first, then older ones if it cannot be read (each failure is reported through ``log``).
-        Returns ``(state, extra, step)`` where ``extra`` holds ``data`` and ``config``.
+        ``move_aside``: an unreadable checkpoint is moved out of the way (:meth:`move_aside`),
+        so the run that resumes can save that step again. Returns ``(state, extra, step)`` where
+        ``extra`` holds ``data`` and ``config``.
         """
         steps = self._steps_to_try(step)
         shardings = strategy.restore_shardings(template)
@@ -161,9 +180,10 @@ class Checkpointer:
                 restored = self.manager.restore(s, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(abstract), extra=ocp.args.JsonRestore()))
             except Exception as e:  # noqa: BLE001 -- any unreadable checkpoint: try the previous
-                errors.append(f"step {s}: {type(e).__name__}: {str(e)[:300]}")
+                errors.append(f"step {s}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+                moved = f"; moved it to {self.move_aside(s)}" if move_aside else ""
                 log(f"checkpoint at step {s} in {self.directory} cannot be restored "
-                    f"({type(e).__name__}); trying the previous one")
+                    f"({type(e).__name__}){moved}; trying the previous one")
                 continue
             state = template.replace(**restored.state)
             if int(np.asarray(jax.device_get(state.step))) != s:

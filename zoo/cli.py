@@ -3,7 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+
+DEBUG_ENV = "ZOO_DEBUG"  # ZOO_DEBUG=1: errors raise with their traceback instead of one line
+
+
+def _one_line(e: BaseException, limit: int = 400) -> str:
+    """An error as the user sees it: its message's first lines, joined, cut at ``limit``.
+    ``OSError``s name their file (``[Errno 13] Permission denied: 'x'``)."""
+    text = " ".join(line.strip() for line in str(e).splitlines()[:3] if line.strip())
+    text = text or type(e).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _quiet_unraisable(unraisable, _default=sys.unraisablehook) -> None:
+    """Drops the "Event loop is closed" errors orbax's tensorstore reads leave behind when they
+    fail on a damaged checkpoint (after zoo has reported it in one line); shows anything else."""
+    exc = unraisable.exc_value
+    if isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc):
+        return
+    _default(unraisable)
 
 
 # Subcommands import what they run when they run: `zoo --help` and `zoo bench` (which sets up
@@ -56,12 +77,21 @@ def _list(args, overrides) -> int:
     print("model families:")
     for name in sorted(models.FAMILIES):
         print(f"  {name}")
-    configs = Path(args.configs)
-    if configs.is_dir():
-        print(f"configs ({configs}):")
-        for path in sorted(configs.glob("*.py")):
-            doc = path.read_text().split('"""')[1].strip().splitlines()[0] if '"""' in path.read_text() else ""
-            print(f"  {path.stem:<28} {doc}")
+    # --configs, else ./configs, else the configs/ of the checkout zoo runs from.
+    looked = [Path(args.configs)] if args.configs else [
+        Path("configs"), Path(__file__).resolve().parents[1] / "configs"]
+    configs = next((d for d in looked if d.is_dir()), None)
+    if configs is None:
+        print("configs: none found (looked in " + ", ".join(map(str, looked)) + "; pass "
+              "--configs DIR)")
+        return 0
+    print(f"configs ({configs}):")
+    for path in sorted(configs.glob("*.py")):
+        if path.stem == "default":  # the defaults every config starts from, not a run
+            continue
+        text = path.read_text()
+        doc = text.split('"""')[1].strip().splitlines()[0] if '"""' in text else ""
+        print(f"  {path.stem:<28} {doc}")
     return 0
 
 
@@ -181,13 +211,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="benchmark harness (zoo bench --help)", add_help=False)
     p.set_defaults(run=None)
     p = sub.add_parser("list", help="list model families and configs")
-    p.add_argument("--configs", default="configs")
+    p.add_argument("--configs", default=None,
+                   help="the folder of config files (default: ./configs, else the checkout's)")
     p.set_defaults(run=_list)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    from zoo.core import xla_flags
+    xla_flags.apply_cpu_defaults()  # before anything starts JAX's backend
+    if os.environ.get(DEBUG_ENV, "") in ("", "0"):
+        sys.unraisablehook = _quiet_unraisable
     if argv and argv[0] == "bench":  # its own parser; must run before JAX starts a backend
         from zoo.bench import bench_main
         return bench_main(argv[1:])
@@ -201,9 +236,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.run(args, overrides)
-    except ValueError as e:
-        print(f"zoo {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:  # noqa: BLE001 -- one line for the user; the traceback on request
+        if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise
+        print(f"zoo {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        if not isinstance(e, (ValueError, OSError, FloatingPointError)):
+            print(f"zoo {args.command}: (an internal error: {type(e).__name__}; run with "
+                  f"{DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
+        return 2 if isinstance(e, ValueError) else 1
+    except KeyboardInterrupt:  # outside training (which saves and returns on SIGINT)
+        print(f"zoo {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -93,9 +93,16 @@ def apply_override(config, key: str, text: str) -> None:
     """Sets ``config[key] = parse_value(text)`` for a dotted ``key`` that must already exist."""
     keys = dotted_keys(config)
     if key not in keys:
-        near = difflib.get_close_matches(key, keys, n=5, cutoff=0.5)
+        near = difflib.get_close_matches(key, keys, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(near)}?" if near else ""
-        raise ValueError(f"config has no key {key!r}{hint} (valid keys: {', '.join(keys)})")
+        section = key.rpartition(".")[0]
+        siblings = [k.rpartition(".")[2] for k in keys if k.rpartition(".")[0] == section]
+        if section and siblings:  # the keys of the section it names, not all of them
+            listing = f"{section} has {', '.join(siblings[:12])}" + (", ..." if
+                                                                    len(siblings) > 12 else "")
+        else:
+            listing = "sections: " + ", ".join(sorted({k.split(".")[0] for k in keys}))
+        raise ValueError(f"config has no key {key!r}{hint} ({listing})")
     *parents, leaf = key.split(".")
     node = config
     for p in parents:

@@ -6,8 +6,9 @@ time a real dataset is needed, :func:`ensure_prepared` runs TFDS's builder in a 
 TFDS data. Training processes read those caches with numpy alone. (TensorFlow's runtime in the same
 process as JAX's multi-device CPU collectives has been seen to hang them.)
 
-Offline: point ``download_dir`` (or the environment variable ``ZOO_TFDS_DOWNLOAD_DIR``) at a TFDS
-download cache, such as ``../shared/data/tfds_downloads``, and TFDS prepares from it with no network.
+Offline: TFDS prepares from a download cache with no network, looked for in ``data.download_dir``,
+the environment variable ``ZOO_TFDS_DOWNLOAD_DIR``, then ``../shared/data/tfds_downloads`` beside
+the checkout (``$ZOO_SHARED_DATA/tfds_downloads``); with none and no network, zoo says so in seconds.
 """
 
 from __future__ import annotations
@@ -32,8 +33,46 @@ DOWNLOAD_DIR_ENV = "ZOO_TFDS_DOWNLOAD_DIR"
 DATA_DIR_ENV = "ZOO_TFDS_DATA_DIR"
 
 
+SHARED_DATA_ENV = "ZOO_SHARED_DATA"
+# Where TFDS downloads from: checked before preparing, so an offline machine fails in seconds, not
+# after TFDS's minutes of retries.
+DOWNLOAD_HOST = ("storage.googleapis.com", 443)
+
+
 def default_data_dir() -> Path:
     return Path(os.environ.get(DATA_DIR_ENV, Path.home() / "tensorflow_datasets"))
+
+
+def shared_data_dir() -> Path:
+    """The project's offline data folder: ``$ZOO_SHARED_DATA``, or ``../shared/data`` beside the
+    checkout zoo runs from."""
+    shared = os.environ.get(SHARED_DATA_ENV)
+    return Path(shared) if shared else Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def find_download_dir(download_dir: str | os.PathLike | None = None) -> tuple[Path | None, str]:
+    """The TFDS download cache to prepare from, looked for in this order: ``download_dir``
+    (``data.download_dir``), ``$ZOO_TFDS_DOWNLOAD_DIR``, then ``tfds_downloads`` in
+    :func:`shared_data_dir` when it exists. Returns it (None: none, download) and the order as
+    words, for messages."""
+    order = (f"data.download_dir, ${DOWNLOAD_DIR_ENV}, "
+             f"{shared_data_dir() / 'tfds_downloads'}")
+    for candidate in (download_dir, os.environ.get(DOWNLOAD_DIR_ENV)):
+        if candidate:
+            if not Path(candidate).is_dir():
+                raise ValueError(f"TFDS download cache {candidate} is not a folder")
+            return Path(candidate), order
+    shared = shared_data_dir() / "tfds_downloads"
+    return (shared if shared.is_dir() else None), order
+
+
+def _online(host: tuple[str, int] = DOWNLOAD_HOST, timeout: float = 5.0) -> bool:
+    import socket
+    try:
+        socket.create_connection(host, timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def _writable_download_dir(download_dir: Path, data_dir: Path) -> Path:
@@ -93,8 +132,9 @@ def ensure_prepared(name: str, split: str, *, data_dir: str | os.PathLike | None
                     download_dir: str | os.PathLike | None = None) -> Path:
     """The cache of ``split`` of TFDS dataset ``name``, prepared in a child process if missing.
 
-    ``download_dir`` (default ``$ZOO_TFDS_DOWNLOAD_DIR``): a TFDS download cache to prepare from
-    offline.
+    ``download_dir``: a TFDS download cache to prepare from offline (see
+    :func:`find_download_dir` for where else one is looked for). With none and no network this
+    fails within seconds, saying what to set.
     """
     import fcntl
 
@@ -102,7 +142,13 @@ def ensure_prepared(name: str, split: str, *, data_dir: str | os.PathLike | None
     cache = cache_path(name, split, data_dir)
     if cache.exists():
         return cache
-    download_dir = download_dir or os.environ.get(DOWNLOAD_DIR_ENV) or ""
+    found, order = find_download_dir(download_dir)
+    if found is None and not _online():
+        raise ValueError(
+            f"{name!r} is not prepared in {data_dir}, no TFDS download cache was found (looked in "
+            f"{order}) and {DOWNLOAD_HOST[0]} cannot be reached: set data.download_dir (or "
+            f"${DOWNLOAD_DIR_ENV}) to a TFDS download cache")
+    download_dir = str(found) if found else ""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     data_dir.mkdir(parents=True, exist_ok=True)
     # Processes sharing a data_dir (a multi-process run, parallel jobs) prepare one at a time;
@@ -114,11 +160,13 @@ def ensure_prepared(name: str, split: str, *, data_dir: str | os.PathLike | None
         child = subprocess.run([sys.executable, "-m", "zoo.data", name, str(data_dir),
                                 str(download_dir)], env=env, capture_output=True, text=True)
     if child.returncode != 0:
+        output = [line for line in (child.stderr or child.stdout).splitlines() if line.strip()]
         raise ValueError(
             f"TFDS could not prepare {name!r} in {data_dir}"
-            + (f" from {download_dir}" if download_dir else "") + ":\n"
-            + (child.stderr or child.stdout)[-2000:] + "\nOffline, set data.download_dir (or "
-            f"{DOWNLOAD_DIR_ENV}) to a TFDS download cache such as ../shared/data/tfds_downloads")
+            + (f" from {download_dir}" if download_dir else "") + ": "
+            + (output[-1].strip()[:300] if output else f"exit code {child.returncode}")
+            + f". Offline, set data.download_dir (or ${DOWNLOAD_DIR_ENV}) to a TFDS download "
+            "cache such as ../shared/data/tfds_downloads")
     if not cache.exists():
         raise ValueError(f"TFDS prepared {name!r} but it has no split {split!r}")
     return cache

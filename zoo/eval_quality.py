@@ -181,7 +181,7 @@ def run_quality_report(family, params: Mapping, model_state: Mapping, config, *,
     run = settings.RunSettings.parse(config)
     rng = jax.random.PRNGKey(seed)
     dataset = run.data.dataset
-    if family.image_sampler is not None:
+    if family.image_sampler is not None and family.image_sampler.generates:
         if dataset not in QUALITY_DATASETS:
             log(f"zoo eval: no quality metrics for {dataset!r}: zoo ships a feature classifier for "
                 f"{', '.join(QUALITY_DATASETS)} only")

@@ -97,7 +97,7 @@ def checkpoint_metrics(path: str | Path, *, config=None, overrides: list[str] = 
     if restored_step != extra["step"]:
         log(f"zoo: weights of step {restored_step}, config of step {extra['step']}")
     metrics = evaluate_run(run, state)
-    return ({"step": restored_step, "family": run.family.name, "split": split,
+    return ({"step": restored_step, "family": run.family.name, "split": run.data.eval_split,
              "metrics": metrics}, run, state)
 
 

@@ -241,6 +241,7 @@ def make_run_data(data_config, family: Family, *, seed: int, train: bool = True,
 
     if tokenizer is None:
         raise ValueError("a text dataset needs its tokenizer (input_pipeline.make_tokenizer)")
+    eval_split = text_data.resolve_split(data_config, eval_split)
     eval_tokens, eval_text = text_data.load_tokens_and_text(data_config, eval_split, tokenizer)
     _check_eval_rows(data_config, eval_split, len(eval_tokens), eval_size)
     with_reset = "reset" in family.batch_spec  # a model that carries its state across batches

@@ -205,7 +205,10 @@ def write_samples(family: Family, params: Mapping, model_state: Mapping, out_dir
     encode = _jitted(sampler.encode) if sampler.encode else None
     sample_rng, interp_rng = jax.random.split(rng)
     written = {}
-    if k:
+    if not sampler.generates:  # no prior to sample: pictures of real images only
+        if encode is None or data is None:
+            return written
+    elif k:
         labels = _class_rows(k, n_cols)
         grid = image_grid(draw(jax.random.normal(sample_rng, (len(labels), latent)), labels),
                           n_cols, scale=scale, row_labels=_names(k, class_names),
@@ -213,7 +216,8 @@ def write_samples(family: Family, params: Mapping, model_state: Mapping, out_dir
     else:
         grid = image_grid(draw(jax.random.normal(sample_rng, (n_rows * n_cols, latent))), n_cols,
                           scale=scale, title=f"{name} samples, z ~ N(0, I) ({latent}-d {z_name})")
-    written["samples"] = save_png(grid, out_dir / "samples.png")
+    if sampler.generates:
+        written["samples"] = save_png(grid, out_dir / "samples.png")
 
     if encode is not None and data is not None and not k:
         x = jnp.asarray(data["image"][:2 * interp_rows])
@@ -254,6 +258,8 @@ def write_samples(family: Family, params: Mapping, model_state: Mapping, out_dir
                        title=f"Test images and their {name} reconstructions (decoder mean at z = "
                              "posterior mean)"), out_dir / "reconstructions.png")
 
+    if not sampler.generates:
+        return written
     if data is not None and latent == 2 and "label" in data:
         n = min(scatter_points, len(data["image"]))
         x = jnp.asarray(data["image"][:n])
@@ -281,12 +287,13 @@ def write_samples(family: Family, params: Mapping, model_state: Mapping, out_dir
 SampleFn = Callable[[Mapping, Mapping, jax.Array, Path, int], Any]
 
 
-def image_sample_fn(family: Family) -> SampleFn:
+def image_sample_fn(family: Family, data: Mapping[str, np.ndarray] | None = None) -> SampleFn:
     """A ``sample_fn(params, model_state, rng, out_dir, step)`` writing :func:`write_samples`
-    PNGs to ``out_dir/step_<step>``."""
+    PNGs to ``out_dir/step_<step>``; ``data``: evaluation images, for the pictures of real
+    images (reconstructions, interpolations between them)."""
     def sample_fn(params, model_state, rng, out_dir, step):
         return write_samples(family, params, model_state,
-                             Path(out_dir) / f"step_{int(step):07d}", rng)
+                             Path(out_dir) / f"step_{int(step):07d}", rng, data)
     return sample_fn
 
 
@@ -294,7 +301,9 @@ def run_sampler(run: Run) -> SampleFn | None:
     """What ``zoo train`` writes at each evaluation of ``run``: PNGs from a family that draws
     images, text from a language model (``train.sample_tokens`` > 0), else nothing (None)."""
     if run.family.image_sampler is not None:
-        return image_sample_fn(run.family)
+        # One evaluation batch, on the host (every process has the whole of it only with one).
+        first = next(iter(run.data.eval_batches()), None) if jax.process_count() == 1 else None
+        return image_sample_fn(run.family, first)
     if run.family.text_decoder is not None and run.data.tokenizer is not None:
         return generate.make_text_sampler(run.family.text_decoder, run.data.tokenizer,
                                           run.settings.train, run.data.eval_text)
@@ -313,6 +322,9 @@ def sample_main(path: str, out_dir: str, *, seed: int = 0, data: Mapping | None 
     ``options`` go to :func:`write_samples`.
     """
     run = checkpoint.load_run(path)
+    if run.family.image_sampler is None and run.family.text_decoder is not None:
+        raise ValueError(f"{path} is a {run.family.name} language model, which writes text, not "
+                         f"images: zoo generate {path} --prompt TEXT")
     run.family.require("image_sampler", "draw images")
     run_data = settings.parse(DataSettings, run.config.get("data", {}), "data")
     dataset = dataset or (run_data.dataset if "data" in run.config else None)

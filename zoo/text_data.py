@@ -45,7 +45,6 @@ TEXT_DATASETS = ("tiny_shakespeare", "ptb", "ptb_char", "tokens")
 SPLITS = ("train", "validation", "test")
 PTB_FILES = {"train": "ptb.train.txt", "validation": "ptb.valid.txt", "valid": "ptb.valid.txt",
              "test": "ptb.test.txt"}
-SHARED_DATA_ENV = "ZOO_SHARED_DATA"
 # A token folder's evaluation text (sampling prompts, reference n-grams) is its split decoded, up
 # to this many tokens: the split itself may be larger than memory.
 TOKEN_TEXT_LIMIT = 1_000_000
@@ -57,15 +56,24 @@ def _data(data_config) -> DataSettings:
 
 def default_raw_dir() -> Path:
     """``$ZOO_SHARED_DATA/raw`` or ``../shared/data/raw`` beside the repository."""
-    shared = os.environ.get(SHARED_DATA_ENV)
-    root = Path(shared) if shared else Path(__file__).resolve().parents[2] / "shared" / "data"
-    return root / "raw"
+    return data_lib.shared_data_dir() / "raw"
 
 
 def _check_split(split: str) -> str:
     split = "validation" if split == "valid" else split
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    return split
+
+
+def resolve_split(data_config, split: str) -> str:
+    """The split ``split`` of the config's dataset reads: tiny_shakespeare's raw file has no test
+    split (its last 10% is validation and test alike, as in nanoGPT), so ``test`` is
+    ``validation`` there, and results say so."""
+    data = _data(data_config)
+    split = _check_split(split)
+    if data.dataset == "tiny_shakespeare" and data.source == "raw" and split == "test":
+        return "validation"
     return split
 
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -26,7 +28,7 @@ from jax.experimental import multihost_utils
 from zoo import build as build_lib
 from zoo import evaluate as evaluate_lib
 from zoo import input_pipeline
-from zoo.checkpoint import TOKENIZER_FILE, Checkpointer
+from zoo.checkpoint import TOKENIZER_FILE, CheckpointError, Checkpointer
 from zoo.core import parallel
 from zoo.core.family import Family
 from zoo.core.train_state import TrainState, param_count
@@ -119,17 +121,25 @@ class Progress:
 
 
 class MetricWriter:
-    """Metrics to ``metrics.jsonl`` and TensorBoard event files (``tensorboardX``), process 0."""
+    """Metrics to ``metrics.jsonl`` and TensorBoard event files (``tensorboardX``), process 0.
 
-    def __init__(self, workdir: Path | None):
+    A run resumed from step ``resumed_from`` trains the steps after it again: their rows from
+    before the interruption are dropped (TensorBoard's ``purge_step``), so each step has one row.
+    """
+
+    def __init__(self, workdir: Path | None, resumed_from: int = 0):
         self.jsonl = self.tb = None
         if workdir is None or jax.process_index() != 0:
             return
         workdir.mkdir(parents=True, exist_ok=True)
-        self.jsonl = open(workdir / "metrics.jsonl", "a")
+        path = workdir / "metrics.jsonl"
+        if resumed_from and path.exists():
+            _drop_rows_after(path, resumed_from)
+        self.jsonl = open(path, "a")
         try:
             from tensorboardX import SummaryWriter
-            self.tb = SummaryWriter(str(workdir / "tensorboard"))
+            self.tb = SummaryWriter(str(workdir / "tensorboard"),
+                                    purge_step=resumed_from + 1 if resumed_from else None)
         except ImportError:
             self.tb = None
 
@@ -149,14 +159,119 @@ class MetricWriter:
             self.tb.close()
 
 
-def _saved_tokenizer(workdir: Path | None) -> dict | None:
-    """The tokenizer a run in ``workdir`` trained with, if it has checkpoints to resume."""
-    if workdir is None or not (workdir / TOKENIZER_FILE).is_file():
+class WorkdirBusyError(ValueError):
+    """Another ``zoo train`` process holds the workdir."""
+
+
+class WorkdirLock:
+    """``workdir/train.lock`` (this process's PID and host) for as long as it trains.
+
+    A second trainer on the same workdir would overwrite the first one's checkpoints: it is
+    refused, naming the holder. A lock left by a process that is gone (killed, crashed) is taken
+    over; one from another host cannot be checked and is refused with how to clear it. Taking it is
+    also the first write to the workdir, so a workdir that is a file or is read-only is reported
+    here, before anything is built. Process 0 holds it for a multi-process run.
+    """
+
+    NAME = "train.lock"
+
+    def __init__(self, workdir: Path | None):
+        self.workdir, self.held = workdir, False
+        self.path = workdir / self.NAME if workdir is not None else None
+
+    def _holder(self) -> dict:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _alive(self, holder: dict) -> bool:
+        if holder.get("host") != socket.gethostname():
+            return bool(holder)  # unknown host: assume alive; a half-written lock: stale
+        try:
+            os.kill(int(holder["pid"]), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def __enter__(self) -> "WorkdirLock":
+        if self.workdir is None or jax.process_index() != 0:
+            return self
+        if self.workdir.exists() and not self.workdir.is_dir():
+            raise ValueError(f"--workdir {self.workdir} is a file; give a folder (it is created "
+                             "if missing)")
+        try:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            for _ in range(2):
+                try:
+                    fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                except FileExistsError:
+                    holder = self._holder()
+                    if self._alive(holder):
+                        raise WorkdirBusyError(
+                            f"{self.workdir} is in use by zoo train process {holder.get('pid')} "
+                            f"on {holder.get('host')}; wait for it, stop it, or use another "
+                            f"--workdir (if that process is gone, delete {self.path})") from None
+                    self.path.unlink(missing_ok=True)  # left by a process that is gone
+                    continue
+                with os.fdopen(fd, "w") as f:
+                    json.dump({"pid": os.getpid(), "host": socket.gethostname(),
+                               "started": time.time()}, f)
+                self.held = True
+                return self
+        except PermissionError as e:
+            raise ValueError(f"cannot write to --workdir {self.workdir} ({e.strerror}); give a "
+                             "folder you can write to") from None
+        raise WorkdirBusyError(f"could not take {self.path}; another process keeps making it")
+
+    def __exit__(self, *exc) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+
+def _drop_rows_after(path: Path, step: int) -> None:
+    """Rewrites ``metrics.jsonl`` without the rows of steps after ``step`` (and any line a kill
+    cut short), through a temporary file renamed over it."""
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if int(json.loads(line)["step"]) <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(row + "\n" for row in kept))
+    tmp.replace(path)
+
+
+def _saved_tokenizer(workdir: Path | None, log: Callable[[str], None]) -> dict | None:
+    """The tokenizer a run in ``workdir`` trained with, if it has checkpoints to resume: its
+    ``tokenizer.json``, or, when that is missing or damaged, the copy each checkpoint holds."""
+    if workdir is None:
         return None
     ckpts = workdir / "checkpoints"
     if not (ckpts.is_dir() and any(d.name.isdigit() for d in ckpts.iterdir())):
         return None
-    return json.loads((workdir / TOKENIZER_FILE).read_text())
+    file = workdir / TOKENIZER_FILE
+    try:
+        return json.loads(file.read_text())
+    except (OSError, ValueError):  # missing (an image run has none) or damaged
+        pass
+    reader = Checkpointer(ckpts)
+    try:
+        extra = reader.read_extra(log=log)
+    except CheckpointError:
+        return None  # the restore below reports the checkpoints
+    finally:
+        reader.close()
+    saved = extra.get("data", {}).get("tokenizer")
+    if saved is not None:
+        log(f"zoo: {file} is missing or damaged; using the tokenizer saved with the checkpoint "
+            f"at step {extra['step']}")
+    return saved
 
 
 def _config_dict(config) -> dict:
@@ -174,7 +289,13 @@ def train(config, workdir: str | Path | None = None, log: Callable[[str], None] 
     none); it is called before training, so a sampler that cannot work fails first.
     """
     workdir = Path(workdir) if workdir is not None else None
-    saved_tokenizer = _saved_tokenizer(workdir)
+    with WorkdirLock(workdir):
+        return _train(config, workdir, log, make_sampler)
+
+
+def _train(config, workdir: Path | None, log: Callable[[str], None],
+           make_sampler: Callable[[build_lib.Run], Callable | None] | None) -> TrainResult:
+    saved_tokenizer = _saved_tokenizer(workdir, log)
     run = build_lib.build(config, tokenizer=saved_tokenizer)
     tc = run.settings.train
     steps, batch_size = tc.steps, run.settings.data.batch_size
@@ -183,7 +304,9 @@ def train(config, workdir: str | Path | None = None, log: Callable[[str], None] 
     tokenizer = run.data.tokenizer.to_config() if run.data.tokenizer is not None else None
     if tokenizer is not None and workdir is not None and jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / TOKENIZER_FILE).write_text(json.dumps(tokenizer))
+        tmp = workdir / (TOKENIZER_FILE + ".tmp")  # renamed when whole: a kill leaves no half file
+        tmp.write_text(json.dumps(tokenizer))
+        tmp.replace(workdir / TOKENIZER_FILE)
 
     ckpt = None
     state, start, skipped = None, 0, 0
@@ -191,17 +314,25 @@ def train(config, workdir: str | Path | None = None, log: Callable[[str], None] 
         ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=tc.keep_checkpoints,
                             best_metric=tc.best_metric or None, best_mode=tc.best_mode)
         if ckpt.latest_step() is not None:
-            state, extra, start = ckpt.restore(run.template, strategy, log=log)
-            it.restore(extra["data"]["iterator"])
-            skipped = int(extra["data"].get("skipped_updates", 0))
-            log(f"zoo: resuming from the checkpoint at step {start} in {ckpt.directory}")
+            try:  # a damaged checkpoint is moved aside, so this run can save its step again
+                state, extra, start = ckpt.restore(run.template, strategy, log=log,
+                                                   move_aside=jax.process_index() == 0)
+            except CheckpointError:
+                if ckpt.latest_step() is not None:  # readable but not this run's (shapes)
+                    raise
+                log(f"zoo: no checkpoint in {ckpt.directory} could be restored (all moved "
+                    "aside); training from step 0")
+            else:
+                it.restore(extra["data"]["iterator"])
+                skipped = int(extra["data"].get("skipped_updates", 0))
+                log(f"zoo: resuming from the checkpoint at step {start} in {ckpt.directory}")
     if state is None:
         state = strategy.place_state(run.template)
     log(f"zoo: {run.family.name} with {param_count(run.template.params):,} params, strategy "
         f"{strategy.name} over {strategy.num_shards} device(s) ({jax.devices()[0].platform}), "
         f"global batch {batch_size}, steps {start}->{steps}")
 
-    writer = MetricWriter(workdir)
+    writer = MetricWriter(workdir, resumed_from=start)
     spec = run.family.batch_spec
     tokens = spec["tokens"].shape[0] - 1 if isinstance(spec, dict) and "tokens" in spec else 0
     progress = Progress(steps, start, batch_size, log, tokens)

@@ -53,6 +53,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--loop", action="store_true",
                    help="time each case's real training loop (zoo.train.train on synthetic "
                         "data) beside its step alone: loop / step throughput, no peers")
+    p.add_argument("--profile", action="store_true",
+                   help="profile each case's step: zoo's top XLA ops (jax.profiler trace) and the "
+                        "PyTorch peer's top aten ops (torch.profiler), with their shares")
     p.add_argument("--log-every", type=int, default=10,
                    help="--loop: steps between the loop's logs (its timing points)")
     p.add_argument("--out", default=None,
@@ -115,6 +118,42 @@ def _loop(args, strategies, steps, warmup, argv) -> int:
     return 1 if any("error" in r for r in records) else 0
 
 
+def _profile(args, strategies, steps, warmup, peers, argv) -> int:
+    """``--profile``: each case's top ops, zoo's and the peer's; ``profile.json`` / ``.md``."""
+    import json
+
+    from zoo.bench import profile
+    cases, notes = catalog.suite_cases(args.suite, args.cases)
+    for note in notes:
+        print(note)
+    threads = args.threads or hardware.cores()
+    profiles = []
+    for case in cases:
+        print(f"  {case.name}: profiling")
+        for framework, fn in (("zoo", lambda: profile.profile_zoo(case, strategies[0],
+                                                                   warmup=warmup, steps=steps)),
+                              ("torch-eager", lambda: profile.profile_peer(
+                                  case, warmup=warmup, steps=steps, threads=threads)
+                               if "eager" in peers else None)):
+            try:
+                profiles.append(fn())
+            except Exception as e:  # one case's failure is recorded, the rest still run
+                profiles.append({"case": case.name, "framework": framework,
+                                 "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"})
+    profiles = [p for p in profiles if p is not None]
+    table = profile.profile_table(profiles)
+    out = Path(args.out) if args.out else Path("bench_results") / (
+        f"profile-{args.suite}-{_dt.datetime.now(_dt.timezone.utc):%Y%m%d-%H%M%S}")
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"command": " ".join(["zoo bench", *argv]).strip(), **hardware.environment()}
+    (out / "profile.json").write_text(json.dumps({"meta": meta, "profiles": profiles},
+                                                 indent=2, default=str))
+    (out / "profile.md").write_text(table + "\n")
+    print(table)
+    print(f"wrote {out / 'profile.json'}, {out / 'profile.md'}")
+    return 1 if any("error" in p for p in profiles) else 0
+
+
 def main(argv: Sequence[str]) -> int:
     """``zoo bench [options]`` (also ``python -m zoo.bench``); returns the exit status."""
     # On a GPU the PyTorch peers share the device: JAX must not grab 75% of its memory up front.
@@ -125,6 +164,8 @@ def main(argv: Sequence[str]) -> int:
     # zoo's autoencoder step 14.9 ms alternating with spinning threads, 10.5 ms without). Passive
     # waiting lets each contender have the machine for its own steps. Set before torch loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from zoo.core import xla_flags
+    xla_flags.apply_cpu_defaults()  # the options zoo train runs with (zoo.core.xla_flags)
     args = parse_args(argv)
     if args.threads:
         hardware.limit_cores(args.threads)
@@ -152,6 +193,8 @@ def main(argv: Sequence[str]) -> int:
         raise SystemExit(f"zoo bench: --log-every={args.log_every} must be >= 1")
     if args.loop:
         return _loop(args, strategies, steps, warmup, argv)
+    if args.profile:
+        return _profile(args, strategies, min(steps, 10), warmup, peers, argv)
     from zoo.bench.report import markdown_report, write_report
     from zoo.bench.suites import run_suite
     result = run_suite(suite=args.suite, cases=args.cases, strategies=strategies, peers=peers,

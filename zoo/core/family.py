@@ -31,6 +31,9 @@ class ImageSampler:
         an encoder (reconstructions, interpolations between real images); None: no encoder.
       title: what pictures call the model (``"VAE"``, ``"GAN"``).
       latent_name: what pictures call ``z`` (``"latent"``, a GAN's ``"noise"``).
+      generates: whether ``z ~ N(0, I)`` decodes to images of the data (a VAE, a GAN). An
+        autoencoder's codes have no such prior: it draws reconstructions and interpolations
+        between real images only, and has no sample-quality report.
     """
 
     player: str
@@ -40,6 +43,7 @@ class ImageSampler:
     encode: Callable | None = None
     title: str = "model"
     latent_name: str = "latent"
+    generates: bool = True
 
 
 class TextDecoder(Protocol):

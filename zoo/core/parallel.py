@@ -35,6 +35,23 @@ STRATEGIES = ("single", "pmap", "mesh")
 PMAP_AXIS = "batch"
 
 
+def sync_axis() -> str | None:
+    """The axis a model syncs batch statistics over, valid under every strategy: the pmap axis
+    while tracing under ``pmap`` (each device holds a slice of the batch), else None (``single``
+    and ``mesh`` see the whole global batch, which XLA reduces across devices itself). For a
+    user's model as for zoo's::
+
+        nn.BatchNorm(use_running_average=not train, axis_name=parallel.sync_axis())
+
+    makes BatchNorm's statistics those of the global batch under single, pmap and mesh alike.
+    """
+    try:
+        jax.lax.axis_index(PMAP_AXIS)
+        return PMAP_AXIS
+    except NameError:  # not inside the pmap: no axis bound
+        return None
+
+
 def _leading_dims(batch: PyTree) -> set[int]:
     dims = set()
     for path, x in jax.tree_util.tree_leaves_with_path(batch):

@@ -17,7 +17,7 @@ from flax import linen as nn
 
 from zoo import flops
 from zoo.core import settings
-from zoo.core.family import Family
+from zoo.core.family import Family, ImageSampler
 from zoo.core.step import Update
 from zoo.models.layers import SubpixelConvTranspose
 
@@ -156,6 +156,13 @@ def make_family(config) -> Family:
         eval_metrics=lambda *a: loss_fn(*a)[1],
         batch_spec={"image": jax.ShapeDtypeStruct(shape, jnp.float32)},
         flops_per_example=train_flops_per_example(model),
+        # Pictures of what it learnt: test images beside their reconstructions.
+        image_sampler=ImageSampler(
+            player="model", latent_dim=model.latent_dim, num_classes=0,
+            decode=lambda params, model_state, z, labels: jax.nn.sigmoid(
+                model.apply({"params": params}, z, method="decode")),
+            encode=lambda params, x, labels: model.apply({"params": params}, x, method="encode"),
+            title="autoencoder", latent_name="code", generates=False),
     )
 
 

@@ -42,7 +42,7 @@ from flax import linen as nn
 from zoo import flops
 from zoo.core import settings
 from zoo.core.family import Family, ImageSampler
-from zoo.core.parallel import PMAP_AXIS
+from zoo.core.parallel import sync_axis
 from zoo.core.step import Update
 from zoo.models.layers import SubpixelConvTranspose
 
@@ -50,15 +50,6 @@ LOSSES = ("minimax", "non_saturating", "hinge", "wasserstein")
 CONDITIONINGS = ("projection", "concat")
 PLAYERS = ("generator", "discriminator")
 BN = dict(momentum=0.9, epsilon=1e-5)  # PyTorch's BatchNorm defaults, as in the DCGAN reference
-
-
-def _bound_axis(name: str) -> str | None:
-    """``name`` if tracing inside a map over that axis (pmap), else None: for synchronised BN."""
-    try:
-        jax.lax.axis_index(name)
-        return name
-    except NameError:
-        return None
 
 
 def dcgan_base(image_size: int) -> tuple[int, int]:
@@ -141,7 +132,7 @@ class DCGANGenerator(nn.Module):
     def __call__(self, z, y=None, train: bool = True):
         chex.assert_shape(z, (None, self.latent_dim))
         base, n = dcgan_base(self.image_shape[0])
-        axis = _bound_axis(PMAP_AXIS)
+        axis = sync_axis()
         bn = lambda name: nn.BatchNorm(use_running_average=not train, axis_name=axis, name=name,
                                        **BN)
         h = z
@@ -172,7 +163,7 @@ class DCGANDiscriminator(nn.Module):
     def __call__(self, x, y=None, train: bool = True):
         chex.assert_shape(x, (None, *self.image_shape))
         _, n = dcgan_base(self.image_shape[0])
-        axis = _bound_axis(PMAP_AXIS)
+        axis = sync_axis()
         h = x
         if self.num_classes and self.conditioning == "concat":
             e = _embed(self.num_classes, self.embed_dim, y)[:, None, None, :]

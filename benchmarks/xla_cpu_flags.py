@@ -1,0 +1,120 @@
+"""XLA:CPU options, measured in one process: each case's train step (the bench's ZooRunner) is
+compiled once per setting from the same lowering, with the setting as a per-compile XLA option,
+and the executables take turns step by step in alternating rounds, so the machine's drift falls on
+all of them alike. Correctness: from the same state and batch, each setting's first step must give
+the default's loss (rtol 1e-5), and its last loss after the timed steps is reported beside it.
+
+The settings are the YNNPACK library fusions XLA:CPU (jaxlib 0.10.2) uses by default,
+``INDIVIDUAL_DOT, REDUCE, INDIVIDUAL_CONVOLUTION`` (found by matching compiled HLO); ``no-reduce``
+is ``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-REDUCE`` (the same HLO), ``no-ynnpack``
+is ``--xla_cpu_experimental_ynn_fusion_type=`` (none); ``no-conv`` and ``dot-only`` leave out
+YNNPACK's convolutions, and its convolutions and reductions. ``--xla_cpu_use_onednn`` is left out: it
+changed no result and no time in a first measurement (see the README).
+
+    python benchmarks/xla_cpu_flags.py --suite quick --out benchmarks/results/DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+OPTION = "xla_cpu_experimental_ynn_fusion_type"
+SETTINGS = {
+    "default": None,
+    "no-reduce": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION",
+    "no-conv": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE",
+    "dot-only": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT",
+    "no-ynnpack": "",
+}
+
+
+def measure(case, *, warmup: int, steps: int, rounds: int) -> dict:
+    import jax
+
+    from zoo.bench import timing
+    from zoo.bench.zoo_runner import ZooRunner
+    runner = ZooRunner(case, "single")
+    lowered = runner.step_fn.compiled.lower(runner.state, runner.batch)
+    host = jax.device_get(runner.state)
+    executables, states, first_loss = {}, {}, {}
+    for name, value in SETTINGS.items():
+        executables[name] = lowered.compile({} if value is None else {OPTION: value})
+        # Each setting starts from the same state: the first loss is the same program's number.
+        state = runner.strategy.place_state(host)
+        state, metrics = executables[name](state, runner.batch)
+        first_loss[name] = float(np.mean(jax.device_get(metrics[_loss_key(metrics)])))
+        states[name] = state
+
+    def stepper(name):
+        def step():
+            states[name], metrics = executables[name](states[name], runner.batch)
+            jax.block_until_ready(states[name])
+            last[name] = metrics
+        return step
+
+    last = {}
+    chronos = timing.run_alternating({n: stepper(n) for n in SETTINGS}, warmup=warmup,
+                                     steps=steps, rounds=rounds)
+    out = {"case": case.name, "median_s": {}, "min_s": {}, "first_loss": first_loss,
+           "last_loss": {}}
+    for name in SETTINGS:
+        stats = chronos[name].stats()
+        out["median_s"][name], out["min_s"][name] = stats["median"], stats["min"]
+        out["last_loss"][name] = float(np.mean(jax.device_get(last[name][_loss_key(last[name])])))
+    return out
+
+
+def _loss_key(metrics) -> str:
+    return next(k for k in metrics if k.endswith("loss"))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--suite", default="quick")
+    p.add_argument("--cases", default=None)
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+    from zoo.bench import catalog, hardware
+    cases, _ = catalog.suite_cases(args.suite, args.cases.split(",") if args.cases else None)
+    records = []
+    for case in cases:
+        print(f"{case.name} ...", flush=True)
+        records.append(measure(case, warmup=args.warmup, steps=args.steps, rounds=args.rounds))
+    others = [s for s in SETTINGS if s != "default"]
+    rows = ["| case | " + " | ".join(f"{s} ms" for s in SETTINGS) + " | "
+            + " | ".join(f"{s} speed-up" for s in others) + " | first-step loss, rel. diff | "
+            "last loss (default / " + " / ".join(others) + ") |",
+            "|---|" + "---:|" * (len(SETTINGS) + len(others) + 1) + "---|"]
+    for r in records:
+        med, base = r["median_s"], r["median_s"]["default"]
+        diff = max(abs(r["first_loss"][s] - r["first_loss"]["default"])
+                   / max(abs(r["first_loss"]["default"]), 1e-12) for s in others)
+        rows.append(f"| {r['case']} | " + " | ".join(f"{med[s] * 1e3:.2f}" for s in SETTINGS)
+                    + " | " + " | ".join(f"{base / med[s]:.2f}x" for s in others)
+                    + f" | {diff:.1e} | "
+                    + " / ".join(f"{r['last_loss'][s]:.5g}" for s in SETTINGS) + " |")
+    table = "\n".join(rows)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    env = hardware.environment()
+    (out / "xla_cpu_flags.json").write_text(json.dumps(
+        {"settings": SETTINGS, "option": OPTION, "env": env, "args": vars(args),
+         "records": records}, indent=2, default=str))
+    (out / "xla_cpu_flags.md").write_text(
+        f"{args.suite} suite, {args.steps} timed steps per setting in {args.rounds} alternating "
+        f"rounds, one process ({env.get('cpu_model', '')}). Speed-up: default's median step "
+        "time over the setting's.\n\n" + table + "\n")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

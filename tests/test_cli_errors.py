@@ -1,0 +1,102 @@
+"""Every kind of bad input through the real ``zoo`` command (a subprocess, as a user runs it): a
+non-zero exit, one or two lines naming the problem, and never a Python traceback."""
+
+import concurrent.futures
+import os
+import subprocess
+import sys
+
+import pytest
+
+from configs_loader import CONFIGS, load_config
+from zoo import train
+from zoo.config import apply_overrides
+
+AE = str(CONFIGS / "autoencoder_mnist.py")
+SMALL = ["--config.data.dataset=synthetic", "--config.data.synthetic_size=256",
+         "--config.data.batch_size=32", "--config.model.hidden=(16,)"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """An image run, a language-model run, a run whose every checkpoint is damaged, a file."""
+    root = tmp_path_factory.mktemp("cli_errors")
+    train.train(apply_overrides(load_config("autoencoder_mnist"),
+                                [*SMALL, "--config.train.steps=2"]), root / "ae",
+                log=lambda s: None)
+    lm = ["--config.model.n_layer=1", "--config.model.n_head=2", "--config.model.n_embd=16",
+          "--config.model.block_size=16", "--config.data.seq_len=16", "--config.data.batch_size=8",
+          "--config.data.eval_batch_size=8", "--config.data.dataset=synthetic",
+          "--config.train.steps=2", "--config.train.sample_tokens=0"]
+    train.train(apply_overrides(load_config("transformer_char_cpu"), lm), root / "lm",
+                log=lambda s: None)
+    train.train(apply_overrides(load_config("autoencoder_mnist"),
+                                [*SMALL, "--config.train.steps=2"]), root / "damaged",
+                log=lambda s: None)
+    for f in (root / "damaged" / "checkpoints").rglob("*"):
+        if f.is_file() and "ocdbt" in str(f):
+            f.write_bytes(b"")
+    train.train(apply_overrides(load_config("autoencoder_mnist"),
+                                [*SMALL, "--config.train.steps=2"]), root / "no_manifest",
+                log=lambda s: None)
+    for f in (root / "no_manifest" / "checkpoints").rglob("manifest.ocdbt"):
+        f.write_bytes(b"")  # leaves orbax's async reads failing at shutdown too
+    (root / "a_file").write_text("not a folder")
+    return root
+
+
+def _cases(root):
+    ae, lm, damaged, file = (str(root / n) for n in ("ae", "lm", "damaged", "a_file"))
+    train_ae = ["train", "--config", AE, *SMALL]
+    return [
+        # (command, exit code, what the message must say)
+        (["train", "--config", "configs/nope.py"], 2, "config file 'configs/nope.py' not found"),
+        ([*train_ae, "--config.train.steps=0"], 2, "train.steps=0"),
+        ([*train_ae, "--config.data.batch_size=0"], 2, "data.batch_size=0"),
+        ([*train_ae, "--config.train.grad_accum_steps=0"], 2, "train.grad_accum_steps=0"),
+        ([*train_ae, "--config.train.stpes=5"], 2, "did you mean train.steps"),
+        ([*train_ae, "--config.data.dataset=imagenet"], 2, "unknown dataset 'imagenet'"),
+        ([*train_ae, "--workdir", file], 2, "is a file; give a folder"),
+        ([*train_ae, "--config.train.steps=5", "--config.optimizer.learning_rate=1e30"], 1,
+         "non-finite loss at step"),
+        (["eval", str(root / "nothing_here")], 2, "no checkpoint"),
+        (["eval", damaged, "--no-quality"], 2, "could be restored"),
+        (["eval", str(root / "no_manifest"), "--no-quality"], 2, "could be restored"),
+        (["sample", lm, "--out", str(root / "png")], 2, "writes text, not images: zoo generate"),
+        (["generate", ae, "--prompt", "hi"], 2, "autoencoder"),
+        (["export", ae, "--format", "onnx", "--out", str(root / "x")], 2,
+         "unknown export format 'onnx'"),
+        (["prepare-text", "--dataset", "mnist", "--out", str(root / "t")], 2,
+         "prepare-text reads a text file or one of the text datasets"),
+        (["train", "--config", AE, "--bogus"], 2, "unrecognised arguments --bogus"),
+    ]
+
+
+def _run(argv):
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "ZOO_DEBUG")}
+    return subprocess.run([sys.executable, "-m", "zoo.cli", *argv], env=env, text=True,
+                          capture_output=True, timeout=300)
+
+
+def test_bad_input_is_one_or_two_lines_and_never_a_traceback(runs):
+    cases = _cases(runs)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(_run, [argv for argv, _, _ in cases]))
+    failures = []
+    for (argv, code, says), done in zip(cases, results):
+        errors = [line for line in done.stderr.splitlines() if line.strip()
+                  and not line.startswith(("zoo train: no --workdir", "WARNING", "W1", "I1"))]
+        ok = (done.returncode == code and "Traceback" not in done.stderr + done.stdout
+              and 1 <= len(errors) <= 2 and any(says in line for line in errors)
+              and all(len(line) < 600 for line in errors))
+        if not ok:
+            failures.append(f"zoo {' '.join(argv)}\n  exit {done.returncode} (want {code})\n  "
+                            + "\n  ".join(done.stderr.splitlines()[-8:]))
+    assert not failures, "\n".join(failures)
+
+
+def test_zoo_debug_shows_the_traceback(runs):
+    env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "ZOO_DEBUG": "1"}
+    done = subprocess.run([sys.executable, "-m", "zoo.cli", "eval", str(runs / "nothing_here")],
+                          env=env, text=True, capture_output=True, timeout=300)
+    assert done.returncode != 0 and "Traceback" in done.stderr
