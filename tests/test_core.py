@@ -410,3 +410,113 @@ print("steps", int(strategy.to_host(state.step)))
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          timeout=120, env=os.environ)
     assert out.returncode == 0 and "steps 200" in out.stdout, out.stderr[-2000:]
+
+
+def _bn_dropout_model(rate):
+    from flax import linen as nn
+    import zoo
+
+    class Net(nn.Module):  # a user's model: BatchNorm synced over zoo.sync_axis(), dropout
+        @nn.compact
+        def __call__(self, x, train: bool):
+            # No bias before BatchNorm: its gradient is zero but for rounding, which Adam would
+            # turn into full-size steps that differ from strategy to strategy.
+            x = nn.Dense(32, use_bias=False)(x)
+            x = nn.BatchNorm(use_running_average=not train, axis_name=zoo.sync_axis(),
+                             momentum=0.9)(x)
+            x = nn.Dropout(rate, deterministic=not train)(nn.relu(x))
+            return nn.Dense(1)(x)
+
+    return Net()
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.3])
+def test_a_users_batchnorm_dropout_model_agrees_under_every_strategy(rate):
+    """Through the public API: single = mesh exactly (to float rounding, rtol 1e-5) with
+    BatchNorm and dropout; pmap too when BatchNorm syncs over zoo.sync_axis(), except that each
+    of its devices draws its own dropout masks (README), so with dropout it is only close."""
+    import optax
+    import zoo
+    model = _bn_dropout_model(rate)
+
+    def loss_fn(params, batch, rng, model_state):
+        out, updates = model.apply({"params": params, **model_state}, batch["x"], True,
+                                   rngs={"dropout": rng}, mutable=["batch_stats"])
+        loss = jnp.mean((out - batch["y"]) ** 2)
+        return loss, {"loss": loss}, updates
+
+    x = np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32)
+    batch = {"x": x, "y": np.sin(x).sum(1, keepdims=True)}
+    variables = model.init(jax.random.PRNGKey(0), x[:2], False)
+    results = {}
+    for name, options in (("single", {}), ("pmap", {}), ("mesh", {"data": 4, "fsdp": 2})):
+        strategy = zoo.make_strategy(name, **options)
+        state = strategy.place_state(zoo.TrainState.create(
+            params=variables["params"], tx=optax.adam(1e-2),
+            model_state={"batch_stats": variables["batch_stats"]}, seed=0))
+        step = zoo.compile_train_step(loss_fn, strategy)
+        for _ in range(5):
+            state, _ = step(state, batch)
+        results[name] = strategy.to_host((state.params, state.model_state))
+    close = lambda a, b: jax.tree.map(
+        lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6), a, b)
+    close(results["mesh"], results["single"])
+    if rate == 0.0:
+        close(results["pmap"], results["single"])  # BatchNorm's statistics are the global batch's
+    else:
+        diffs = [np.abs(u - v).max() for u, v in zip(jax.tree.leaves(results["pmap"]),
+                                                     jax.tree.leaves(results["single"]))]
+        assert max(diffs) > 1e-4  # pmap's per-device masks: the documented difference
+
+
+def test_loss_contract_and_a_missing_model_state_are_named():
+    import optax
+    import zoo
+    model = _bn_dropout_model(0.0)
+    variables = model.init(jax.random.PRNGKey(0), np.zeros((2, 8), np.float32), False)
+    batch = {"x": np.ones((8, 8), np.float32), "y": np.ones((8, 1), np.float32)}
+    strategy = zoo.make_strategy("single")
+
+    def two_values(params, batch, rng, model_state):  # forgot the new model state
+        return jnp.mean(batch["x"]), {}
+
+    state = zoo.TrainState.create(params=variables["params"], tx=optax.sgd(0.1),
+                                  model_state={"batch_stats": variables["batch_stats"]}, seed=0)
+    with pytest.raises(ValueError, match=r"two_values takes 4 arguments, so it must be \(params, "
+                                         r"batch, rng, model_state\) -> \(loss, metrics, "
+                                         r"new_model_state\); it returned 2 values"):
+        zoo.compile_train_step(two_values, strategy)(state, batch)
+
+    def bn_loss(params, batch, rng, model_state):
+        out, updates = model.apply({"params": params, **model_state}, batch["x"], True,
+                                   mutable=["batch_stats"])
+        return jnp.mean(out), {}, updates
+
+    no_state = zoo.TrainState.create(params=variables["params"], tx=optax.sgd(0.1), seed=0)
+    with pytest.raises(ValueError, match="the loss returned a model_state of another structure "
+                                         r"than the state's \(new: .*batch_stats.*give "
+                                         "TrainState.create the initial model_state"):
+        zoo.compile_train_step(bn_loss, strategy)(no_state, batch)
+
+
+def test_eval_step_takes_the_train_losss_form():
+    """compile_eval_step takes a function of the form compile_train_step takes (the one
+    player's params), and AllPlayers for functions of every player's dicts, as families write."""
+    import optax
+    import zoo
+    w = {"w": jnp.arange(3.0)}
+
+    def loss_fn(params, batch, rng):
+        loss = jnp.mean((batch["x"] @ params["w"] - batch["y"]) ** 2)
+        return loss, {"loss": loss, "w0": params["w"][0]}
+
+    batch = {"x": np.eye(3, dtype=np.float32)[[0, 1, 2, 0]], "y": np.ones(4, np.float32)}
+    strategy = zoo.make_strategy("single")
+    state = strategy.place_state(zoo.TrainState.create(params=w, tx=optax.sgd(0.1), seed=0))
+    got = zoo.compile_eval_step(loss_fn, strategy)(state, batch)
+    want = np.mean((batch["x"] @ np.arange(3.0) - 1) ** 2)
+    np.testing.assert_allclose(got["loss"], want, rtol=1e-6)
+    assert float(got["w0"]) == 0.0
+    by_player = zoo.compile_eval_step(zoo.AllPlayers(
+        lambda params, model_state, batch, rng: {"w0": params["model"]["w"][0]}), strategy)
+    assert float(by_player(state, batch)["w0"]) == 0.0

@@ -9,7 +9,7 @@ import pytest
 from zoo import models, text_data
 from zoo.checkpoint import Checkpointer
 from zoo.core import compiled, parallel
-from zoo.core.step import PER_EXAMPLE
+from zoo.core.step import PER_EXAMPLE, AllPlayers
 from zoo.core.train_state import TrainState
 
 CFG = dict(family="lstm", vocab_size=30, hidden_size=16, num_layers=2, seq_len=5, unit="word",
@@ -77,7 +77,7 @@ def test_evaluation_carries_the_state_through_the_split(name, options):
     model_state = {"model": {PER_EXAMPLE: {"carry": model.initial_carry(16)}}}
     state = strategy.place_state(TrainState.create(
         params=params["model"], model_state=model_state["model"], tx=optax.sgd(1.0), seed=0))
-    eval_step = compiled.compile_eval_step(family.eval_metrics, strategy,
+    eval_step = compiled.compile_eval_step(AllPlayers(family.eval_metrics), strategy,
                                            batch_spec=family.batch_spec)
     got = evaluate.evaluate(eval_step, state, it.epoch_batches())
     rows = it.rows[:, :it.batches_per_epoch * 5 + 1]                  # (8, 16): 3 batches of 5

@@ -70,8 +70,9 @@ def compile_steps(family: Family, strategy: parallel.Strategy, train_config
         family.objective, strategy, batch_spec=family.batch_spec,
         grad_accum_steps=tc.grad_accum_steps, compute_dtype=dtype, remat=tc.remat,
         skip_nonfinite=tc.nonfinite == "skip")
-    eval_step = compiled.compile_eval_step(family.eval_metrics, strategy,
-                                           batch_spec=family.batch_spec, compute_dtype=dtype)
+    eval_step = compiled.compile_eval_step(step_lib.AllPlayers(family.eval_metrics),
+                                           strategy, batch_spec=family.batch_spec,
+                                           compute_dtype=dtype)
     return train_step, eval_step
 
 

@@ -132,7 +132,9 @@ def compile_train_step(objective, strategy: parallel.Strategy, *, batch_spec: Ba
 
 def compile_eval_step(metrics_fn: Callable, strategy: parallel.Strategy, *,
                       batch_spec: BatchSpec = None, compute_dtype=None) -> CompiledStep:
-    """``make_eval_step(metrics_fn)`` compiled under ``strategy`` (state not donated)."""
+    """``make_eval_step(metrics_fn)`` compiled under ``strategy`` (state not donated):
+    ``metrics_fn`` in the form ``compile_train_step``'s loss function takes, or
+    :class:`zoo.AllPlayers`."""
     fn = step_lib.make_eval_step(metrics_fn, compute_dtype=compute_dtype,
                                  axis_name=strategy.axis_name)
     return CompiledStep(fn, strategy, batch_spec=batch_spec, donate_state=False)

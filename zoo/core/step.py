@@ -105,11 +105,24 @@ def single_player_objective(loss_fn: Callable, player: str = DEFAULT_PLAYER) -> 
             f"{getattr(loss_fn, '__name__', loss_fn)} takes {n_args} arguments"
         )
 
+    name = getattr(loss_fn, "__name__", "the loss function")
+    contract = ("(params, batch, rng) -> (loss, metrics)" if n_args == 3 else
+                "(params, batch, rng, model_state) -> (loss, metrics, new_model_state)")
+
+    def checked(out):
+        want = 2 if n_args == 3 else 3
+        if not isinstance(out, (tuple, list)) or len(out) != want:
+            got = f"{len(out)} values" if isinstance(out, (tuple, list)) else type(out).__name__
+            raise ValueError(f"{name} takes {n_args} arguments, so it must be {contract}; it "
+                             f"returned {got}")
+        return out
+
     def player_loss(params, model_state, batch, rng):
         if n_args == 3:
-            loss, metrics = loss_fn(params[player], batch, rng)
+            loss, metrics = checked(loss_fn(params[player], batch, rng))
             return loss, metrics, model_state
-        loss, metrics, new_state = loss_fn(params[player], batch, rng, model_state[player])
+        loss, metrics, new_state = checked(loss_fn(params[player], batch, rng,
+                                                   model_state[player]))
         return loss, metrics, {**model_state, player: new_state}
 
     return (Update(player, player_loss),)
@@ -238,6 +251,21 @@ def _grads_and_metrics(update, params, model_state, batch, rng, *, grad_accum_st
     return mean(grad_sum), (mean(metric_sum), merge(merge_microbatches(new_rows), others))
 
 
+def _check_same_structure(old: PyTree, new: PyTree) -> None:
+    """A step's model state must keep its structure: a state that grows (BatchNorm statistics
+    returned into a state created without them) would recompile the next step, silently."""
+    if jax.tree.structure(old) != jax.tree.structure(new):
+        paths = lambda t: {jax.tree_util.keystr(p) for p, _ in
+                           jax.tree_util.tree_flatten_with_path(t)[0]}
+        added, lost = sorted(paths(new) - paths(old)), sorted(paths(old) - paths(new))
+        raise ValueError(
+            "the loss returned a model_state of another structure than the state's"
+            + (f" (new: {', '.join(added[:4])})" if added else "")
+            + (f" (missing: {', '.join(lost[:4])})" if lost else "")
+            + ": give TrainState.create the initial model_state, e.g. "
+            "model_state=variables['batch_stats']")
+
+
 def make_train_step(
     objective: Objective | Callable,
     *,
@@ -289,9 +317,11 @@ def make_train_step(
                                  f"players {list(state.tx)}")
             for r in range(update.repeats):
                 update_rng = jax.random.fold_in(jax.random.fold_in(rng, u), r)
-                grads, (m, model_state) = _grads_and_metrics(
+                grads, (m, new_model_state) = _grads_and_metrics(
                     update, params, model_state, batch, update_rng,
                     grad_accum_steps=grad_accum_steps, compute_dtype=compute_dtype, remat=remat)
+                _check_same_structure(model_state, new_model_state)
+                model_state = new_model_state
                 grads, m, model_state = _pmean((grads, m, model_state), axis_name)
                 finite &= _all_finite((grads, m))
                 p = update.player
@@ -313,23 +343,41 @@ def make_train_step(
     return step
 
 
+@dataclasses.dataclass(frozen=True)
+class AllPlayers:
+    """An evaluation that sees every player, as a family's ``eval_metrics`` does:
+    ``fn(params, model_state, batch, rng) -> metrics`` (or ``(metrics, new_model_state)``), with
+    ``params`` and ``model_state`` dicts keyed by player (for :func:`make_eval_step`)."""
+
+    fn: Callable
+
+
 def make_eval_step(
-    metrics_fn: Callable,
+    metrics_fn: Callable | AllPlayers,
     *,
     compute_dtype: Any = None,
     axis_name: str | None = None,
 ) -> Callable[[TrainState, PyTree], Metrics | tuple[TrainState, Metrics]]:
     """Builds ``eval_step(state, batch) -> metrics``.
 
-    ``metrics_fn(params, model_state, batch, rng) -> metrics`` gets every player's params and model
-    state (dicts keyed by player) and returns batch-mean metrics. A family's loss function serves:
-    pass ``lambda *a: loss_fn(*a)[1]``. The rng is fixed per step so evaluation is repeatable.
+    ``metrics_fn`` has the form :func:`make_train_step`'s loss function has, with the one
+    player's params: ``(params, batch, rng) -> (loss, metrics)`` or ``(params, batch, rng,
+    model_state) -> (loss, metrics, new_model_state)``; its batch-mean ``metrics`` are the
+    evaluation (a new model state is not kept: evaluating changes nothing). Write it in eval mode
+    (``use_running_average=True``, deterministic dropout). Several players, or a family:
+    :class:`AllPlayers`. The rng is fixed per step so evaluation is repeatable.
 
     A model whose evaluation carries per-example state through a split (an LSTM reading a test
     stream batch after batch) returns ``(metrics, new_model_state)``; the step then returns
     ``(state with the new model state, metrics)``, like a train step, and the caller threads the
     state from batch to batch (see :func:`with_fresh_per_example_state`).
     """
+
+    if isinstance(metrics_fn, AllPlayers):
+        metrics_fn = metrics_fn.fn
+    else:  # the user's single-player form, as for training
+        (update,) = single_player_objective(metrics_fn)
+        metrics_fn = metrics_only(update.loss_fn)
 
     def eval_step(state: TrainState, batch: PyTree):
         rng = jax.random.fold_in(jax.random.fold_in(state.rng, -1 & 0x7FFFFFFF), state.step)
