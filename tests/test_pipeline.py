@@ -552,3 +552,56 @@ def test_zoos_xla_cpu_defaults_reach_xla_and_leave_results_unchanged(tmp_path):
     assert [s for s, _ in ours] == [1, 2, 3]
     for (_, a), (_, b) in zip(ours, theirs):  # float rounding only (reduction order)
         np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)
+
+
+def test_sigterm_is_acted_on_within_a_step_not_at_the_next_log(tmp_path):
+    proc = _zoo_train(tmp_path, "--config.train.steps=100000", "--config.train.log_every=200",
+                      "--config.train.checkpoint_every=100000")
+    _wait_for_step(tmp_path, proc, 1, timeout=180)  # the row of step 200
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-3000:]
+    stopped = int(out.split("received SIGTERM at step ")[1].split(";")[0])
+    assert 200 <= stopped < 400, stopped  # well before the next log step, 400
+    ckpt = Checkpointer(tmp_path / "checkpoints")
+    assert ckpt.latest_step() == stopped
+    ckpt.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trial", range(4))
+def test_sigkill_during_async_saves_then_resume_is_bitwise_identical(tmp_path, trial):
+    # A checkpoint every step: a save is almost always in flight when the kill lands.
+    steps = ["--config.train.steps=40", "--config.train.checkpoint_every=1",
+             "--config.train.keep_checkpoints=2"]
+    full = _zoo_train(tmp_path / "full", *steps)
+    assert full.wait(timeout=300) == 0
+    kill_at = random.Random().randint(3, 35)
+    victim = _zoo_train(tmp_path / "killed", *steps)
+    _wait_for_step(tmp_path / "killed", victim, kill_at)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    resumed = _zoo_train(tmp_path / "killed", *steps)
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, (kill_at, out[-3000:])
+    a, b = _final_params(tmp_path / "full", *steps)[1], _final_params(tmp_path / "killed", *steps)[1]
+    jax.tree.map(lambda x, y: np.testing.assert_array_equal(x, y, err_msg=f"kill at {kill_at}"),
+                 a, b)
+    assert _metric_rows(tmp_path / "killed") == _metric_rows(tmp_path / "full")
+
+
+@pytest.mark.slow
+def test_the_readmes_main_command_runs_offline_on_a_fresh_machine(tmp_path):
+    """`zoo train --config configs/autoencoder_mnist.py --workdir DIR`, as the README writes it:
+    no download options, a TFDS data folder that holds nothing, no network needed: the
+    checkout's ../shared/data/tfds_downloads is found by itself."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("XLA_FLAGS", "ZOO_TFDS_DOWNLOAD_DIR", "ZOO_SHARED_DATA")}
+    env["ZOO_TFDS_DATA_DIR"] = str(tmp_path / "fresh_tfds")  # as on a machine that never ran it
+    import shutil
+    zoo = [shutil.which("zoo")] if shutil.which("zoo") else [sys.executable, "-m", "zoo.cli"]
+    done = subprocess.run([*zoo, "train", "--config", "configs/autoencoder_mnist.py",
+                           "--workdir", str(tmp_path / "zoo_ae")], env=env, text=True,
+                          capture_output=True, timeout=900, cwd=Path(CONFIG).parents[1])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "step    300/300" in done.stdout and "eval (test) at step 300" in done.stdout
