@@ -30,15 +30,24 @@ def _quiet_unraisable(unraisable, _default=sys.unraisablehook) -> None:
 # Subcommands import what they run when they run: `zoo --help` and `zoo bench` (which sets up
 # devices before JAX starts) stay fast.
 
+def _process_log():
+    """``print`` on process 0, silence on the others (one progress line, not one per process)."""
+    import jax
+    return print if jax.process_index() == 0 else (lambda *a, **k: None)
+
+
 def _train(args, overrides) -> int:
     from zoo import config as config_lib
     from zoo import sample, train
+    from zoo.core import distributed
 
     config = config_lib.apply_overrides(config_lib.load_config_file(args.config), overrides)
+    distributed.check_agreement(config.to_json())
+    log = _process_log()
     if args.workdir is None:
-        print("zoo train: no --workdir: checkpoints, metrics and samples will not be saved",
-              file=sys.stderr)
-    train.train(config, args.workdir, make_sampler=sample.run_sampler)
+        log("zoo train: no --workdir: checkpoints, metrics and samples will not be saved",
+            file=sys.stderr)
+    train.train(config, args.workdir, log=log, make_sampler=sample.run_sampler)
     return 0
 
 
@@ -53,7 +62,7 @@ def _eval(args, overrides) -> int:
     eval_quality.evaluate_checkpoint(args.path, config=config, overrides=overrides,
                                      step=args.step, split=args.split,
                                      quality=not args.no_quality, num_samples=args.num_samples,
-                                     iwae_k=args.iwae_k)
+                                     iwae_k=args.iwae_k, log=_process_log())
     return 0
 
 
@@ -134,6 +143,8 @@ def _prepare_text(args, overrides) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from zoo.core import distributed  # argparse only: JAX does not start here
+
     parser = argparse.ArgumentParser(prog="zoo", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train a model from a config file",
@@ -141,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "[--config.key=value ...]")
     p.add_argument("--config", required=True, help="a config file in configs/")
     p.add_argument("--workdir", default=None, help="where metrics and checkpoints go")
+    distributed.add_arguments(p)
     p.set_defaults(run=_train)
     p = sub.add_parser("eval", help="evaluate a checkpoint: metrics and sample quality",
                        description="zoo eval RUN_DIR [--step N] [--split test] [--iwae-k K] "
@@ -156,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images generated for the image-quality report (default 10000)")
     p.add_argument("--iwae-k", type=int, default=0,
                    help="VAE: also the IWAE-k test log-likelihood (e.g. 5000; slow)")
+    distributed.add_arguments(p)
     p.add_argument("--config", default=None, help="a config file to use instead of the saved one "
                                                   "(--config.key=value overrides apply either way)")
     p.set_defaults(run=_eval)
@@ -235,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"zoo {args.command}: unrecognised arguments {' '.join(unknown)}", file=sys.stderr)
         return 2
     try:
+        if args.command in ("train", "eval"):  # before anything touches a device
+            from zoo.core import distributed
+            distributed.join(distributed.cluster_from(args))
         return args.run(args, overrides)
     except Exception as e:  # noqa: BLE001 -- one line for the user; the traceback on request
         if os.environ.get(DEBUG_ENV, "") not in ("", "0"):

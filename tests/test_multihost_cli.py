@@ -1,0 +1,142 @@
+"""`zoo train` across processes through the real command line (jax.distributed on 127.0.0.1, gloo):
+two processes x 2 devices give one process x 4's params, a run killed on both resumes, a run saved
+by two processes resumes in one, and bad cluster options are one line within a bounded time."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from configs_loader import CONFIGS, load_config
+from zoo import build
+from zoo.checkpoint import Checkpointer
+from zoo.config import apply_overrides
+from zoo.core import parallel
+
+SMALL = ["--config.data.dataset=synthetic", "--config.data.synthetic_size=512",
+         "--config.data.batch_size=32", "--config.model.hidden=(64,)",
+         "--config.train.log_every=1", "--config.train.checkpoint_every=3"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _zoo_train(workdir, processes: int, devices: int, *overrides):
+    """``processes`` zoo train processes with ``devices`` CPU devices each, on one workdir."""
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    cluster = lambda i: (["--coordinator", f"127.0.0.1:{port}", "--num-processes",
+                          str(processes), "--process-id", str(i)] if processes > 1 else [])
+    return [subprocess.Popen([sys.executable, "-m", "zoo.cli", "train", "--config",
+                              str(CONFIGS / "autoencoder_mnist.py"), "--workdir", str(workdir),
+                              *SMALL, *overrides, *cluster(i)], env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            for i in range(processes)]
+
+
+def _finish(procs, timeout=300):
+    outs = [p.communicate(timeout=timeout)[0] for p in procs]
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-3000:]
+    return outs
+
+
+def _params(workdir, *overrides):
+    config = apply_overrides(load_config("autoencoder_mnist"), [*SMALL, *overrides])
+    ckpt = Checkpointer(Path(workdir) / "checkpoints")
+    try:
+        state, _, step = ckpt.restore(build.build(config).template, parallel.make_strategy("single"))
+    finally:
+        ckpt.close()
+    return step, jax.device_get(state.params)
+
+
+def _close(a, b):
+    # Same global batches and math; only the all-reduce order differs (gloo vs in-process).
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), a, b)
+
+
+def test_two_zoo_train_processes_give_one_processs_params(tmp_path):
+    outs = _finish(_zoo_train(tmp_path / "two", 2, 2, "--config.train.steps=6"))
+    _finish(_zoo_train(tmp_path / "one", 1, 4, "--config.train.steps=6"))
+    (s2, p2), (s1, p1) = _params(tmp_path / "two"), _params(tmp_path / "one")
+    assert s2 == s1 == 6
+    _close(p2, p1)
+    assert "over 4 device(s)" in outs[0] and "step      6/6" in outs[0]
+    assert "step " not in outs[1]  # process 1 prints no progress; process 0 writes the metrics
+    rows = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text()
+            .splitlines() if '"train"' in line]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.slow
+def test_a_run_killed_on_both_processes_resumes_and_goes_on_in_one(tmp_path):
+    procs = _zoo_train(tmp_path / "run", 2, 2, "--config.train.steps=100000")
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 240
+    while not (metrics.exists() and metrics.read_text().count('"train"') >= 8):
+        assert time.time() < deadline and all(p.poll() is None for p in procs)
+        time.sleep(0.05)
+    for p in procs:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    outs = _finish(_zoo_train(tmp_path / "run", 2, 2, "--config.train.steps=9"))
+    assert "resuming from the checkpoint at step" in outs[0]
+    # Saved by two processes, continued by one with all four devices.
+    _finish(_zoo_train(tmp_path / "run", 1, 4, "--config.train.steps=12"))
+    _finish(_zoo_train(tmp_path / "alone", 1, 4, "--config.train.steps=12"))
+    (s, resumed), (_, alone) = _params(tmp_path / "run"), _params(tmp_path / "alone")
+    assert s == 12
+    _close(resumed, alone)
+
+
+def test_a_bad_process_id_and_a_dead_coordinator_are_one_line_in_bounded_time(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    base = [sys.executable, "-m", "zoo.cli", "train", "--config",
+            str(CONFIGS / "autoencoder_mnist.py"), *SMALL]
+    cases = [(["--coordinator", "127.0.0.1:1", "--num-processes", "2", "--process-id", "2"],
+              "--process-id 2 is not one of the 2 processes (0 to 1)"),
+             (["--coordinator", f"127.0.0.1:{_free_port()}", "--num-processes", "2",
+               "--process-id", "1", "--distributed-timeout", "3"],
+              "no coordinator answers at 127.0.0.1:"),
+             (["--num-processes", "2", "--process-id", "1"], "missing --coordinator")]
+    for extra, says in cases:
+        t0 = time.perf_counter()
+        done = subprocess.run([*base, *extra], env=env, text=True, capture_output=True,
+                              timeout=120)
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert done.returncode == 2 and len(lines) == 1 and says in lines[0], done.stderr[-2000:]
+        assert "Traceback" not in done.stderr and time.perf_counter() - t0 < 60
+
+
+def test_processes_with_different_configs_or_device_counts_are_refused_on_each(tmp_path):
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    runs = {"config": ([2, 2], [[], ["--config.train.seed=1"]], "run another config than "
+                                                                 "process 0"),
+            "devices": ([2, 4], [[], []], "different numbers of local devices ([2, 4])")}
+    for name, (devices, extra, says) in runs.items():
+        port = _free_port()
+        procs = [subprocess.Popen(
+            [sys.executable, "-m", "zoo.cli", "train", "--config",
+             str(CONFIGS / "autoencoder_mnist.py"), *SMALL, *extra[i], "--coordinator",
+             f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
+            env={**env, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices[i]}"},
+            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(2)]
+        for p in procs:
+            _, err = p.communicate(timeout=180)
+            errors = [line for line in err.splitlines() if line.startswith("zoo train: error")]
+            assert p.returncode == 2 and len(errors) == 1 and says in errors[0], (name, err[-2000:])
+            assert "Traceback" not in err
