@@ -231,16 +231,14 @@ def test_loop_mode_times_the_real_training_loop_beside_the_step(tmp_path, capsys
     runner = zoo_runner.ZooRunner(case, "single")
     assert param_count(result.state.params) == runner.param_count
     assert [s for s, _ in result.log_times] == [10, 20]
-    timed = loop.time_loop(case, intervals=3, log_every=5)
-    assert timed["step_s"]["n"] == 3 and timed["step_s"]["min"] > 0
     out = tmp_path / "loop"
-    assert bench_main(["--suite", "tiny", "--loop", "--cases", "autoencoder-mlp,transformer",
+    assert bench_main(["--suite", "tiny", "--loop", "--cases", "autoencoder-mlp",
                        "--steps", "20", "--log-every", "5", "--out", str(out)]) == 0
     records = json.loads((out / "loop.json").read_text())["records"]
-    assert [r["case"] for r in records] == ["autoencoder-mlp", "transformer"]
+    assert [r["case"] for r in records] == ["autoencoder-mlp"]
     for r in records:
         assert r["loop_over_step"] == pytest.approx(
             r["step_s"]["median"] / r["loop_step_s"]["median"])
-        assert r["step_s"]["n"] == 20 and r["loop_step_s"]["n"] == 5
+        assert r["step_s"]["n"] == 20 and r["loop_step_s"]["n"] == 5 and r["loop_step_s"]["min"] > 0
     assert "| autoencoder-mlp | single | 16 |" in capsys.readouterr().out
     assert (out / "loop.md").read_text().startswith("| case | strategy |")
