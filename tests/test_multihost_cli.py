@@ -140,3 +140,22 @@ def test_processes_with_different_configs_or_device_counts_are_refused_on_each(t
             errors = [line for line in err.splitlines() if line.startswith("zoo train: error")]
             assert p.returncode == 2 and len(errors) == 1 and says in errors[0], (name, err[-2000:])
             assert "Traceback" not in err
+
+
+def test_zoo_bench_across_two_processes_times_the_mesh_over_every_device(tmp_path):
+    port = _free_port()
+    env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"},
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    procs = [subprocess.Popen([sys.executable, "-m", "zoo.cli", "bench", "--suite", "tiny",
+                               "--cases", "autoencoder-mlp", "--no-peak", "--no-plots",
+                               "--out", str(tmp_path / "out"), "--coordinator",
+                               f"127.0.0.1:{port}", "--num-processes", "2", "--process-id",
+                               str(i)], env=env, text=True, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT) for i in range(2)]
+    outs = _finish(procs)
+    result = json.loads((tmp_path / "out" / "results.json").read_text())
+    zoo_rows = [r for r in result["records"] if r["framework"] == "zoo"]
+    assert [(r["strategy"], r["devices"]) for r in zoo_rows] == [("mesh", 4)]
+    assert result["meta"]["processes"] == 2 and zoo_rows[0]["step_s"]["n"] == 20
+    assert "| autoencoder-mlp | zoo | mesh | 4 |" in outs[0]
+    assert "| autoencoder-mlp |" not in outs[1]  # process 0 alone reports

@@ -61,6 +61,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--out", default=None,
                    help="output folder (default bench_results/<platform>-<UTC time>)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    from zoo.core import distributed
+    distributed.add_arguments(p)
     return p.parse_args(list(argv))
 
 
@@ -172,6 +174,11 @@ def main(argv: Sequence[str]) -> int:
     if args.worker is not None:
         from zoo.bench.suites import worker
         return worker(args.worker)
+    from zoo.core import distributed
+    try:  # before anything touches a device
+        distributed.join(distributed.cluster_from(args))
+    except ValueError as e:
+        raise SystemExit(f"zoo bench: {e}") from None
     strategies, peers, sweep, sweep_cases, steps, warmup = catalog.SUITE_DEFAULTS[args.suite]
     strategies = args.strategies or strategies
     peers = tuple(x for x in (args.peers if args.peers is not None else peers) if x != "none")
@@ -187,6 +194,11 @@ def main(argv: Sequence[str]) -> int:
     for m in peers:
         if m not in ("eager", "compile"):
             raise SystemExit(f"zoo bench: unknown peer mode {m!r}; choose eager, compile")
+    import jax
+    if jax.process_count() > 1:
+        # Across processes only the mesh spans every device; the peers and the device sweep
+        # are one process's, so they are left out. Process 0 prints and writes the report.
+        strategies, peers, sweep = ("mesh",), (), ()
     if args.compile_only:
         return _compile_only(args, strategies, argv)
     if args.log_every < 1:
@@ -201,13 +213,18 @@ def main(argv: Sequence[str]) -> int:
                        sweep=sweep, sweep_strategies=args.sweep_strategies,
                        sweep_cases=sweep_cases, warmup=warmup, steps=steps, rounds=args.rounds,
                        peak=not args.no_peak,
-                       torch_threads=_torch_threads(args))
+                       torch_threads=_torch_threads(args),
+                       log=print if jax.process_index() == 0 else (lambda line: None))
     result["meta"]["threads"] = args.threads or hardware.cores()
     result["meta"]["command"] = " ".join(["zoo bench", *argv]).strip()
+    result["meta"]["processes"] = jax.process_count()
+    failed = any("error" in r and r["framework"] == "zoo" for r in result["records"])
+    if jax.process_index() != 0:
+        return 1 if failed else 0
     out = Path(args.out) if args.out else Path("bench_results") / (
         f"{result['meta']['platform']}-{_dt.datetime.now(_dt.timezone.utc):%Y%m%d-%H%M%S}")
     paths = write_report(result, out, plots=not args.no_plots)
     print()
     print(markdown_report(result))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
-    return 1 if any("error" in r and r["framework"] == "zoo" for r in result["records"]) else 0
+    return 1 if failed else 0

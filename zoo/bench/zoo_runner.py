@@ -122,7 +122,10 @@ class ZooRunner:
         self.players = tuple(state.params)
         self.param_count = param_count(state.params)
         self.step_fn, _ = build.compile_steps(self.family, self.strategy, self.config.train)
-        self.batch = self.step_fn.place_batch(self.host_batch)
+        # Each process places its own rows of the global batch (all of them in one process).
+        local = self.batch_size // jax.process_count()
+        rows = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
+        self.batch = self.step_fn.place_batch({k: v[rows] for k, v in self.host_batch.items()})
         self.state = self.strategy.place_state(state)
         jax.block_until_ready((self.state, self.batch))
 

@@ -1,6 +1,6 @@
 """Joining a multi-process run through ``jax.distributed``, from the command line.
 
-``zoo train`` and ``zoo eval`` take ``--coordinator HOST:PORT --num-processes N --process-id I``
+``zoo train``, ``zoo eval`` and ``zoo bench`` take ``--coordinator HOST:PORT --num-processes N --process-id I``
 (or ``ZOO_COORDINATOR``, ``ZOO_NUM_PROCESSES``, ``ZOO_PROCESS_ID``), or ``--distributed auto`` for
 JAX's own cluster detection (SLURM, Open MPI, Kubernetes/GKE, Cloud TPU). :func:`join` runs before
 anything touches a device. On CPU the processes' collectives go through gloo, set here. A bad
