@@ -103,7 +103,10 @@ def test_a_run_killed_on_both_processes_resumes_and_goes_on_in_one(tmp_path):
 
 
 def test_a_bad_process_id_and_a_dead_coordinator_are_one_line_in_bounded_time(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    # No cluster for --distributed auto to find, wherever the tests run.
+    cluster_vars = ("SLURM_", "OMPI_", "PMI_", "KUBERNETES_", "TPU_", "CLOUD_TPU", "MEGASCALE")
+    env = {k: v for k, v in os.environ.items()
+           if k != "XLA_FLAGS" and not k.startswith(cluster_vars)}
     base = [sys.executable, "-m", "zoo.cli", "train", "--config",
             str(CONFIGS / "autoencoder_mnist.py"), *SMALL]
     cases = [(["--coordinator", "127.0.0.1:1", "--num-processes", "2", "--process-id", "2"],
@@ -111,7 +114,9 @@ def test_a_bad_process_id_and_a_dead_coordinator_are_one_line_in_bounded_time(tm
              (["--coordinator", f"127.0.0.1:{_free_port()}", "--num-processes", "2",
                "--process-id", "1", "--distributed-timeout", "3"],
               "no coordinator answers at 127.0.0.1:"),
-             (["--num-processes", "2", "--process-id", "1"], "missing --coordinator")]
+             (["--num-processes", "2", "--process-id", "1"], "missing --coordinator"),
+             (["--distributed", "auto", "--distributed-timeout", "5"],
+              "JAX found no cluster it knows")]
     for extra, says in cases:
         t0 = time.perf_counter()
         done = subprocess.run([*base, *extra], env=env, text=True, capture_output=True,
@@ -159,3 +164,21 @@ def test_zoo_bench_across_two_processes_times_the_mesh_over_every_device(tmp_pat
     assert result["meta"]["processes"] == 2 and zoo_rows[0]["step_s"]["n"] == 20
     assert "| autoencoder-mlp | zoo | mesh | 4 |" in outs[0]
     assert "| autoencoder-mlp |" not in outs[1]  # process 0 alone reports
+
+
+def test_sigterm_to_one_process_saves_and_stops_them_all(tmp_path):
+    procs = _zoo_train(tmp_path, 2, 2, "--config.train.steps=100000",
+                       "--config.train.checkpoint_every=100000")
+    metrics = tmp_path / "metrics.jsonl"
+    deadline = time.time() + 240
+    while not (metrics.exists() and metrics.read_text().count('"train"') >= 5):
+        assert time.time() < deadline and all(p.poll() is None for p in procs)
+        time.sleep(0.05)
+    procs[1].send_signal(signal.SIGTERM)  # only the second process is told
+    outs = _finish(procs, timeout=120)
+    stopped = int(outs[0].split("received ")[1].split("at step ")[1].split(";")[0])
+    ckpt = Checkpointer(tmp_path / "checkpoints")
+    try:
+        assert ckpt.latest_step() == stopped >= 5  # both saved that step together
+    finally:
+        ckpt.close()

@@ -104,9 +104,12 @@ def join(cluster: Cluster | None) -> None:
                  f"{cluster.coordinator} as process {cluster.process_id} of "
                  f"{cluster.num_processes}")
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        hint = ("JAX found no cluster it knows (SLURM, Open MPI, Kubernetes, Cloud TPU); give "
+                "--coordinator, --num-processes and --process-id" if cluster.auto else
+                "check that process 0 runs at that address and every process was given the same "
+                "--num-processes")
         raise ValueError(f"could not join the run at {where} within {cluster.timeout_s} s "
-                         f"({first}); check that process 0 runs at that address and every "
-                         "process was given the same --num-processes") from None
+                         f"({first}); {hint}") from None
 
 
 def _wait_for_coordinator(address: str, timeout_s: float) -> None:
