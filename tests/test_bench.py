@@ -242,3 +242,19 @@ def test_loop_mode_times_the_real_training_loop_beside_the_step(tmp_path, capsys
         assert r["step_s"]["n"] == 20 and r["loop_step_s"]["n"] == 5 and r["loop_step_s"]["min"] > 0
     assert "| autoencoder-mlp | single | 16 |" in capsys.readouterr().out
     assert (out / "loop.md").read_text().startswith("| case | strategy |")
+
+
+def test_profile_mode_names_each_sides_top_ops(tmp_path):
+    out = tmp_path / "profile"
+    assert bench_main(["--suite", "tiny", "--profile", "--cases", "autoencoder-mlp",
+                       "--out", str(out)]) == 0
+    profiles = json.loads((out / "profile.json").read_text())["profiles"]
+    assert [p["framework"] for p in profiles] == ["zoo", "torch-eager"]
+    zoo, peer = profiles
+    for p in profiles:
+        shares = [op["share"] for op in p["ops"]]
+        assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1 + 1e-9
+    # An MLP autoencoder's step is matmuls: both sides must see them.
+    assert any(k["kind"] == "dot" for k in zoo["by_kind"])
+    assert any(op["hlo"].startswith(("dot", "fusion")) for op in zoo["ops"])
+    assert any(op["op"] in ("aten::mm", "aten::addmm") for op in peer["ops"])

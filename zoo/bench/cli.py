@@ -74,31 +74,36 @@ def _torch_threads(args) -> int | str:
     return args.threads or hardware.cores()
 
 
+def _write_results(args, argv, kind: str, stem: str, body: dict, table: str) -> int:
+    """A mode's results to ``--out`` (default ``bench_results/<kind>-<suite>-<time>``):
+    ``<stem>.json`` (the command and machine, and ``body``) and ``<stem>.md`` (``table``, also
+    printed). Non-zero if any item of ``body`` holds an error."""
+    import json
+    out = Path(args.out) if args.out else Path("bench_results") / (
+        f"{kind}-{args.suite}-{_dt.datetime.now(_dt.timezone.utc):%Y%m%d-%H%M%S}")
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"command": " ".join(["zoo bench", *argv]).strip(), **hardware.environment()}
+    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, **body}, indent=2, default=str))
+    (out / f"{stem}.md").write_text(table + "\n")
+    print(table)
+    print(f"wrote {out / f'{stem}.json'}, {out / f'{stem}.md'}")
+    items = [x for v in body.values() for x in v]
+    return 1 if any("error" in x for x in items) else 0
+
+
 def _compile_only(args, strategies, argv) -> int:
     """``--compile-only``: lower and compile each case at full size (abstract inputs), report
     FLOPs and memory, write ``compile_only.json`` / ``.md``; non-zero if a case fails."""
-    import json
-
     from zoo.bench import compile_only
     strategy = next((s for s in strategies if s in ("single", "mesh")), "single")
     records = compile_only.run_compile_only(args.suite, args.cases, strategy)
     table = compile_only.compile_only_table(records)
-    out = Path(args.out) if args.out else Path("bench_results") / (
-        f"compile-only-{args.suite}-{_dt.datetime.now(_dt.timezone.utc):%Y%m%d-%H%M%S}")
-    out.mkdir(parents=True, exist_ok=True)
-    meta = {"command": " ".join(["zoo bench", *argv]).strip(), **hardware.environment()}
-    (out / "compile_only.json").write_text(json.dumps({"meta": meta, "records": records},
-                                                      indent=2, default=str))
-    (out / "compile_only.md").write_text(table + "\n")
-    print(table)
-    print(f"wrote {out / 'compile_only.json'}, {out / 'compile_only.md'}")
-    return 1 if any("error" in r for r in records) else 0
+    return _write_results(args, argv, "compile-only", "compile_only", {"records": records},
+                          table)
 
 
 def _loop(args, strategies, steps, warmup, argv) -> int:
     """``--loop``: each case's training loop beside its step alone; ``loop.json`` / ``.md``."""
-    import json
-
     from zoo.bench import loop
     cases, notes = catalog.suite_cases(args.suite, args.cases)
     for note in notes:
@@ -108,22 +113,11 @@ def _loop(args, strategies, steps, warmup, argv) -> int:
         records += loop.run_loop_suite(cases, strategy, warmup=warmup, steps=steps,
                                        log_every=args.log_every)
     table = loop.loop_table(records)
-    out = Path(args.out) if args.out else Path("bench_results") / (
-        f"loop-{args.suite}-{_dt.datetime.now(_dt.timezone.utc):%Y%m%d-%H%M%S}")
-    out.mkdir(parents=True, exist_ok=True)
-    meta = {"command": " ".join(["zoo bench", *argv]).strip(), **hardware.environment()}
-    (out / "loop.json").write_text(json.dumps({"meta": meta, "records": records}, indent=2,
-                                              default=str))
-    (out / "loop.md").write_text(table + "\n")
-    print(table)
-    print(f"wrote {out / 'loop.json'}, {out / 'loop.md'}")
-    return 1 if any("error" in r for r in records) else 0
+    return _write_results(args, argv, "loop", "loop", {"records": records}, table)
 
 
 def _profile(args, strategies, steps, warmup, peers, argv) -> int:
     """``--profile``: each case's top ops, zoo's and the peer's; ``profile.json`` / ``.md``."""
-    import json
-
     from zoo.bench import profile
     cases, notes = catalog.suite_cases(args.suite, args.cases)
     for note in notes:
@@ -144,16 +138,7 @@ def _profile(args, strategies, steps, warmup, peers, argv) -> int:
                                  "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"})
     profiles = [p for p in profiles if p is not None]
     table = profile.profile_table(profiles)
-    out = Path(args.out) if args.out else Path("bench_results") / (
-        f"profile-{args.suite}-{_dt.datetime.now(_dt.timezone.utc):%Y%m%d-%H%M%S}")
-    out.mkdir(parents=True, exist_ok=True)
-    meta = {"command": " ".join(["zoo bench", *argv]).strip(), **hardware.environment()}
-    (out / "profile.json").write_text(json.dumps({"meta": meta, "profiles": profiles},
-                                                 indent=2, default=str))
-    (out / "profile.md").write_text(table + "\n")
-    print(table)
-    print(f"wrote {out / 'profile.json'}, {out / 'profile.md'}")
-    return 1 if any("error" in p for p in profiles) else 0
+    return _write_results(args, argv, "profile", "profile", {"profiles": profiles}, table)
 
 
 def main(argv: Sequence[str]) -> int:
