@@ -19,8 +19,8 @@ LAYERS = (
     ("data", ("zoo.tokenizers", "zoo.token_files", "zoo.data", "zoo.text_data", "zoo.input_pipeline",
               "zoo.convert_gpt2")),
     ("train, evaluate, checkpoint", ("zoo.checkpoint", "zoo.build", "zoo.evaluate", "zoo.train")),
-    ("sample, generate, eval_quality", ("zoo.sample", "zoo.generate", "zoo.metrics",
-                                        "zoo.eval_quality")),
+    ("sample, generate, eval_quality", ("zoo.sample", "zoo.inpaint", "zoo.generate",
+                                        "zoo.metrics", "zoo.eval_quality")),
     ("cli, bench", ("zoo.cli", "zoo.bench")),
 )
 LEAVES = ("zoo.flops",)  # imports nothing of zoo

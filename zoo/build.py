@@ -50,17 +50,18 @@ def make_optimizers(family: Family, config, players) -> dict[str, Any]:
 def initial_state(family: Family, config, example) -> TrainState:
     """The run's host TrainState at step 0: params from ``train.seed``, each player's optimizer
     (:func:`make_optimizers`), the step rng from ``train.seed + 1``."""
-    seed = RunSettings.parse(config).train.seed
-    params, model_state = family.init(jax.random.PRNGKey(seed), example)
+    tc = RunSettings.parse(config).train
+    params, model_state = family.init(jax.random.PRNGKey(tc.seed), example)
     return TrainState.create(params=params, tx=make_optimizers(family, config, params),
-                             model_state=model_state, rng=jax.random.PRNGKey(seed + 1))
+                             model_state=model_state, rng=jax.random.PRNGKey(tc.seed + 1),
+                             ema=tc.ema_decay > 0)
 
 
 def compile_steps(family: Family, strategy: parallel.Strategy, train_config
                   ) -> tuple[compiled.CompiledStep, compiled.CompiledStep]:
     """The family's train and eval steps under ``strategy``, as ``train_config`` (a ``train``
     section or :class:`zoo.core.settings.TrainSettings`) asks: ``grad_accum_steps``,
-    ``compute_dtype``, ``remat``, ``nonfinite``."""
+    ``compute_dtype``, ``remat``, ``nonfinite``, ``ema_decay``."""
     tc = settings.parse(TrainSettings, train_config, "train")
     if tc.nonfinite not in NONFINITE_POLICIES:
         raise ValueError(f"unknown train.nonfinite {tc.nonfinite!r}; choose one of "
@@ -69,7 +70,7 @@ def compile_steps(family: Family, strategy: parallel.Strategy, train_config
     train_step = compiled.compile_train_step(
         family.objective, strategy, batch_spec=family.batch_spec,
         grad_accum_steps=tc.grad_accum_steps, compute_dtype=dtype, remat=tc.remat,
-        skip_nonfinite=tc.nonfinite == "skip")
+        skip_nonfinite=tc.nonfinite == "skip", ema_decay=tc.ema_decay)
     eval_step = compiled.compile_eval_step(step_lib.AllPlayers(family.eval_metrics),
                                            strategy, batch_spec=family.batch_spec,
                                            compute_dtype=dtype)

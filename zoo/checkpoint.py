@@ -28,11 +28,12 @@ from zoo.core import parallel
 from zoo.core.family import Family
 from zoo.core.train_state import TrainState
 
-_STATE_KEYS = ("step", "params", "opt_state", "model_state", "rng")
+_STATE_KEYS = ("step", "params", "opt_state", "model_state", "rng", "ema_params")
 
 
 def _state_dict(state: TrainState) -> dict[str, Any]:
-    return {k: getattr(state, k) for k in _STATE_KEYS}
+    """The state's arrays by field; ``ema_params`` only when the run keeps one."""
+    return {k: getattr(state, k) for k in _STATE_KEYS if getattr(state, k) is not None}
 
 
 class CheckpointError(ValueError):
@@ -246,6 +247,8 @@ class LoadedRun:
       params, model_state: numpy arrays, dicts keyed by player.
       tokenizer: a language model's tokenizer (None for other families).
       step: the checkpoint's step (None for a run without checkpoints).
+      ema_params: the params' moving average, keyed by player, for a run trained with
+        ``train.ema_decay`` (None otherwise).
     """
 
     config: dict
@@ -254,6 +257,12 @@ class LoadedRun:
     model_state: dict
     tokenizer: tok.Tokenizer | None = None
     step: int | None = None
+    ema_params: dict | None = None
+
+    @property
+    def sampling_params(self) -> dict:
+        """What draws samples: the EMA of the params where the run keeps one, else the params."""
+        return self.params if self.ema_params is None else self.ema_params
 
 
 def load_run(path: str | Path, step: int | None = None,
@@ -310,7 +319,7 @@ def load_run(path: str | Path, step: int | None = None,
     params = state["params"]
     model_state = {p: state.get("model_state", {}).get(p, {}) for p in params}
     return LoadedRun(config, models.make_family(config["model"]), params, model_state,
-                     tok.from_config(saved) if saved else None, s)
+                     tok.from_config(saved) if saved else None, s, state.get("ema_params"))
 
 
 def _saved_steps(ckpt_dir: Path) -> list[int]:

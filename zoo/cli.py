@@ -62,8 +62,23 @@ def _eval(args, overrides) -> int:
     eval_quality.evaluate_checkpoint(args.path, config=config, overrides=overrides,
                                      step=args.step, split=args.split,
                                      quality=not args.no_quality, num_samples=args.num_samples,
-                                     iwae_k=args.iwae_k, log=_process_log())
+                                     iwae_k=args.iwae_k,
+                                     sampling_steps=_numbers(args.sampling_steps, int,
+                                                             "--sampling-steps"),
+                                     guidances=_numbers(args.guidance, float, "--guidance"),
+                                     log=_process_log())
     return 0
+
+
+def _numbers(text: str | None, kind, option: str) -> list:
+    """A comma-separated list of numbers (``10,20,50``); a bad one is named."""
+    if not text:
+        return []
+    try:
+        return [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{option} takes comma-separated {kind.__name__} values "
+                         f"(e.g. 10,20,50); got {text!r}") from None
 
 
 def _export(args, overrides) -> int:
@@ -108,7 +123,22 @@ def _sample(args, overrides) -> int:
     from zoo import sample
 
     written = sample.sample_main(args.path, args.out, seed=args.seed, dataset=args.dataset,
-                                 tfds_data_dir=args.tfds_data_dir, download_dir=args.download_dir)
+                                 tfds_data_dir=args.tfds_data_dir, download_dir=args.download_dir,
+                                 sampler=args.sampler, sampling_steps=args.sampling_steps,
+                                 eta=args.eta, guidance=args.guidance)
+    for name, path in written.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def _inpaint(args, overrides) -> int:
+    from zoo import inpaint
+
+    written = inpaint.inpaint_main(args.path, args.out, mask=args.mask, num_images=args.images,
+                                   seed=args.seed, sampling_steps=args.sampling_steps,
+                                   resample=args.resample, guidance=args.guidance,
+                                   dataset=args.dataset, tfds_data_dir=args.tfds_data_dir,
+                                   download_dir=args.download_dir)
     for name, path in written.items():
         print(f"{name}: {path}")
     return 0
@@ -168,18 +198,58 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images generated for the image-quality report (default 10000)")
     p.add_argument("--iwae-k", type=int, default=0,
                    help="VAE: also the IWAE-k test log-likelihood (e.g. 5000; slow)")
+    p.add_argument("--sampling-steps", default=None,
+                   help="diffusion: DDIM step counts to compare, e.g. 10,20,50,100 (quality and "
+                        "samples/s for each; plotted to RUN_DIR/eval_sampling.png)")
+    p.add_argument("--guidance", default=None,
+                   help="conditional diffusion: guidance scales to compare, e.g. 0,1,3")
     distributed.add_arguments(p)
     p.add_argument("--config", default=None, help="a config file to use instead of the saved one "
                                                   "(--config.key=value overrides apply either way)")
     p.set_defaults(run=_eval)
-    p = sub.add_parser("sample", help="write sample PNGs from a run directory or checkpoint")
+    p = sub.add_parser("sample", help="write sample PNGs from a run directory or checkpoint",
+                       description="zoo sample RUN --out DIR: a sample grid (a row per class for "
+                                   "conditional models), an interpolation strip, and what the "
+                                   "family adds (reconstructions, a 2-d latent's maps; a "
+                                   "diffusion model's denoising strip, drawn with --sampler, "
+                                   "--sampling-steps, --eta, --guidance)")
     p.add_argument("path")
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dataset", default=None)
     p.add_argument("--tfds-data-dir", default=None)
     p.add_argument("--download-dir", default=None)
+    p.add_argument("--sampler", default=None, help="diffusion: ddim (default) or ddpm (all T "
+                                                   "steps, ancestral)")
+    p.add_argument("--sampling-steps", type=int, default=None,
+                   help="diffusion: DDIM steps (default: the model config's)")
+    p.add_argument("--eta", type=float, default=None,
+                   help="diffusion: DDIM eta, 0 (deterministic, default) to 1")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="conditional diffusion: guidance scale w (0: unconditional, 1: "
+                        "conditional; default: the model config's)")
     p.set_defaults(run=_sample)
+    p = sub.add_parser("inpaint", help="fill masked test images with a diffusion model",
+                       description="zoo inpaint RUN --out DIR [--mask center|left|top|random] "
+                                   "[--images N]: writes inpainting.png (rows original, "
+                                   "masked, filled) and inpainting.npz (the three arrays and "
+                                   "the mask)")
+    p.add_argument("path")
+    p.add_argument("--out", required=True)
+    p.add_argument("--mask", default="center",
+                   help="the region to fill: center (default), left, top or random")
+    p.add_argument("--images", type=int, default=8, help="how many test images (default 8)")
+    p.add_argument("--sampling-steps", type=int, default=None,
+                   help="DDIM steps (default: the model config's)")
+    p.add_argument("--resample", type=int, default=5,
+                   help="RePaint resamplings per step (default 5; 1: none)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="conditional models: guidance toward each image's label (0: unconditional)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dataset", default=None)
+    p.add_argument("--tfds-data-dir", default=None)
+    p.add_argument("--download-dir", default=None)
+    p.set_defaults(run=_inpaint)
     p = sub.add_parser("generate", help="generate text from a zoo language-model run or a "
                                         "Hugging Face GPT-2 folder",
                        description="zoo generate PATH --prompt TEXT: PATH is a zoo train workdir "

@@ -13,16 +13,19 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
+import matplotlib
 import numpy as np
 
 from zoo import data as data_lib
 from zoo import evaluate, generate, sample
 from zoo import metrics as M
 from zoo.core import settings
+from zoo.core.train_state import sampling_params
 from zoo.models import classifier
 
 
@@ -162,14 +165,17 @@ QUALITY_DATASETS = ("mnist",)  # datasets zoo ships a feature classifier for
 
 def run_quality_report(family, params: Mapping, model_state: Mapping, config, *, data=None,
                        metrics: Mapping[str, float] | None = None, num_samples: int = 10_000,
-                       iwae_k: int = 0, seed: int = 0, log=print) -> dict[str, Any]:
+                       iwae_k: int = 0, seed: int = 0, sampling_steps: Sequence[int] = (),
+                       guidances: Sequence[float] = (), log=print) -> dict[str, Any]:
     """The quality report of a trained run (what ``zoo eval`` adds to the eval metrics), by what
     the family can do:
 
     * draws images (``image_sampler``), on MNIST: :func:`image_quality_report` of
       ``num_samples`` samples (one class in turn for conditional models), with the generation
       speed; with a ``log_likelihood`` and ``iwae_k > 0`` also ``test_nll_iwae`` (-log p(x) in
-      nats, IWAE-k, test images).
+      nats, IWAE-k, test images). A diffusion model given ``sampling_steps`` (and/or
+      ``guidances``) reports one row per step count and guidance instead,
+      :func:`sampling_table`.
     * generates text (``text_decoder``): :func:`text_quality_report` of samples continuing
       prompts from ``data.eval_text``, with perplexity or bits per character from
       ``metrics["loss"]``.
@@ -191,6 +197,9 @@ def run_quality_report(family, params: Mapping, model_state: Mapping, config, *,
                 for split in ("train", "test")}
         k = family.image_sampler.num_classes
         labels = np.arange(num_samples, dtype=np.int32) % k if k else None
+        if family.denoiser is not None and (sampling_steps or guidances):
+            return {"sampling": sampling_table(family, params, model_state, real, num_samples,
+                                               sampling_steps, guidances, seed=seed, log=log)}
         make = lambda: sample.generate_images(family, params, model_state, rng, num_samples,
                                               labels)
         speed = M.generation_speed(make, num_samples, warmup=1, repeats=1)
@@ -225,26 +234,101 @@ def run_quality_report(family, params: Mapping, model_state: Mapping, config, *,
     return {}
 
 
+def sampling_table(family, params: Mapping, model_state: Mapping, real: Mapping,
+                   num_samples: int, sampling_steps: Sequence[int], guidances: Sequence[float],
+                   *, seed: int = 0, batch_size: int = 250, log=print) -> list[dict[str, Any]]:
+    """What each sampling step buys: for every DDIM step count (and guidance, conditional
+    models: each class in turn), :func:`image_quality_report` of ``num_samples`` samples with
+    their samples/s (timed after one batch that compiles). ``real``: the train and test splits."""
+    k = family.image_sampler.num_classes
+    labels = np.arange(num_samples, dtype=np.int32) % k if k else None
+    count = num_samples
+    rows = []
+    for steps in (list(sampling_steps) or [None]):
+        for w in (list(guidances) or [None]):
+            fam = sample.with_sampling(family, steps=steps, guidance=w)
+            gen = lambda m: sample.generate_images(fam, params, model_state,
+                                                   jax.random.PRNGKey(seed), m,
+                                                   None if labels is None else labels[:m],
+                                                   batch_size=min(batch_size, m))
+            jax.block_until_ready(gen(min(batch_size, count)))  # compiles
+            t0 = time.perf_counter()
+            images = gen(count)
+            seconds = time.perf_counter() - t0
+            row = image_quality_report(None, images, real["train"], real["test"], labels,
+                                       seed=seed, speed={"samples_per_s": count / seconds,
+                                                         "seconds": seconds})
+            row = {"sampling_steps": fam.denoiser.sampling_steps,
+                   **({"guidance": fam.denoiser.guidance} if fam.denoiser.num_classes else {}),
+                   **row}
+            log("zoo eval: " + "  ".join(
+                f"{key} {row[key]:.4g}" for key in ("sampling_steps", "guidance", "fid",
+                                                    "fid_floor", "precision", "recall",
+                                                    "conditional_accuracy", "samples_per_s")
+                if key in row))
+            rows.append(row)
+    return rows
+
+
+def plot_sampling_table(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """FID (left axis) and samples/s (right axis, log) against sampling steps, one line per
+    guidance: the picture of what each sampling step buys."""
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt  # after choosing the backend: no display needed
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    speed_ax = ax.twinx()
+    for w in sorted({r.get("guidance") for r in rows}, key=lambda v: -1 if v is None else v):
+        sel = sorted((r for r in rows if r.get("guidance") == w), key=lambda r: r["sampling_steps"])
+        steps = [r["sampling_steps"] for r in sel]
+        label = "" if w is None else f" (guidance {w:g})"
+        ax.plot(steps, [r["fid"] for r in sel], "o-", label="FID" + label)
+        speed_ax.plot(steps, [r["samples_per_s"] for r in sel], "s--", alpha=0.6,
+                      label="samples/s" + label)
+    ax.axhline(rows[0]["fid_floor"], color="grey", lw=0.8, ls=":", label="FID floor (real data)")
+    ax.set_xscale("log")
+    speed_ax.set_yscale("log")
+    ax.set_xlabel("DDIM sampling steps")
+    ax.set_ylabel("classifier-FID (lower is better)")
+    speed_ax.set_ylabel("samples / s")
+    lines = ax.get_legend_handles_labels()
+    more = speed_ax.get_legend_handles_labels()
+    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="upper center")
+    ax.set_title("Diffusion: quality and speed against sampling steps")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, format="png")
+    plt.close(fig)
+    return path
+
+
 def evaluate_checkpoint(path: str | Path, *, config=None, overrides: list[str] = (),
                         step: int | None = None, split: str = "test", quality: bool = True,
                         num_samples: int = 10_000, iwae_k: int = 0,
+                        sampling_steps: Sequence[int] = (), guidances: Sequence[float] = (),
                         log: Callable[[str], None] = print) -> dict[str, Any]:
     """What ``zoo eval`` runs: a run's eval metrics on ``split``
     (:func:`zoo.evaluate.checkpoint_metrics`) and, with ``quality``, its
     :func:`run_quality_report` (``num_samples`` samples; ``iwae_k > 0`` adds the IWAE-k test
-    log-likelihood where the family has one). Returns the results and writes them to
-    ``eval.json`` in the run directory."""
+    log-likelihood where the family has one; ``sampling_steps``/``guidances``: a diffusion
+    model's table of quality and speed by sampling steps, also drawn to ``eval_sampling.png``).
+    Returns the results and writes them to ``eval.json`` in the run directory."""
     result, run, state = evaluate.checkpoint_metrics(path, config=config, overrides=overrides,
                                                      step=step, split=split, log=log)
     if quality:
         report = run_quality_report(
-            run.family, run.strategy.to_host(state.params), run.strategy.to_host(state.model_state),
+            run.family, run.strategy.to_host(sampling_params(state)),
+            run.strategy.to_host(state.model_state),
             run.settings, data=run.data, metrics=result["metrics"], num_samples=num_samples,
-            iwae_k=iwae_k, log=log)
+            iwae_k=iwae_k, sampling_steps=sampling_steps, guidances=guidances, log=log)
         if report:
             result["quality"] = report
     path = Path(path)
-    out = (path.parent if path.name == "checkpoints" else path) / "eval.json"
+    run_dir = path.parent if path.name == "checkpoints" else path
+    out = run_dir / "eval.json"
+    if "sampling" in result.get("quality", {}) and jax.process_index() == 0:
+        result["plot"] = str(plot_sampling_table(result["quality"]["sampling"],
+                                                 run_dir / "eval_sampling.png"))
     if jax.process_index() == 0:
         out.write_text(json.dumps(result, indent=2))
     log(json.dumps(result, indent=2))

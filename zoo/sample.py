@@ -20,6 +20,7 @@ or text for a language model (:func:`zoo.generate.make_text_sampler`).
 
 from __future__ import annotations
 
+import dataclasses
 import weakref
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -32,6 +33,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from zoo import checkpoint, generate
 from zoo import data as data_lib
+from zoo.core import diffusion as diffusion_lib
 from zoo.core import settings
 from zoo.core.family import Family
 from zoo.core.settings import DataSettings
@@ -140,6 +142,21 @@ def _lerp(a, b, steps):
     return (a[:, None, :] * (1 - t) + b[:, None, :] * t).reshape(-1, a.shape[-1])
 
 
+def _slerp(a, b, steps):
+    """Spherical interpolation (Shoemake 1985): every point keeps the norm a Gaussian latent of
+    this size has, where a straight line would pass through low-norm latents no noise image
+    has (the middle of a lerp between two noise images decodes to a blur)."""
+    t = jnp.linspace(0.0, 1.0, steps)[None, :, None]
+    unit = lambda v: v / jnp.linalg.norm(v, axis=-1, keepdims=True)
+    omega = jnp.arccos(jnp.clip(jnp.sum(unit(a) * unit(b), -1), -1.0, 1.0))[:, None, None]
+    sin = jnp.sin(omega)
+    out = (jnp.sin((1 - t) * omega) * a[:, None] + jnp.sin(t * omega) * b[:, None]) / sin
+    return out.reshape(-1, a.shape[-1])
+
+
+INTERPOLATIONS = {"lerp": _lerp, "slerp": _slerp}
+
+
 def _class_rows(num_classes, n_cols):
     return jnp.repeat(jnp.arange(num_classes, dtype=jnp.int32), n_cols)
 
@@ -236,12 +253,15 @@ def write_samples(family: Family, params: Mapping, model_state: Mapping, out_dir
             row_labels = jnp.arange(interp_rows, dtype=jnp.int32) % k
             labels = jnp.repeat(row_labels, interp_steps)
             ends = [_names(k, class_names)[int(c)] for c in row_labels]
-        images = draw(_lerp(z0, z1, interp_steps), labels)
-        title = (f"{name} interpolation between two random {z_name} vectors z ~ N(0, I) "
-                 "(left to right)")
+        images = draw(INTERPOLATIONS[sampler.interpolation](z0, z1, interp_steps), labels)
+        title = (f"{name} interpolation ({sampler.interpolation}) between two random {z_name} "
+                 "z ~ N(0, I) (left to right)")
     written["interpolation"] = save_png(
         image_grid(images, interp_steps, scale=scale, row_labels=ends, title=title),
         out_dir / "interpolation.png")
+    if family.denoiser is not None:
+        written["denoising"] = denoising_strip(family, p, s, sample_rng, out_dir / "denoising.png",
+                                               scale=scale)
     if encode is None:
         return written
 
@@ -282,6 +302,47 @@ def write_samples(family: Family, params: Mapping, model_state: Mapping, out_dir
     return written
 
 
+def denoising_strip(family: Family, params, model_state, rng: jax.Array, path: str | Path, *,
+                    rows: int = 6, columns: int = 10, scale: int = 3) -> Path:
+    """A diffusion model's DDIM path for ``rows`` samples: x_t from pure noise (left) to the
+    image (right) at ``columns`` evenly spaced steps (``params``: the denoiser player's)."""
+    den = family.denoiser
+    k = den.num_classes
+    noise = jax.random.normal(rng, (rows, *den.image_shape))
+    labels = jnp.arange(rows, dtype=jnp.int32) % k if k else None
+    path_fn = _jitted(den.denoising_path)
+    full = np.asarray(path_fn(params, model_state, noise, labels))  # (steps + 1, rows, ...)
+    # full[i] is x_T for i = 0, else x after the i-th step, which lands on the (0-based) step
+    # after_step[i], i.e. x_t with t = after_step[i] + 1 noising steps left (x_0 at the end).
+    after_step = np.append(diffusion_lib.timesteps(den.schedule, den.sampling_steps), -1)
+    pick = np.unique(np.round(np.linspace(0, len(full) - 1, columns)).astype(int))
+    steps_shown = [den.schedule.num_steps if i == 0 else int(after_step[i]) + 1 for i in pick]
+    images = np.swapaxes(full[pick], 0, 1).reshape(-1, *den.image_shape)
+    title = ("Denoising, left to right: x_t at t = " + ", ".join(map(str, steps_shown))
+             + f" of {den.schedule.num_steps} (DDIM, {len(full) - 1} steps)")
+    row_labels = [_names(k, None)[int(c)] for c in np.asarray(labels)] if k else None
+    return save_png(image_grid(images, len(pick), scale=scale, row_labels=row_labels,
+                               title=title), path)
+
+
+def with_sampling(family: Family, *, sampler: str | None = None, steps: int | None = None,
+                  eta: float | None = None, guidance: float | None = None) -> Family:
+    """``family`` drawing with these diffusion sampling options (None: the model's own), or
+    ``family`` itself when none is given; a family without a ``denoiser`` refuses them."""
+    if sampler is None and steps is None and eta is None and guidance is None:
+        return family
+    den = family.require("denoiser", "take diffusion sampling options (sampler, sampling "
+                                     "steps, eta, guidance)")
+    sampler = sampler or "ddim"
+    den.check(sampler, steps, guidance)
+    if sampler == "ddpm":
+        steps = den.schedule.num_steps
+    den = dataclasses.replace(den, sampling_steps=steps or den.sampling_steps,
+                              guidance=den.guidance if guidance is None else guidance)
+    return dataclasses.replace(family, denoiser=den,
+                               image_sampler=den.image_sampler(sampler, eta=eta or 0.0))
+
+
 # ---- at each evaluation, and from a saved run ----------------------------------------------------
 
 SampleFn = Callable[[Mapping, Mapping, jax.Array, Path, int], Any]
@@ -312,25 +373,32 @@ def run_sampler(run: Run) -> SampleFn | None:
 
 def sample_main(path: str, out_dir: str, *, seed: int = 0, data: Mapping | None = None,
                 dataset: str | None = None, tfds_data_dir: str | None = None,
-                download_dir: str | None = None, **options: Any) -> dict[str, Path]:
+                download_dir: str | None = None, sampler: str | None = None,
+                sampling_steps: int | None = None, eta: float | None = None,
+                guidance: float | None = None, **options: Any) -> dict[str, Path]:
     """``zoo sample``: loads the run at ``path`` (:func:`zoo.checkpoint.load_run`) and writes its
     PNGs to ``out_dir``.
 
     Test images (for reconstructions, data-driven interpolations and the 2-d latent scatter) come
     from ``data`` if given, else from ``dataset`` (default: the run's ``data.dataset``) through
-    ``zoo.data.load_tfds``; without a dataset only the data-free pictures are written.
+    ``zoo.data.load_tfds``; without a dataset only the data-free pictures are written. A
+    diffusion model draws with ``sampler`` (ddim, ddpm), ``sampling_steps``, ``eta`` and
+    ``guidance`` (:func:`with_sampling`), from its EMA weights where it has them.
     ``options`` go to :func:`write_samples`.
     """
     run = checkpoint.load_run(path)
+    family = with_sampling(run.family, sampler=sampler, steps=sampling_steps, eta=eta,
+                           guidance=guidance)
     if run.family.image_sampler is None and run.family.text_decoder is not None:
         raise ValueError(f"{path} is a {run.family.name} language model, which writes text, not "
                          f"images: zoo generate {path} --prompt TEXT")
-    run.family.require("image_sampler", "draw images")
+    family.require("image_sampler", "draw images")
     run_data = settings.parse(DataSettings, run.config.get("data", {}), "data")
     dataset = dataset or (run_data.dataset if "data" in run.config else None)
-    if data is None and dataset and dataset != "synthetic":
+    needs_data = family.image_sampler.encode is not None  # pictures of real images
+    if data is None and needs_data and dataset and dataset != "synthetic":
         data = data_lib.load_tfds(dataset, "test",
                                   data_dir=tfds_data_dir or run_data.tfds_data_dir or None,
                                   download_dir=download_dir or run_data.download_dir or None)
-    return write_samples(run.family, run.params, run.model_state, out_dir,
+    return write_samples(family, run.sampling_params, run.model_state, out_dir,
                          jax.random.PRNGKey(seed), data, **options)

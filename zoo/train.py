@@ -31,7 +31,7 @@ from zoo import input_pipeline
 from zoo.checkpoint import TOKENIZER_FILE, CheckpointError, Checkpointer
 from zoo.core import parallel
 from zoo.core.family import Family
-from zoo.core.train_state import TrainState, param_count
+from zoo.core.train_state import TrainState, param_count, sampling_params
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -405,7 +405,7 @@ def _train(config, workdir: Path | None, log: Callable[[str], None],
                     writer.write(step, eval_metrics, prefix="eval")
                     if sample_fn is not None and workdir is not None:
                         # to_host is a collective: every process fetches, process 0 writes.
-                        host = strategy.to_host((state.params, state.model_state))
+                        host = strategy.to_host((sampling_params(state), state.model_state))
                         if jax.process_index() == 0:
                             written = sample_fn(*host, jax.random.PRNGKey(step),
                                                 workdir / "samples", step)

@@ -34,6 +34,8 @@ class ImageSampler:
       generates: whether ``z ~ N(0, I)`` decodes to images of the data (a VAE, a GAN). An
         autoencoder's codes have no such prior: it draws reconstructions and interpolations
         between real images only, and has no sample-quality report.
+      interpolation: how pictures move between two latents: ``"lerp"``, or ``"slerp"`` for a
+        latent whose norm matters (a diffusion model's starting noise).
     """
 
     player: str
@@ -44,6 +46,7 @@ class ImageSampler:
     title: str = "model"
     latent_name: str = "latent"
     generates: bool = True
+    interpolation: str = "lerp"
 
 
 class TextDecoder(Protocol):
@@ -86,6 +89,8 @@ class Family:
       log_likelihood: ``log_likelihood(params, images, labels, *, k, seed) -> float`` (params
         keyed by player, as in a TrainState): an estimate of the mean log p(x) of ``images`` in
         nats per image, with ``k`` samples (a VAE's IWAE-k bound); None: none.
+      denoiser: a diffusion model's :class:`zoo.core.diffusion.Denoiser` (DDPM and DDIM
+        sampling, guidance, inpainting); None: not a diffusion model.
       text_batching: ``(batching, why)``: the ``data.batching`` a language model needs and the
         reason (an LSTM carrying its state needs ``stream``); None: any.
     """
@@ -101,6 +106,7 @@ class Family:
     text_decoder: TextDecoder | None = None
     log_likelihood: Callable | None = None
     text_batching: tuple[str, str] | None = None
+    denoiser: Any = None
 
     def require(self, capability: str, what: str) -> Any:
         """The capability ``capability`` (an attribute name), or a ValueError naming the family

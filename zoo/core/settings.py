@@ -96,6 +96,7 @@ class TrainSettings:
     grad_accum_steps: int = 1
     compute_dtype: str = "float32"
     remat: bool = False
+    ema_decay: float = 0.0          # > 0: keep an EMA of the params (sampled from); 0: none
     sample_prompt: str = ""         # language models: "" = the start of the evaluation split
     sample_tokens: int = 200        # language models: tokens written at each evaluation; 0: none
 

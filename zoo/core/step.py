@@ -274,6 +274,7 @@ def make_train_step(
     remat: bool = False,
     skip_nonfinite: bool = False,
     axis_name: str | None = None,
+    ema_decay: float = 0.0,
 ) -> Callable[[TrainState, PyTree], tuple[TrainState, Metrics]]:
     """Builds the pure train step ``step(state, batch) -> (new_state, metrics)``.
 
@@ -294,6 +295,11 @@ def make_train_step(
       axis_name: the mapped axis to average gradients, metrics and model state over (all but its
         per-example leaves, which hold each shard's own rows); set by the ``pmap`` strategy,
         ``None`` otherwise (under ``jit`` with shardings the batch is global).
+      ema_decay: > 0 keeps ``state.ema_params`` (the state must be created with ``ema=True``):
+        after the updates of step s, ``ema = d ema + (1 - d) params`` with
+        ``d = min(ema_decay, (1 + s) / (10 + s))``, the warm-up that keeps early averages from
+        being dominated by the random initial params (TensorFlow's ExponentialMovingAverage
+        with ``num_updates``).
 
     The step's rng is ``fold_in(fold_in(state.rng, step), shard)`` (shard only under ``pmap``; under
     ``jit`` random draws over the global batch already differ across shards), then folded in per
@@ -302,6 +308,8 @@ def make_train_step(
     updates = as_objective(objective)
     if grad_accum_steps < 1:
         raise ValueError(f"grad_accum_steps must be >= 1, got {grad_accum_steps}")
+    if not 0.0 <= ema_decay < 1.0:
+        raise ValueError(f"ema_decay must be in [0, 1) (0: no EMA), got {ema_decay}")
 
     def step(state: TrainState, batch: PyTree) -> tuple[TrainState, Metrics]:
         rng = jax.random.fold_in(state.rng, state.step)
@@ -331,16 +339,30 @@ def make_train_step(
             metrics[update.prefix + "grad_norm"] = optax.global_norm(grads)
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                                   model_state=model_state)
+        if ema_decay:
+            new_state = new_state.replace(ema_params=ema_update(state, params, ema_decay))
         if skip_nonfinite:
             keep_old = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
             new_state = new_state.replace(
                 params=keep_old(new_state.params, state.params),
                 opt_state=keep_old(new_state.opt_state, state.opt_state),
-                model_state=keep_old(new_state.model_state, state.model_state))
+                model_state=keep_old(new_state.model_state, state.model_state),
+                ema_params=keep_old(new_state.ema_params, state.ema_params))
             metrics["skipped"] = 1.0 - finite.astype(jnp.float32)
         return new_state, metrics
 
     return step
+
+
+def ema_update(state: TrainState, params: dict, decay: float) -> dict:
+    """``state.ema_params`` moved toward ``params`` (the step's new params), with the warm-up
+    of :func:`make_train_step`'s ``ema_decay``."""
+    if state.ema_params is None:
+        raise ValueError("ema_decay > 0 needs a state that keeps an EMA: "
+                         "TrainState.create(..., ema=True)")
+    step = state.step.astype(jnp.float32)
+    d = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+    return jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, state.ema_params, params)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,6 +11,11 @@ from one batch to the next in truncated BPTT, goes under ``model_state[player][P
 (``zoo.core.step.PER_EXAMPLE``, ``"per_example"``): every leaf there has the global batch as its
 leading dimension, row i belonging to batch row i, and is split over devices and microbatches
 like the batch (see ``zoo.core.step``).
+
+``ema_params`` (None unless asked for) is an exponential moving average of every player's params,
+updated by the train step after each optimizer update (``make_train_step(ema_decay=...)``): what
+a diffusion model samples from, and a GAN's generator can too. It is placed, checkpointed and
+restored like the params.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ class TrainState(struct.PyTreeNode):
     model_state: dict[str, PyTree]
     rng: jax.Array
     tx: dict[str, optax.GradientTransformation] = struct.field(pytree_node=False)
+    ema_params: dict[str, PyTree] | None = None
 
     @classmethod
     def create(
@@ -63,8 +69,9 @@ class TrainState(struct.PyTreeNode):
         model_state: PyTree | None = None,
         seed: int | None = None,
         rng: jax.Array | None = None,
+        ema: bool = False,
     ) -> "TrainState":
-        """Builds a state at step 0.
+        """Builds a state at step 0; ``ema=True`` starts ``ema_params`` at the params.
 
         With a single ``optax.GradientTransformation`` the state has one player, ``"model"``, and
         ``params``/``model_state`` are that player's. With a dict of optimizers, ``params`` (and
@@ -96,6 +103,7 @@ class TrainState(struct.PyTreeNode):
             model_state=model_state,
             rng=rng,
             tx=tx,
+            ema_params=jax.tree.map(jnp.array, params) if ema else None,
         )
 
     @property
@@ -106,3 +114,8 @@ class TrainState(struct.PyTreeNode):
 def param_count(params: PyTree) -> int:
     """Number of scalar parameters in a pytree."""
     return sum(int(x.size) for x in jax.tree.leaves(params))
+
+
+def sampling_params(state: TrainState) -> dict[str, PyTree]:
+    """What draws samples from a state: its EMA of the params where it keeps one, else params."""
+    return state.params if state.ema_params is None else state.ema_params

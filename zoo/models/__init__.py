@@ -13,6 +13,7 @@ FAMILIES = {
     "classifier": "zoo.models.classifier",
     "lstm": "zoo.models.lstm",
     "transformer": "zoo.models.transformer",
+    "diffusion": "zoo.models.diffusion",
 }
 
 
