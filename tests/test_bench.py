@@ -258,3 +258,47 @@ def test_profile_mode_names_each_sides_top_ops(tmp_path):
     assert any(k["kind"] == "dot" for k in zoo["by_kind"])
     assert any(op["hlo"].startswith(("dot", "fusion")) for op in zoo["ops"])
     assert any(op["op"] in ("aten::mm", "aten::addmm") for op in peer["ops"])
+
+
+def test_diffusion_peer_mirrors_the_unet_at_every_size():
+    """The PyTorch U-Net has zoo's parameter count for each suite's diffusion case (presets
+    resolved as zoo resolves them: tiny, mnist, ddpm_cifar10's 35.7M) and for a conditional one,
+    whose peer trains with labels."""
+    from zoo.bench import peers
+    from zoo.bench.peers import diffusion as peer_lib
+    from zoo.bench.peers.common import param_count
+    from zoo.models.diffusion import param_count_of
+    cases = [c for s in catalog.SUITES for c in catalog.case_table(s) if c.family == "diffusion"]
+    assert {c.name for c in cases} >= {"diffusion-unet", "diffusion-ddpm-cifar10"}
+    for case in cases:
+        assert case.peer == "diffusion"
+        config = case.model_config()
+        assert param_count(peer_lib.make_unet(config)) == param_count_of(config), case.name
+    conditional = {"family": "diffusion", "image_shape": (8, 8, 1), "channels": 8,
+                   "channel_mult": (1, 2), "attention_resolutions": (4,), "groups": 4,
+                   "num_classes": 3, "prediction": "v", "diffusion_steps": 50}
+    batch = zoo_runner.synthetic_batch(models.make_family(conditional).batch_spec, 2,
+                                       int_high={"label": 3})
+    peer = peers.make_peer("diffusion", conditional, catalog.DDPM_ADAM, batch)
+    assert peer.param_count() == {"model": param_count_of(conditional)}
+    assert np.isfinite(float(peer.step().detach()))
+
+
+def test_diffusion_case_runs_zoo_and_its_peer():
+    """One bench run of the tiny diffusion case: a zoo row and a torch-eager row, the same
+    parameters, finite losses, FLOPs from the jaxpr (the family has no analytic count)."""
+    result = suites.run_suite(suite="tiny", cases=["diffusion-unet"], strategies=("single",),
+                              peers=("eager",), sweep=(), warmup=1, steps=3, rounds=1,
+                              peak=False, log=lambda s: None)
+    recs = result["records"]
+    assert not [r for r in recs if "error" in r], recs
+    assert [(r["case"], r["framework"]) for r in recs] == [("diffusion-unet", "zoo"),
+                                                            ("diffusion-unet", "torch-eager")]
+    zoo, peer = recs
+    assert zoo["param_count"] == peer["param_count"] > 0
+    for r in recs:
+        assert r["family"] == "diffusion" and r["batch_size"] == 4 and r["step_s"]["n"] == 3
+        assert np.isfinite(r["loss_last"]) and r["loss_last"] > 0
+        assert r["flops_source"] == "jaxpr" and r["flops_per_step_jaxpr"] > 0
+    assert zoo["speedup_vs_torch_eager"] == pytest.approx(
+        peer["step_s"]["median"] / zoo["step_s"]["median"])

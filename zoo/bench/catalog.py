@@ -25,6 +25,7 @@ SUITE_DEFAULTS = {
 
 ADAM = {"name": "adam", "learning_rate": 1e-3}
 DCGAN_ADAM = {"name": "adam", "learning_rate": 2e-4, "b1": 0.5, "b2": 0.999}
+DDPM_ADAM = {"name": "adam", "learning_rate": 2e-4}  # DDPM's (its warm-up and clipping left out)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +92,13 @@ def transformer_case(name: str, batch: int, *, optimizer: dict | None = None,
                 peer="transformer")
 
 
+def diffusion_case(name: str, batch: int, **model) -> Case:
+    """A DDPM U-Net case (unconditional, eps-prediction, linear schedule over T = 1000). The family
+    has no ``flops_per_example``: its records count FLOPs from the step's jaxpr."""
+    model = {"schedule": "linear", "diffusion_steps": 1000, "prediction": "eps", **model}
+    return Case(name, "diffusion", model, batch, optimizer=DDPM_ADAM, peer="diffusion")
+
+
 def case_table(suite: str) -> list[Case]:
     """Every case of ``suite``, whether or not its family exists yet (see :func:`suite_cases`)."""
     mnist = {"image_shape": (28, 28, 1)}
@@ -105,6 +113,8 @@ def case_table(suite: str) -> list[Case]:
                                     "latent_dim": 8}, 16, optimizer=DCGAN_ADAM, peer="gan"),
             lstm_case("lstm", 4, vocab_size=50, hidden_size=16, seq_len=8),
             transformer_case("transformer", 4, block_size=16, n_layer=1, n_head=2, n_embd=32),
+            diffusion_case("diffusion-unet", 4, **mnist, preset="tiny", channels=8,
+                           attention_resolutions=(), groups=4),
         ]
     if suite in ("quick", "full"):
         big = suite == "full"
@@ -128,6 +138,12 @@ def case_table(suite: str) -> list[Case]:
             (transformer_case("transformer", 16, preset="char", block_size=256, n_layer=6,
                               n_head=6, n_embd=384) if big else
              transformer_case("transformer", 4, block_size=128, n_layer=4, n_head=4, n_embd=256)),
+            # quick: the "tiny" U-Net (16 channels, 28 -> 14, attention only in the middle);
+            # full: the "mnist" preset (28 -> 14 -> 7, attention at 7) at configs/diffusion_mnist's
+            # batch.
+            (diffusion_case("diffusion-unet", 64, **mnist, preset="mnist") if big else
+             diffusion_case("diffusion-unet", 16, **mnist, preset="tiny",
+                            attention_resolutions=())),
         ]
     if suite == "gpu":
         return [
@@ -146,6 +162,8 @@ def case_table(suite: str) -> list[Case]:
             Case("autoencoder-mlp", "autoencoder",
                  {**mnist, "arch": "mlp", "hidden": (1000, 500, 250), "latent_dim": 30,
                   "loss": "bernoulli"}, 1024, peer="autoencoder"),
+            # DDPM's CIFAR-10 U-Net (35.7M parameters, 32x32x3, dropout 0.1) at its batch.
+            diffusion_case("diffusion-ddpm-cifar10", 128, preset="ddpm_cifar10"),
         ]
     raise ValueError(f"unknown suite {suite!r}; choose one of {', '.join(SUITES)}")
 

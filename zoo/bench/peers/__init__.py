@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import Mapping
 
-PEERS = ("autoencoder", "vae", "gan", "lstm", "transformer")
+PEERS = ("autoencoder", "vae", "gan", "lstm", "transformer", "diffusion")
 
 
 def make_peer(family: str, model_config: Mapping, optimizer_config: Mapping, batch,
