@@ -21,7 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
         # The U-Net's sizes: None takes the preset's (zoo.models.diffusion.PRESETS).
         channels=None, channel_mult=None, num_res_blocks=None, attention_resolutions=None,
         groups=None, dropout=None))
-    config.data.update(batch_size=64, eval_batch_size=500)
+    config.data.update(batch_size=64, eval_batch_size=1000)
     config.optimizer.update(name="adam", learning_rate=2e-4, warmup_steps=200,
                             grad_clip_norm=1.0)
     config.train.update(steps=8000, log_every=100, eval_every=2000, checkpoint_every=1000,

@@ -155,6 +155,11 @@ def test_guidance_0_is_the_unconditional_model_and_1_the_conditional_one():
     draw = lambda y, w: np.asarray(den.sample({}, {}, noise, y, jax.random.PRNGKey(0), steps=20,
                                               guidance=w))
     np.testing.assert_allclose(draw(labels, 0.0), draw(null, 1.0), atol=1e-5)
+    # The guided mix itself at w = 0 (the sampler takes the one-pass path above) is the same.
+    x, t = noise, jnp.full((3,), 40)
+    plain = lambda x, t, y: predict({}, {}, x, t, y)
+    np.testing.assert_allclose(D.guided(plain, 3, 0.0)(x, t, labels), plain(x, t, null),
+                               atol=1e-6)
     np.testing.assert_allclose(draw(labels, 1.0), draw(labels, 1.0 + 1e-9), atol=1e-5)
     # Guidance 3 pushes each class's mean out: (1 - w) * 0 + w * mu_y in x_0 terms.
     means = draw(labels, 3.0).mean(axis=(1, 2, 3)) * 2 - 1
@@ -279,7 +284,8 @@ def test_the_loss_falls_on_mnist_in_a_short_run(tfds_dirs, tmp_path):
         "--config.model.preset=tiny", "--config.model.attention_resolutions=()",
         "--config.train.steps=40", "--config.train.log_every=1", "--config.data.batch_size=32",
         "--config.optimizer.learning_rate=2e-3", "--config.optimizer.warmup_steps=0",
-        "--config.train.eval_every=0", "--config.data.eval_batch_size=500",
+        "--config.train.eval_every=0", "--config.data.eval_batch_size=1000",
+        "--config.parallel.strategy=single",
         f"--config.data.tfds_data_dir={tfds_dirs['tfds_data_dir']}",
         f"--config.data.download_dir={tfds_dirs['download_dir']}"])
     result = train.train(config, tmp_path, log=lambda s: None)

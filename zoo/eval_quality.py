@@ -236,7 +236,7 @@ def run_quality_report(family, params: Mapping, model_state: Mapping, config, *,
 
 def sampling_table(family, params: Mapping, model_state: Mapping, real: Mapping,
                    num_samples: int, sampling_steps: Sequence[int], guidances: Sequence[float],
-                   *, seed: int = 0, batch_size: int = 250, log=print) -> list[dict[str, Any]]:
+                   *, seed: int = 0, batch_size: int = 100, log=print) -> list[dict[str, Any]]:
     """What each sampling step buys: for every DDIM step count (and guidance, conditional
     models: each class in turn), :func:`image_quality_report` of ``num_samples`` samples with
     their samples/s (timed after one batch that compiles). ``real``: the train and test splits."""

@@ -270,6 +270,8 @@ class Denoiser:
         """eps(x, t, y) with ``params``, guided by ``guidance`` (conditional models)."""
         predict = lambda x, t, y: self.predict(params, model_state, x, t, y)
         w = self.guidance if guidance is None else guidance
+        if self.num_classes and w == 0.0:  # the unconditional model: one pass, not two
+            return lambda x, t, y: predict(x, t, jnp.full_like(y, self.num_classes))
         if self.num_classes and w != 1.0:
             return guided(predict, self.num_classes, w)
         return predict
