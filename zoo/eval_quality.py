@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import matplotlib
 import numpy as np
+from matplotlib import ticker
 
 from zoo import data as data_lib
 from zoo import evaluate, generate, sample
@@ -288,6 +289,12 @@ def plot_sampling_table(rows: Sequence[Mapping[str, Any]], path: str | Path) -> 
     ax.axhline(rows[0]["fid_floor"], color="grey", lw=0.8, ls=":", label="FID floor (real data)")
     ax.set_xscale("log")
     speed_ax.set_yscale("log")
+    all_steps = sorted({r["sampling_steps"] for r in rows})
+    ax.xaxis.set_major_locator(ticker.FixedLocator(all_steps))
+    ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%d"))
+    ax.xaxis.set_minor_locator(ticker.NullLocator())
+    speed_ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%.3g"))
+    speed_ax.yaxis.set_minor_formatter(ticker.FormatStrFormatter("%.3g"))
     ax.set_xlabel("DDIM sampling steps")
     ax.set_ylabel("classifier-FID (lower is better)")
     speed_ax.set_ylabel("samples / s")
