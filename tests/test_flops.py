@@ -141,6 +141,11 @@ BENCH_FLOPS_PER_EXAMPLE = {
     "gpu/lstm-large": 10_710_000_000,
     "gpu/vae-mlp": 5_660_672,
     "gpu/autoencoder-mlp": 15_430_000,
+    # The U-Net has no closed form here (as the conv VAE): the bench counts its step's jaxpr.
+    "tiny/diffusion-unet": None,
+    "quick/diffusion-unet": None,
+    "full/diffusion-unet": None,
+    "gpu/diffusion-ddpm-cifar10": None,
 }
 
 
