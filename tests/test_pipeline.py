@@ -312,8 +312,8 @@ def test_bad_config_key_lists_the_nearest(capsys):
 def test_unknown_dataset_and_model(tmp_path):
     with pytest.raises(ValueError, match="unknown dataset 'imagenet'; known: synthetic, mnist"):
         build.build(_config("--config.data.dataset=imagenet"))
-    with pytest.raises(ValueError, match="unknown model family 'flow_matching'; known: .*autoencoder"):
-        build.build(_config("--config.model.family=flow_matching"))
+    with pytest.raises(ValueError, match="unknown model family 'flow'; known: .*autoencoder"):
+        build.build(_config("--config.model.family=flow"))
 
 
 def test_an_eval_batch_that_does_not_divide_is_refused_before_training():
