@@ -233,7 +233,7 @@ def _pipe_config(*overrides):
     return apply_overrides(load_config("diffusion_mnist_cfg"), [*PIPE, *overrides])
 
 
-def test_single_pmap_and_mesh_agree_on_the_diffusion_step():
+def test_single_and_mesh_agree_on_the_diffusion_step_and_pmap_runs_with_its_own_draws():
     # GroupNorm normalises each example by itself: no statistics cross devices. Single and mesh
     # draw t, noise and label drops over the global batch alike, so their steps agree; under
     # pmap each device draws its own (as with dropout masks, zoo.core.step), so pmap agrees

@@ -196,11 +196,10 @@ def run_quality_report(family, params: Mapping, model_state: Mapping, config, *,
         real = {split: data_lib.load_tfds(dataset, split, data_dir=run.data.tfds_data_dir or None,
                                           download_dir=run.data.download_dir or None)
                 for split in ("train", "test")}
-        k = family.image_sampler.num_classes
-        labels = np.arange(num_samples, dtype=np.int32) % k if k else None
         if family.denoiser is not None and (sampling_steps or guidances):
             return {"sampling": sampling_table(family, params, model_state, real, num_samples,
                                                sampling_steps, guidances, seed=seed, log=log)}
+        labels = _each_class_in_turn(family, num_samples)
         make = lambda: sample.generate_images(family, params, model_state, rng, num_samples,
                                               labels)
         speed = M.generation_speed(make, num_samples, warmup=1, repeats=1)
@@ -235,15 +234,19 @@ def run_quality_report(family, params: Mapping, model_state: Mapping, config, *,
     return {}
 
 
+def _each_class_in_turn(family, n: int) -> np.ndarray | None:
+    """Labels 0, 1, ..., k-1, 0, ... for n samples of a k-class conditional model; else None."""
+    k = family.image_sampler.num_classes
+    return np.arange(n, dtype=np.int32) % k if k else None
+
+
 def sampling_table(family, params: Mapping, model_state: Mapping, real: Mapping,
                    num_samples: int, sampling_steps: Sequence[int], guidances: Sequence[float],
                    *, seed: int = 0, batch_size: int = 100, log=print) -> list[dict[str, Any]]:
     """What each sampling step buys: for every DDIM step count (and guidance, conditional
     models: each class in turn), :func:`image_quality_report` of ``num_samples`` samples with
     their samples/s (timed after one batch that compiles). ``real``: the train and test splits."""
-    k = family.image_sampler.num_classes
-    labels = np.arange(num_samples, dtype=np.int32) % k if k else None
-    count = num_samples
+    labels = _each_class_in_turn(family, num_samples)
     rows = []
     for steps in (list(sampling_steps) or [None]):
         for w in (list(guidances) or [None]):
@@ -252,12 +255,12 @@ def sampling_table(family, params: Mapping, model_state: Mapping, real: Mapping,
                                                    jax.random.PRNGKey(seed), m,
                                                    None if labels is None else labels[:m],
                                                    batch_size=min(batch_size, m))
-            jax.block_until_ready(gen(min(batch_size, count)))  # compiles
+            jax.block_until_ready(gen(min(batch_size, num_samples)))  # compiles
             t0 = time.perf_counter()
-            images = gen(count)
+            images = gen(num_samples)
             seconds = time.perf_counter() - t0
             row = image_quality_report(None, images, real["train"], real["test"], labels,
-                                       seed=seed, speed={"samples_per_s": count / seconds,
+                                       seed=seed, speed={"samples_per_s": num_samples / seconds,
                                                          "seconds": seconds})
             row = {"sampling_steps": fam.denoiser.sampling_steps,
                    **({"guidance": fam.denoiser.guidance} if fam.denoiser.num_classes else {}),
