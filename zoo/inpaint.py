@@ -21,8 +21,8 @@ from zoo import data as data_lib
 from zoo import sample
 from zoo.core import diffusion as diffusion_lib
 from zoo.core import settings
-from zoo.core.family import Family
 from zoo.core.settings import DataSettings
+from zoo.core.family import Family
 
 # The region each mask leaves for the model to fill.
 MASKS = ("center", "left", "top", "random")
@@ -92,14 +92,12 @@ def inpaint_main(path: str, out_dir: str, *, mask: str = "center", num_images: i
     run = checkpoint.load_run(path)
     den = run.family.require("denoiser", "inpaint (it is not a diffusion model)")
     den.check("ddim", sampling_steps, guidance)
-    run_data = settings.parse(DataSettings, run.config.get("data", {}), "data")
-    dataset = dataset or run_data.dataset
-    if dataset == "synthetic":
+    # The run's dataset; a run that saved no data section has the data default's (MNIST).
+    dataset = dataset or settings.parse(DataSettings, run.config.get("data", {}), "data").dataset
+    test = sample.run_test_split(run, dataset, tfds_data_dir=tfds_data_dir,
+                                 download_dir=download_dir)
+    if test is None:  # a synthetic run: images like the ones it trained on
         test = data_lib.synthetic_images(num_images, tuple(den.image_shape), seed=seed + 1)
-    else:
-        test = data_lib.load_tfds(dataset, "test",
-                                  data_dir=tfds_data_dir or run_data.tfds_data_dir or None,
-                                  download_dir=download_dir or run_data.download_dir or None)
     images, labels = test["image"][:num_images], test["label"][:num_images]
     if images.shape[1:] != tuple(den.image_shape):
         raise ValueError(f"{dataset} images are {images.shape[1:]}; the model draws "

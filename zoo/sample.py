@@ -371,6 +371,21 @@ def run_sampler(run: Run) -> SampleFn | None:
     return None
 
 
+def run_test_split(run: checkpoint.LoadedRun, dataset: str | None = None, *,
+                   tfds_data_dir: str | None = None, download_dir: str | None = None
+                   ) -> dict[str, np.ndarray] | None:
+    """The test split of ``dataset`` (default: the run's ``data.dataset``) through
+    ``zoo.data.load_tfds``, with the run's TFDS folders unless others are given; None for a
+    synthetic run or a run that saved no data config."""
+    run_data = settings.parse(DataSettings, run.config.get("data", {}), "data")
+    dataset = dataset or (run_data.dataset if "data" in run.config else None)
+    if not dataset or dataset == "synthetic":
+        return None
+    return data_lib.load_tfds(dataset, "test",
+                              data_dir=tfds_data_dir or run_data.tfds_data_dir or None,
+                              download_dir=download_dir or run_data.download_dir or None)
+
+
 def sample_main(path: str, out_dir: str, *, seed: int = 0, data: Mapping | None = None,
                 dataset: str | None = None, tfds_data_dir: str | None = None,
                 download_dir: str | None = None, sampler: str | None = None,
@@ -393,12 +408,9 @@ def sample_main(path: str, out_dir: str, *, seed: int = 0, data: Mapping | None 
         raise ValueError(f"{path} is a {run.family.name} language model, which writes text, not "
                          f"images: zoo generate {path} --prompt TEXT")
     family.require("image_sampler", "draw images")
-    run_data = settings.parse(DataSettings, run.config.get("data", {}), "data")
-    dataset = dataset or (run_data.dataset if "data" in run.config else None)
     needs_data = family.image_sampler.encode is not None  # pictures of real images
-    if data is None and needs_data and dataset and dataset != "synthetic":
-        data = data_lib.load_tfds(dataset, "test",
-                                  data_dir=tfds_data_dir or run_data.tfds_data_dir or None,
-                                  download_dir=download_dir or run_data.download_dir or None)
+    if data is None and needs_data:
+        data = run_test_split(run, dataset, tfds_data_dir=tfds_data_dir,
+                              download_dir=download_dir)
     return write_samples(family, run.sampling_params, run.model_state, out_dir,
                          jax.random.PRNGKey(seed), data, **options)
