@@ -10,6 +10,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 from configs_loader import CONFIGS, load_config
@@ -17,6 +18,7 @@ from zoo import build, cli, eval_quality, train
 from zoo.checkpoint import CheckpointError, Checkpointer
 from zoo.config import apply_overrides
 from zoo.core import parallel
+from zoo.core.train_state import TrainState
 
 CONFIG = str(CONFIGS / "autoencoder_mnist.py")
 # Small and synthetic: the pipeline is under test here, not the model.
@@ -30,17 +32,27 @@ def _config(*overrides):
     return apply_overrides(load_config("autoencoder_mnist"), [*SMALL, *overrides])
 
 
-def _zoo_train(workdir, *overrides, **popen):
-    # One host device: the subprocess does not inherit the tests' 8-device XLA_FLAGS.
+def _zoo_train(workdir, *overrides, config=CONFIG, small=SMALL, devices=1, **popen):
+    # One host device unless told: the subprocess does not inherit the tests' 8-device XLA_FLAGS.
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    return subprocess.Popen([sys.executable, "-m", "zoo.cli", "train", "--config", CONFIG,
-                             "--workdir", str(workdir), *SMALL, *overrides],
+    if devices > 1:
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    return subprocess.Popen([sys.executable, "-m", "zoo.cli", "train", "--config", str(config),
+                             "--workdir", str(workdir), *small, *overrides],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             **popen)
 
 
-def _final_params(workdir, *overrides):
-    config = _config(*overrides)
+def _kill_step(low, high):
+    """A kill step drawn from a seed that is reported (set ZOO_TEST_SEED to replay a failure)."""
+    seed = int(os.environ.get("ZOO_TEST_SEED", random.SystemRandom().randrange(10_000)))
+    step = random.Random(seed).randint(low, high)
+    print(f"kill at step {step} (ZOO_TEST_SEED={seed})")
+    return step, f"killed at step {step}; replay with ZOO_TEST_SEED={seed}"
+
+
+def _final_params(workdir, *overrides, config=None):
+    config = config or _config(*overrides)
     run = build.build(config)
     ckpt = Checkpointer(Path(workdir) / "checkpoints")
     try:
@@ -68,14 +80,23 @@ def _wait_for_step(workdir, proc, step, timeout=120):
     raise AssertionError(f"no step {step} within {timeout}s")
 
 
+# A stochastic model (a VAE draws binarisation and latents from the step's rng) under mesh on 8
+# devices: a resume must restore the rng and the sharded state exactly, not only the params.
+VAE_CONFIG = str(CONFIGS / "vae_mnist.py")
+VAE_SMALL = [o for o in SMALL if "model.hidden" not in o] + [
+    "--config.model.hidden=(32,)", "--config.model.latent_dim=4", "--config.parallel.strategy=mesh"]
+
+
 def test_sigkill_at_a_random_step_then_resume_is_bitwise_identical(tmp_path):
     steps = ["--config.train.steps=60", "--config.train.checkpoint_every=10"]
-    full = _zoo_train(tmp_path / "full", *steps)
+    run = lambda workdir: _zoo_train(workdir, *steps, config=VAE_CONFIG, small=VAE_SMALL,
+                                     devices=8)
+    full = run(tmp_path / "full")
     out, _ = full.communicate(timeout=300)
     assert full.returncode == 0, out[-3000:]
 
-    kill_at = random.Random().randint(12, 48)
-    victim = _zoo_train(tmp_path / "killed", *steps)
+    kill_at, why = _kill_step(12, 48)
+    victim = run(tmp_path / "killed")
     _wait_for_step(tmp_path / "killed", victim, kill_at)
     # Saves are async: make sure at least one finished (renamed into place) before the kill, so
     # the rerun has something to resume from. A kill mid-save leaves only orbax's tmp directory.
@@ -84,18 +105,19 @@ def test_sigkill_at_a_random_step_then_resume_is_bitwise_identical(tmp_path):
         time.sleep(0.05)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
-    resumed = _zoo_train(tmp_path / "killed", *steps)
+    resumed = run(tmp_path / "killed")
     out, _ = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, out[-3000:]
-    assert "resuming from the checkpoint at step" in out, (kill_at, out[-2000:])
+    assert resumed.returncode == 0, (why, out[-3000:])
+    assert "resuming from the checkpoint at step" in out, (why, out[-2000:])
 
-    step_a, params_a, _ = _final_params(tmp_path / "full", *steps)
-    step_b, params_b, _ = _final_params(tmp_path / "killed", *steps)
+    config = apply_overrides(load_config("vae_mnist"), [*VAE_SMALL, *steps])
+    step_a, params_a, _ = _final_params(tmp_path / "full", config=config)
+    step_b, params_b, _ = _final_params(tmp_path / "killed", config=config)
     assert step_a == step_b == 60
     for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
-        np.testing.assert_array_equal(a, b, err_msg=f"killed at step {kill_at}")
+        np.testing.assert_array_equal(a, b, err_msg=why)
     # One metrics row per step, as the uninterrupted run's: the re-run steps replaced theirs.
-    assert _metric_rows(tmp_path / "killed") == _metric_rows(tmp_path / "full")
+    assert _metric_rows(tmp_path / "killed") == _metric_rows(tmp_path / "full"), why
     assert [step for step, _ in _metric_rows(tmp_path / "full")] == list(range(1, 61))
 
 
@@ -193,15 +215,35 @@ def test_one_device_process_restores_an_eight_device_checkpoint(tmp_path):
 
 
 def test_keeps_last_n_and_the_best(tmp_path):
+    # The loss falls steadily here, so the best by "min" is also the latest and would be kept
+    # without any best policy. By "max" the best is the worst evaluation, the first one (step
+    # 10): kept beside the last two only if the best policy works and sees the eval metrics.
     config = _config("--config.train.steps=50", "--config.train.checkpoint_every=10",
                      "--config.train.eval_every=10", "--config.train.keep_checkpoints=2",
-                     "--config.optimizer.learning_rate=0.003")
+                     "--config.train.best_mode=max", "--config.optimizer.learning_rate=0.003")
     result = train.train(config, tmp_path, log=lambda s: None)
+    evals = dict(_metric_rows(tmp_path, "eval"))
+    assert [step for step in evals] == [10, 20, 30, 40, 50]
+    assert max(evals, key=lambda s: evals[s]["loss"]) == 10, evals
     ckpt = Checkpointer(tmp_path / "checkpoints")
     kept = ckpt.all_steps()
     ckpt.close()
-    assert kept[-2:] == [40, 50] and len(kept) <= 3
-    assert np.isfinite(result.eval_metrics["loss"])
+    assert kept == [10, 40, 50]
+    assert result.eval_metrics["loss"] == pytest.approx(evals[50]["loss"])
+
+
+def test_the_best_checkpoint_survives_later_worse_ones(tmp_path):
+    """Evaluations 3, 1, 2, 4, 5 at steps 1..5 with two latest kept: step 2 (the minimum) stays,
+    and under "max" the newest is the best, so only the latest two stay."""
+    state = TrainState.create(params={"w": np.zeros(3, np.float32)}, tx=optax.sgd(0.1), seed=0)
+    strategy = parallel.make_strategy("single")
+    for mode, want in (("min", [2, 4, 5]), ("max", [4, 5])):
+        ckpt = Checkpointer(tmp_path / mode, max_to_keep=2, best_metric="loss", best_mode=mode)
+        for step, loss in enumerate([3.0, 1.0, 2.0, 4.0, 5.0], start=1):
+            ckpt.save(step, state, strategy, metrics={"loss": loss})
+        ckpt.wait()
+        assert ckpt.all_steps() == want, mode
+        ckpt.close()
 
 
 def test_nonfinite_loss_stops_with_step_and_last_checkpoint(tmp_path):
@@ -581,18 +623,17 @@ def test_sigkill_during_async_saves_then_resume_is_bitwise_identical(tmp_path, t
              "--config.train.keep_checkpoints=2"]
     full = _zoo_train(tmp_path / "full", *steps)
     assert full.wait(timeout=300) == 0
-    kill_at = random.Random().randint(3, 35)
+    kill_at, why = _kill_step(3, 35)
     victim = _zoo_train(tmp_path / "killed", *steps)
     _wait_for_step(tmp_path / "killed", victim, kill_at)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     resumed = _zoo_train(tmp_path / "killed", *steps)
     out, _ = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, (kill_at, out[-3000:])
+    assert resumed.returncode == 0, (why, out[-3000:])
     a, b = _final_params(tmp_path / "full", *steps)[1], _final_params(tmp_path / "killed", *steps)[1]
-    jax.tree.map(lambda x, y: np.testing.assert_array_equal(x, y, err_msg=f"kill at {kill_at}"),
-                 a, b)
-    assert _metric_rows(tmp_path / "killed") == _metric_rows(tmp_path / "full")
+    jax.tree.map(lambda x, y: np.testing.assert_array_equal(x, y, err_msg=why), a, b)
+    assert _metric_rows(tmp_path / "killed") == _metric_rows(tmp_path / "full"), why
 
 
 @pytest.mark.slow
