@@ -55,7 +55,8 @@ def test_zoo_train_eval_generate_on_tiny_shakespeare(tmp_path, capsys):
     np.testing.assert_allclose(result["metrics"]["bits_per_char"], bits, rtol=1e-6)
     np.testing.assert_allclose(quality["bits_per_char"], bits, rtol=1e-6)
     assert 1.0 < bits < np.log2(65)  # better than uniform over the 65 characters after training
-    assert 0 < quality["distinct_2"] <= 1 and 0 < quality["distinct_2_reference"] <= 1
+    # distinct-n itself is checked on known inputs in test_metrics; here that it is reported.
+    assert {"distinct_2", "distinct_2_reference"} <= set(quality)
     assert quality["tokens_per_s"] > 0 and quality["num_samples"] == 20
 
     capsys.readouterr()
