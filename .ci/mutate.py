@@ -1,0 +1,227 @@
+"""Mutation check: plant small, plausible bugs in a copy of the repo and run the tests that claim
+to catch each one. Prints ``caught`` or ``survived`` per mutation; exits 0 only if all are caught.
+
+    bash .ci/mutation                 # every mutation (installs what it needs, like .ci/run)
+    python .ci/mutate.py --list       # names only
+    python .ci/mutate.py NAME ...     # some of them
+
+Each mutation replaces one exact snippet (which must occur exactly once) in one file of a
+temporary copy of the checkout's tracked files; the checkout itself is never written. A mutation
+is caught when its tests fail (pytest exit status 1); a collection or usage error (status 2-5)
+is reported as ``error``, and so is a baseline (unmutated copy) that does not pass.
+Add mutations for each new family and feature as it lands (docs/testing.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Mutation:
+    name: str
+    path: str          # file in the repo
+    old: str           # snippet, exactly once in the file
+    new: str
+    tests: tuple[str, ...]  # pytest node ids (or files) that must fail
+
+
+M = Mutation
+MUTATIONS = (
+    # ---- the shared step (zoo/core/step.py)
+    M("step: microbatches share one rng", "zoo/core/step.py",
+      "merge(mb_rows, others), mb,\n                                    jax.random.fold_in(rng, i))",
+      "merge(mb_rows, others), mb,\n                                    rng)",
+      ("tests/test_core.py::test_grad_accumulation_gives_each_microbatch_its_own_rng",)),
+    M("step: accumulated gradients summed, not averaged", "zoo/core/step.py",
+      "mean = lambda tree: jax.tree.map(lambda x: x / k, tree)",
+      "mean = lambda tree: jax.tree.map(lambda x: x / 1, tree)",
+      ("tests/test_core.py::test_grad_accumulation_equals_one_big_step",)),
+    M("step: repeated updates take gradients at the step's starting params", "zoo/core/step.py",
+      "update, params, model_state, batch, update_rng,",
+      "update, dict(state.params), model_state, batch, update_rng,",
+      ("tests/test_gan.py",)),
+    M("step: the same rng every step", "zoo/core/step.py",
+      "rng = jax.random.fold_in(state.rng, state.step)",
+      "rng = jax.random.fold_in(state.rng, 0)",
+      ("tests/test_core.py::test_rng_differs_across_pmap_shards_and_steps",)),
+    M("step: EMA without its warm-up", "zoo/core/step.py",
+      "d = jnp.minimum(decay, (1.0 + step) / (10.0 + step))",
+      "d = jnp.asarray(decay)",
+      ("tests/test_diffusion.py::test_ema_after_k_steps_equals_the_formula",)),
+    M("step: a non-finite update is kept", "zoo/core/step.py",
+      "jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)",
+      "jax.tree.map(lambda n, o: n, new, old)",
+      ("tests/test_pipeline.py::test_nonfinite_updates_can_be_skipped_and_counted",)),
+    # ---- strategies (zoo/core/parallel.py, the pmap axis in the step)
+    M("pmap: gradients not averaged over devices", "zoo/core/step.py",
+      "    if axis_name is None:\n        return tree\n    mean = lambda x:",
+      "    if True:\n        return tree\n    mean = lambda x:",
+      ("tests/test_core.py::test_strategies_agree_after_five_steps",)),
+    M("pmap: every shard draws the same rng", "zoo/core/step.py",
+      "        if axis_name is not None:\n            rng = jax.random.fold_in(rng, lax.axis_index("
+      "axis_name))\n        params, opt_state",
+      "        params, opt_state",
+      ("tests/test_core.py::test_rng_differs_across_pmap_shards_and_steps",)),
+    M("pmap: BatchNorm statistics not synchronised", "zoo/core/parallel.py",
+      "        jax.lax.axis_index(PMAP_AXIS)\n        return PMAP_AXIS",
+      "        jax.lax.axis_index(PMAP_AXIS)\n        return None",
+      ("tests/test_core.py::test_a_users_batchnorm_dropout_model_agrees_under_every_strategy",)),
+    M("fsdp: shards the smallest divisible dimension", "zoo/core/parallel.py",
+      "    _, axis = max(candidates)", "    _, axis = min(candidates)",
+      ("tests/test_core.py::test_fsdp_spec_rules",)),
+    # ---- losses
+    M("gan: default discriminator loss inverted", "zoo/models/gan.py",
+      "return jnp.mean(jax.nn.softplus(-real) + jax.nn.softplus(fake))",
+      "return jnp.mean(jax.nn.softplus(real) + jax.nn.softplus(-fake))",
+      ("tests/test_gan.py",)),
+    M("gan: WGAN-GP penalises |grad| instead of |grad| - 1", "zoo/models/gan.py",
+      "penalty = jnp.mean((jnp.sqrt(jnp.sum(g ** 2, axis=-1) + 1e-12) - 1.0) ** 2)",
+      "penalty = jnp.mean((jnp.sqrt(jnp.sum(g ** 2, axis=-1) + 1e-12) - 0.0) ** 2)",
+      ("tests/test_gan.py",)),
+    M("vae: IWAE without its -log k", "zoo/models/vae.py",
+      "return jax.nn.logsumexp(per_chunk, axis=0) - math.log(k)",
+      "return jax.nn.logsumexp(per_chunk, axis=0)",
+      ("tests/test_vae.py",)),
+    M("vae: KL with the log-variance's sign flipped", "zoo/models/vae.py",
+      "jnp.exp(logvar) + mean ** 2 - 1.0 - logvar, axis=-1)",
+      "jnp.exp(logvar) + mean ** 2 - 1.0 + logvar, axis=-1)",
+      ("tests/test_vae.py",)),
+    M("diffusion: q_sample scales the noise by 1 - abar, not its root", "zoo/core/diffusion.py",
+      "return jnp.sqrt(abar) * x0 + jnp.sqrt(1.0 - abar) * noise",
+      "return jnp.sqrt(abar) * x0 + (1.0 - abar) * noise",
+      ("tests/test_diffusion.py::test_schedules_and_q_sample_match_their_closed_forms",)),
+    # ---- metrics (zoo/metrics.py)
+    M("fid: the cross term added, not subtracted", "zoo/metrics.py",
+      "np.trace(s2) - 2.0 * trace_sqrt_product(s1, s2, method)",
+      "np.trace(s2) + 2.0 * trace_sqrt_product(s1, s2, method)",
+      ("tests/test_metrics.py",)),
+    M("precision/recall: the point itself as its nearest neighbour", "zoo/metrics.py",
+      "np.partition(d, k, axis=1)[:, k]", "np.partition(d, k - 1, axis=1)[:, k - 1]",
+      ("tests/test_metrics.py",)),
+    # ---- samplers (zoo/core/diffusion.py)
+    M("ddim: eta's noise scale without the (1 - abar/abar_prev) factor", "zoo/core/diffusion.py",
+      "sigma = eta * jnp.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))",
+      "sigma = eta * jnp.sqrt((1 - abar_prev) / (1 - abar))",
+      ("tests/test_diffusion.py::test_ddpm_ancestral_sampling_equals_ddim_with_eta_1_over_all_steps",
+       "tests/test_diffusion.py::test_samplers_draw_the_data_distribution_under_its_exact_denoiser")),
+    M("guidance: mixed around the conditional output", "zoo/core/diffusion.py",
+      "return uncond + guidance * (cond - uncond)", "return cond + guidance * (cond - uncond)",
+      ("tests/test_diffusion.py::test_guidance_0_is_the_unconditional_model_and_1_the_conditional_one",)),
+    M("inpaint: known and unknown regions swapped", "zoo/core/diffusion.py",
+      "merge = lambda generated, given: known * given + (1 - known) * generated",
+      "merge = lambda generated, given: (1 - known) * given + known * generated",
+      ("tests/test_diffusion.py::test_inpainting_keeps_the_known_pixels_and_fills_the_rest_from_the_model",)),
+    # ---- checkpointing (zoo/checkpoint.py, zoo/train.py)
+    M("checkpoint: the best policy ranks the wrong way", "zoo/checkpoint.py",
+      'sign = 1.0 if best_mode == "max" else -1.0', 'sign = -1.0 if best_mode == "max" else 1.0',
+      ("tests/test_pipeline.py::test_the_best_checkpoint_survives_later_worse_ones",)),
+    M("checkpoint: the optimizer state is not saved", "zoo/checkpoint.py",
+      '_STATE_KEYS = ("step", "params", "opt_state", "model_state", "rng", "ema_params")',
+      '_STATE_KEYS = ("step", "params", "model_state", "rng", "ema_params")',
+      ("tests/test_diffusion.py::test_resume_with_an_ema_is_bitwise_and_samples_use_it",)),
+    M("resume: the data position is not restored", "zoo/train.py",
+      'it.restore(extra["data"]["iterator"])', 'pass',
+      ("tests/test_pipeline.py::test_sigkill_at_a_random_step_then_resume_is_bitwise_identical",)),
+    # ---- GPT-2 import (zoo/models/transformer.py, zoo/convert_gpt2.py)
+    M("gpt-2: exact GELU where GPT-2 uses the tanh form", "zoo/models/transformer.py",
+      "h = nn.gelu(h, approximate=True)", "h = nn.gelu(h, approximate=False)",
+      ("tests/test_convert_gpt2.py",)),
+    M("transformer: attention not causal", "zoo/models/transformer.py",
+      "y = jax.nn.dot_product_attention(q, k, v, is_causal=True,",
+      "y = jax.nn.dot_product_attention(q, k, v, is_causal=False,",
+      ("tests/test_transformer.py::test_causal",)),
+)
+
+
+def _copy_checkout(dest: Path) -> None:
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, check=True,
+                           capture_output=True).stdout.decode().split("\0")
+    for f in filter(None, files):
+        src = ROOT / f
+        if src.is_file():
+            (dest / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / f)
+
+
+def _pytest(copy: Path, tests: tuple[str, ...], timeout: int) -> tuple[int, str]:
+    env = {**os.environ, "PYTHONPATH": str(copy)}
+    try:
+        out = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                              *tests], cwd=copy, env=env, capture_output=True, text=True,
+                             timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return -1, "timed out"
+    lines = (out.stdout + out.stderr).strip().splitlines()
+    return out.returncode, lines[-1] if lines else ""
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("names", nargs="*", help="mutations to run (default: all)")
+    ap.add_argument("--list", action="store_true")
+    ap.add_argument("--timeout", type=int, default=1200, help="seconds per pytest run")
+    args = ap.parse_args(argv)
+    if args.list:
+        print("\n".join(m.name for m in MUTATIONS))
+        return 0
+    chosen = [m for m in MUTATIONS if not args.names or m.name in args.names]
+    unknown = set(args.names) - {m.name for m in MUTATIONS}
+    if unknown:
+        print(f"unknown mutations: {', '.join(sorted(unknown))}; see --list", file=sys.stderr)
+        return 2
+    failures = 0
+    with tempfile.TemporaryDirectory(prefix="zoo-mutation-") as tmp:
+        copy = Path(tmp) / "repo"
+        _copy_checkout(copy)
+        # The copy has no ../shared beside it: point the tests at the checkout's.
+        os.environ.setdefault("ZOO_SHARED_DATA", str(ROOT.parent / "shared" / "data"))
+        where = subprocess.run([sys.executable, "-c", "import zoo; print(zoo.__file__)"],
+                               cwd=copy, env={**os.environ, "PYTHONPATH": str(copy)},
+                               capture_output=True, text=True).stdout.strip()
+        if not where.startswith(str(copy)):
+            print(f"error: the copy's tests would import zoo from {where}, not the copy",
+                  file=sys.stderr)
+            return 2
+        baseline = sorted({t for m in chosen for t in m.tests})
+        t0 = time.time()
+        rc, last = _pytest(copy, tuple(baseline), args.timeout * 3)
+        if rc != 0:
+            print(f"error: the tests do not pass unmutated ({last})", file=sys.stderr)
+            return 2
+        print(f"baseline: {len(baseline)} test selections pass unmutated ({time.time() - t0:.0f} s)",
+              flush=True)
+        for m in chosen:
+            target = copy / m.path
+            original = target.read_text()
+            if original.count(m.old) != 1:
+                print(f"error     {m.name}: its snippet occurs {original.count(m.old)} times in "
+                      f"{m.path} (the code moved: update the mutation)", flush=True)
+                failures += 1
+                continue
+            target.write_text(original.replace(m.old, m.new))
+            t0 = time.time()
+            try:
+                rc, last = _pytest(copy, m.tests, args.timeout)
+            finally:
+                target.write_text(original)
+            verdict = {1: "caught", 0: "survived"}.get(rc, "error")
+            failures += verdict != "caught"
+            print(f"{verdict:9} {m.name}  [{m.path}; {time.time() - t0:.0f} s"
+                  + ("" if verdict == "caught" else f"; {last}") + "]", flush=True)
+    print(f"{len(chosen) - failures} of {len(chosen)} mutations caught")
+    return 0 if failures == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
