@@ -1,5 +1,7 @@
 """Hugging Face GPT-2 -> zoo: a tiny random GPT2LMHeadModel, saved, imported, compared."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,13 +14,21 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 
+def _gpt2_config(**changes):
+    # initializer_range 0.2, ten times GPT-2's 0.02: at 0.02 the MLP inputs stay within +-0.6,
+    # where the exact and the tanh GELU agree to 2e-5, and a model with the wrong one passed.
+    # At 0.2 half of them lie where the two differ by over 1e-4 (the most they ever differ is
+    # 4.7e-4, at |x| = 2.7), and the softmax and LayerNorms see inputs of order 1 too.
+    return transformers.GPT2Config(**{
+        **dict(vocab_size=97, n_positions=40, n_embd=48, n_layer=2, n_head=4, resid_pdrop=0.0,
+               embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0,
+               initializer_range=0.2), **changes})
+
+
 @pytest.fixture(scope="module")
 def hf_model(tmp_path_factory):
     torch.manual_seed(0)
-    config = transformers.GPT2Config(vocab_size=97, n_positions=40, n_embd=48, n_layer=2, n_head=4,
-                                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                                     bos_token_id=0, eos_token_id=0)
-    model = transformers.GPT2LMHeadModel(config).eval()
+    model = transformers.GPT2LMHeadModel(_gpt2_config()).eval()
     with torch.no_grad():  # random LayerNorm and bias values, so a misplaced one shows
         for name, p in model.named_parameters():
             if name.endswith("bias") or "ln_" in name:
@@ -28,15 +38,40 @@ def hf_model(tmp_path_factory):
     return model, path
 
 
+def _gelus(x):
+    x = np.asarray(x, np.float64)
+    exact = 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
+    tanh = 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+    return exact, tanh
+
+
 def test_logits_and_greedy_continuations_match(hf_model, tmp_path):
     model, path = hf_model
     model_config, params = convert_gpt2.load(path)
     zoo_model = transformer.make_model(model_config)
     tokens = np.random.default_rng(0).integers(0, 97, (3, 40))
-    with torch.no_grad():
-        want = model(torch.from_numpy(tokens)).logits.numpy()
+    inputs = []  # what each block's GELU sees
+    hooks = [block.mlp.act.register_forward_hook(lambda m, args, out: inputs.append(args[0]))
+             for block in model.transformer.h]
+    try:
+        with torch.no_grad():
+            want = model(torch.from_numpy(tokens)).logits.numpy()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    exact, tanh = _gelus(torch.cat([x.flatten() for x in inputs]).numpy())
+    assert np.mean(np.abs(exact - tanh) > 1e-4) > 0.25
+    # float32 throughout, with PyTorch and XLA summing in their own orders: the logits agree to
+    # a few float32 epsilons (1.2e-7) of their scale (measured 6.6e-7); 1e-5 leaves room for
+    # other CPUs, and the same weights through the exact GELU are 2.9e-4 of the scale away.
+    tolerance = 1e-5 * np.max(np.abs(want))
     got = np.asarray(jax.jit(zoo_model.apply)({"params": params}, jnp.asarray(tokens)))
-    assert np.max(np.abs(got - want)) <= 1e-4
+    assert np.max(np.abs(got - want)) <= tolerance, np.max(np.abs(got - want)) / tolerance
+    exact_gelu = transformers.GPT2LMHeadModel(_gpt2_config(activation_function="gelu")).eval()
+    exact_gelu.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        other = exact_gelu(torch.from_numpy(tokens)).logits.numpy()
+    assert np.max(np.abs(other - want)) > 10 * tolerance  # so the tolerance tells them apart
 
     prompt = tokens[0, :7].tolist()
     with torch.no_grad():
