@@ -1,5 +1,6 @@
 """GAN family: shapes, losses, the two-player step, BatchNorm under single vs mesh, bad input."""
 
+import math
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,8 +22,28 @@ def _batch(family, n=8, seed=0):
     return {k: d[k] for k in family.batch_spec}
 
 
-def _state(family, batch, lr=1e-3):
-    params, model_state = jax.jit(family.init)(jax.random.PRNGKey(0), batch)
+def _numpy_init(family, batch):
+    """(params, model state) of family.init's shapes, drawn with numpy (weights ~ N(0, 1/fan_in),
+    BatchNorm at scale 1, bias 0, statistics 0 and 1): compiling a DCGAN's init takes ~20 s on
+    CPU, and a comparison of strategies needs only reasonable weights."""
+    rng = np.random.default_rng(0)
+
+    def draw(path, leaf):
+        name = path[-1].key
+        if name in ("scale", "var"):
+            return np.ones(leaf.shape, leaf.dtype)
+        if name in ("bias", "mean"):
+            return np.zeros(leaf.shape, leaf.dtype)
+        fan_in = leaf.shape[-1] if name == "embedding" else np.prod(leaf.shape[:-1])
+        return (rng.normal(size=leaf.shape) / np.sqrt(fan_in)).astype(leaf.dtype)
+
+    shapes = jax.eval_shape(family.init, jax.random.PRNGKey(0), batch)
+    return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+def _state(family, batch, lr=1e-3, init=None):
+    params, model_state = (init or (lambda f, b: jax.jit(f.init)(jax.random.PRNGKey(0), b)))(
+        family, batch)
     tx = {p: optax.adam(lr, b1=0.5) for p in params}
     return TrainState.create(params=params, tx=tx, model_state=model_state, seed=0)
 
@@ -96,15 +117,62 @@ def test_losses_are_finite(loss, gp):
         assert float(g) < 0
 
 
-def test_loss_values():
-    real, fake = jnp.array([2.0, 0.5]), jnp.array([-1.0, 0.0])
-    np.testing.assert_allclose(gan.discriminator_loss("hinge", real, fake), (0 + 0.5 + 0 + 1) / 2)
-    np.testing.assert_allclose(gan.discriminator_loss("wasserstein", real, fake), -1.75)
-    np.testing.assert_allclose(gan.generator_loss("non_saturating", fake),
-                               np.mean(-np.log(jax.nn.sigmoid(np.array([-1.0, 0.0])))), rtol=1e-6)
-    np.testing.assert_allclose(gan.generator_loss("minimax", fake),
-                               np.mean(np.log(1 - jax.nn.sigmoid(np.array([-1.0, 0.0])))),
-                               rtol=1e-6)
+_sig = lambda t: 1.0 / (1.0 + math.exp(-t))
+REAL, FAKE = (2.0, -0.5), (-1.0, 0.3)  # D's logits on two real and two generated images
+# (loss, D loss, G loss) by hand from the papers' formulas on REAL and FAKE. Goodfellow et al.'s D
+# (both logistic losses) maximises log D(x) + log(1 - D(G(z))); the minimax G minimises
+# log(1 - D(G(z))), the non-saturating G -log D(G(z)).
+D_LOGISTIC = (-math.log(_sig(2.0)) - math.log(1 - _sig(-1.0))
+              - math.log(_sig(-0.5)) - math.log(1 - _sig(0.3))) / 2
+LOSS_VALUES = [
+    ("minimax", D_LOGISTIC, (math.log(1 - _sig(-1.0)) + math.log(1 - _sig(0.3))) / 2),
+    ("non_saturating", D_LOGISTIC, (-math.log(_sig(-1.0)) - math.log(_sig(0.3))) / 2),
+    # D: max(0, 1 - r) + max(0, 1 + f) = (0 + 1.5) and (0 + 1.3); G: -f.
+    ("hinge", (0.0 + 1.5 + 0.0 + 1.3) / 2, (1.0 - 0.3) / 2),
+    # D: f - r; G: -f.
+    ("wasserstein", (-1.0 + 0.3) / 2 - (2.0 - 0.5) / 2, (1.0 - 0.3) / 2),
+]
+
+
+@pytest.mark.parametrize("kind,d_want,g_want", LOSS_VALUES, ids=[v[0] for v in LOSS_VALUES])
+def test_loss_values(kind, d_want, g_want):
+    real, fake = jnp.array(REAL), jnp.array(FAKE)
+    np.testing.assert_allclose(float(gan.discriminator_loss(kind, real, fake)), d_want, rtol=1e-6)
+    np.testing.assert_allclose(float(gan.generator_loss(kind, fake)), g_want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("loss", ["wasserstein", "non_saturating"])
+def test_gradient_penalty_of_a_linear_critic(loss):
+    """With no hidden layer D is linear, logit = w.x + b: its input gradient is w everywhere, so
+    the penalty is (|w| - 1)^2 exactly, whatever the interpolation. G's output layer is zeroed, so
+    its images are tanh(its bias) whatever the noise: every logit is known from the params."""
+    lam = 10.0
+    family = make_family(dict(TINY_MLP, d_hidden=(), loss=loss, gradient_penalty=lam))
+    batch = _batch(family)
+    params, model_state = jax.jit(family.init)(jax.random.PRNGKey(0), batch)
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=784)
+    w *= 2.5 / np.linalg.norm(w)                            # |w| = 2.5: penalty 2.25
+    g_bias = rng.normal(size=784) * 0.5
+    params = {"discriminator": {"logit": {"kernel": jnp.asarray(w[:, None], jnp.float32),
+                                          "bias": jnp.array([0.3])}},
+              "generator": {**params["generator"], "out": {
+                  "kernel": jnp.zeros_like(params["generator"]["out"]["kernel"]),
+                  "bias": jnp.asarray(g_bias, jnp.float32)}}}
+    loss_value, metrics, _ = jax.jit(family.objective[0].loss_fn)(params, model_state, batch,
+                                                                  jax.random.PRNGKey(1))
+    x_real = np.asarray(batch["image"], np.float64).reshape(8, -1) * 2 - 1
+    real = x_real @ w + 0.3
+    fake = np.full(8, np.tanh(g_bias) @ w + 0.3)
+    penalty = (np.linalg.norm(w) - 1) ** 2
+    if loss == "wasserstein":
+        base = np.mean(fake) - np.mean(real)
+    else:
+        base = np.mean(np.logaddexp(0, -real) + np.logaddexp(0, fake))  # -log D(x) - log(1 - D)
+    np.testing.assert_allclose(float(metrics["gradient_penalty"]), penalty, rtol=1e-5)
+    np.testing.assert_allclose(float(metrics["real_logit"]), np.mean(real), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(float(metrics["fake_logit"]), np.mean(fake), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(float(loss_value), base + lam * penalty, rtol=1e-5)
 
 
 def test_step_updates_discriminator_first_then_generator():
@@ -132,22 +200,57 @@ def test_step_updates_discriminator_first_then_generator():
 
 
 def test_n_critic_repeats_discriminator_updates():
-    family1, family3 = make_family(TINY_MLP), make_family(dict(TINY_MLP, n_critic=3))
-    batch = _batch(family1)
-    state = _state(family1, batch)
-    one, _ = jax.jit(make_train_step(family1.objective[:1]))(state, batch)
-    three, _ = jax.jit(make_train_step(family3.objective[:1]))(state, batch)
-    assert family3.objective[0].repeats == 3
+    """n_critic=3 is three D updates in turn, each from the params the last one left: the same as
+    three hand-written Adam steps, with the step's rng for update 0, repeat r:
+    fold_in(fold_in(fold_in(state.rng, step 0), update 0), r)."""
+    family = make_family(dict(TINY_MLP, n_critic=3))
+    batch = _batch(family)
+    state = _state(family, batch)
+    three, _ = jax.jit(make_train_step(family.objective[:1]))(state, batch)
+    assert family.objective[0].repeats == 3
     assert int(three.opt_state["discriminator"][0].count) == 3
-    assert _max_diff(one.params["discriminator"], three.params["discriminator"]) > 1e-6
+
+    d_loss, tx = family.objective[0].loss_fn, state.tx["discriminator"]
+
+    @jax.jit
+    def d_update(d_params, opt_state, r):
+        rng = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(state.rng, 0), 0), r)
+        grads = jax.grad(lambda d: d_loss({**state.params, "discriminator": d}, state.model_state,
+                                          batch, rng)[0])(d_params)
+        delta, opt_state = tx.update(grads, opt_state, d_params)
+        return optax.apply_updates(d_params, delta), opt_state
+
+    d_params, opt_state = state.params["discriminator"], state.opt_state["discriminator"]
+    for r in range(3):
+        d_params, opt_state = d_update(d_params, opt_state, r)
+    # Tolerance: the same float32 ops compiled as two programs differ by an ulp or so (measured:
+    # 7e-9 at most, one ulp of a weight ~0.1), so rtol 1e-5 / atol 1e-7 leave room for other
+    # fusions; taking all three gradients at the start params moves D by up to ~4e-3.
+    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    jax.tree.map(close, three.params["discriminator"], d_params)
+    jax.tree.map(close, three.opt_state["discriminator"], opt_state)
 
 
-def test_dcgan_step_single_equals_mesh_with_batchnorm():
+def test_dcgan_step_single_equals_mesh_and_pmap_with_batchnorm(monkeypatch):
+    """BatchNorm sees the global batch under every strategy (pmap: synchronised over its axis).
+    Under pmap each device draws G's noise from its own key (the step folds in the shard index),
+    so pmap's GAN step differs from single's (g_loss by ~0.3 here); with the noise pinned (one
+    fixed draw, device d taking its rows 2d, 2d+1) all three strategies give the same step."""
+    noise = jnp.asarray(np.random.default_rng(1).normal(size=(16, 8)), jnp.float32)
+    calls = []
+
+    def pinned_normal(key, shape=(), dtype=jnp.float32):
+        calls.append(shape)
+        axis = parallel.sync_axis()  # the pmap axis while tracing under pmap, else None
+        start = 0 if axis is None else jax.lax.axis_index(axis) * shape[0]
+        return jax.lax.dynamic_slice_in_dim(noise, start, shape[0]).astype(dtype)
+
     family = make_family(dict(TINY_DCGAN, num_classes=10))
     batches = [_batch(family, 16, seed=s) for s in range(2)]
-    state = _state(family, batches[0])
+    state = _state(family, batches[0], init=_numpy_init)
+    monkeypatch.setattr(jax.random, "normal", pinned_normal)
     results = {}
-    for name in ("single", "mesh"):
+    for name in ("single", "mesh", "pmap"):
         strategy = parallel.make_strategy(name)
         step = compiled.compile_train_step(family.objective, strategy,
                                            batch_spec=family.batch_spec)
@@ -155,14 +258,21 @@ def test_dcgan_step_single_equals_mesh_with_batchnorm():
         for b in batches:
             s, metrics = step(s, b)
         results[name] = strategy.to_host((s.params, s.model_state, metrics))
+    assert (16, 8) in calls and (2, 8) in calls  # single and mesh drew 16 rows, pmap's devices 2
     # DCGAN 28x28: G projects to 7x7x8 and upsamples twice; D downsamples twice to 7x7x8.
     assert results["mesh"][0]["generator"]["out"]["kernel"].shape == (4, 4, 4, 1)
     assert results["mesh"][0]["discriminator"]["logit"]["kernel"].shape == (7 * 7 * 8, 1)
     assert results["mesh"][0]["discriminator"]["projection"]["embedding"].shape == (10, 7 * 7 * 8)
-    # BatchNorm statistics moved, identically under both strategies.
+    # BatchNorm statistics moved, identically under all strategies.
     assert _max_diff(results["single"][1], state.model_state) > 1e-4
-    for a, b in zip(jax.tree.leaves(results["single"]), jax.tree.leaves(results["mesh"])):
-        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+    # Tolerance: the same float32 math, reduced in another order: BatchNorm's statistics, the
+    # gradients and the metrics over 16 examples as one sum (single) or as 8 per-device partial
+    # sums of 2 and an all-reduce (mesh, pmap). That costs a few ulps; after two Adam steps the
+    # largest difference measured is 6e-8 (on a weight of 0.5; 3e-8 on weights of 1e-4), while a
+    # BatchNorm normalising with one device's 2 examples moves params by ~1e-3.
+    for name in ("mesh", "pmap"):
+        for a, b in zip(jax.tree.leaves(results["single"]), jax.tree.leaves(results[name])):
+            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7, err_msg=name)
 
 
 @pytest.mark.parametrize("conditioning", ["projection", "concat"])
