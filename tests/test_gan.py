@@ -1,6 +1,7 @@
-"""GAN family: shapes, losses, the two-player step, BatchNorm under single vs mesh, bad input."""
+"""GAN family: shapes, losses, the two-player step, BatchNorm under single, mesh and pmap, bad input."""
 
 import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
