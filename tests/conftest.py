@@ -9,6 +9,18 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_cpu_collective_call_terminate_timeout_seconds=600"
                            " --xla_cpu_collective_call_warn_stuck_timeout_seconds=120").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Tests build the same small models many times (each build is a new jit, so a new compile) and
+# start zoo in subprocesses: a persistent compilation cache for this session (and its children)
+# compiles each program once. Fresh per session, so no run depends on another's leftovers;
+# compiled.CompileCounter counts cache hits as compiles (test_core), so "compiles once" holds.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="zoo-tests-xla-cache-")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], True)
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 from pathlib import Path  # noqa: E402
 

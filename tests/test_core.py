@@ -168,6 +168,20 @@ def test_compile_counter_sees_a_recompile():
     assert c.count == 1
 
 
+def test_compile_counter_counts_a_program_fetched_from_the_persistent_cache():
+    # conftest.py turns JAX's persistent compilation cache on: a second jit of the same program
+    # fetches its executable instead of compiling it, and that must still count.
+    assert jax.config.jax_compilation_cache_dir
+    hits = []
+    jax.monitoring.register_event_listener(
+        lambda event, **kw: hits.append(event) if event.endswith("cache_hits") else None)
+    make = lambda: jax.jit(lambda x: x * 3.0 + 1.0)
+    make()(np.ones(5, np.float32))
+    with compiled.CompileCounter() as c:
+        make()(np.ones(5, np.float32))
+    assert hits and c.count == 1
+
+
 def test_runs_are_deterministic_for_a_seed():
     # A VAE's loss draws its binarisation and its latent sample from the step's rng: the same
     # seed gives the same bits, another seed other params (so the rng is really read).

@@ -279,6 +279,7 @@ def test_resume_with_an_ema_is_bitwise_and_samples_use_it(tmp_path):
         np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.slow  # ~2 minutes: 40 U-Net steps, then two evaluations of the 10,000 test images
 def test_the_loss_falls_on_mnist_in_a_short_run(tfds_dirs, tmp_path):
     config = apply_overrides(load_config("diffusion_mnist"), [
         "--config.model.preset=tiny", "--config.model.attention_resolutions=()",
@@ -343,3 +344,26 @@ def test_zoo_inpaint_writes_the_rows_and_arrays_and_keeps_known_pixels(tiny_run,
     assert not np.allclose(arrays["filled"][~known], arrays["original"][~known])
     np.testing.assert_array_equal(arrays["masked"][~known], 0.5)
     assert (tmp_path / "inpainting.png").is_file()
+
+
+def test_the_sampling_table_scores_each_step_count_and_plots_it(tiny_run, mnist, tmp_path):
+    """What `zoo eval --sampling-steps 2,4` computes (through the CLI on an MNIST run in the slow
+    test above), on the tiny synthetic run against real MNIST: a row per step count with its
+    quality, floor and speed, each class in turn, and the plot."""
+    from zoo import eval_quality
+    run = load_run(tiny_run)
+    lines = []
+    rows = eval_quality.sampling_table(run.family, run.sampling_params, run.model_state, mnist,
+                                       40, [2, 4], [], log=lines.append)
+    assert [r["sampling_steps"] for r in rows] == [2, 4] and len(lines) == 2
+    for r in rows:
+        assert r["num_samples"] == 40 and r["samples_per_s"] > 0 and r["seconds"] > 0
+        # Three steps of training on noise: far from MNIST, which its own images are not
+        # (measured: FID ~540 against a floor of ~107, high for 40 images).
+        assert r["fid"] > 3 * r["fid_floor"] and r["recall"] < r["recall_floor"]
+        # Each class in turn, at the model's own guidance (the config's).
+        assert "conditional_accuracy" in r and r["guidance"] == run.family.denoiser.guidance
+    # The two rows draw from one noise with other step counts: not the same images.
+    assert rows[0]["fid"] != rows[1]["fid"]
+    png = eval_quality.plot_sampling_table(rows, tmp_path / "table.png")
+    assert png.stat().st_size > 10_000

@@ -358,8 +358,9 @@ def test_a_short_mnist_gan_run_improves_its_classifier_fid(tfds_dirs, mnist):
     the config's 10,000 (docs/results.md)."""
     from configs_loader import load_config
     from zoo import sample, train
-    from zoo.eval_quality import image_quality_report
+    from zoo.eval_quality import RealReference, image_quality_report
 
+    real = RealReference(None, mnist["train"], mnist["test"], max_real=2000)
     reports = {}
     for steps in (1, 3000):
         config = load_config("gan_mnist")
@@ -371,8 +372,7 @@ def test_a_short_mnist_gan_run_improves_its_classifier_fid(tfds_dirs, mnist):
         model_state = result.strategy.to_host(result.state.model_state)
         images = sample.generate_images(result.family, params, model_state,
                                         jax.random.PRNGKey(0), 1000)
-        reports[steps] = image_quality_report(None, images, mnist["train"], mnist["test"],
-                                              max_real=2000)
+        reports[steps] = image_quality_report(None, images, reference=real)
     first, last = reports[1], reports[3000]
     assert first["fid"] > 50 * first["fid_floor"], first
     assert last["fid"] < 0.7 * first["fid"], (first["fid"], last["fid"])

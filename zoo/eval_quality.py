@@ -50,10 +50,53 @@ def _images(x: Any, like: np.ndarray | None = None) -> np.ndarray:
     return x
 
 
-def image_quality_report(classifier_params: Mapping | None, samples: Any, real_train: Any,
-                         real_test: Any, labels: np.ndarray | None = None, *, k: int = 3,
+class RealReference:
+    """The real side of :func:`image_quality_report`, computed once: the classifier's features,
+    k-NN radii and predictions of at most ``max_real`` test images (drawn with ``seed``), and the
+    floors (as many training images as samples, drawn with ``seed + 1``, scored like samples)
+    per sample count. ``zoo eval``'s sampling table scores several sample sets against it.
+
+    Example::
+
+        real = RealReference(None, mnist["train"], mnist["test"])
+        reports = [image_quality_report(None, s, reference=real) for s in sample_sets]
+    """
+
+    def __init__(self, classifier_params: Mapping | None, real_train: Any, real_test: Any, *,
+                 k: int = 3, max_real: int = 10000, seed: int = 0):
+        self.params = classifier.load_params() if classifier_params is None else classifier_params
+        self.k, self.seed = k, seed
+        self.test = M.subsample(_images(real_test), max_real, seed)
+        self.train = _images(real_train)
+        self.features = classifier.features(self.params, self.test)
+        self.radii = M.knn_radii(self.features, k)
+        logits = classifier.predict_logits(self.params, self.test)
+        self.num_classes = logits.shape[-1]
+        self.label_entropy = M.mode_coverage(logits, self.num_classes)["label_entropy"]
+        self.classifier_accuracy = None
+        if isinstance(real_test, Mapping) and "label" in real_test:
+            labels = M.subsample(np.asarray(real_test["label"]), max_real, seed)
+            self.classifier_accuracy = M.conditional_accuracy(logits, labels)
+        self._floors: dict[int, dict[str, float]] = {}
+
+    def score(self, features: np.ndarray) -> dict[str, float]:
+        """FID, precision and recall of image features against the real test images'."""
+        return {"fid": M.fid_from_features(features, self.features),
+                **M.precision_recall(self.features, features, self.k, real_radii=self.radii)}
+
+    def floor(self, n: int) -> dict[str, float]:
+        """:meth:`score` of ``n`` real training images: what a perfect generator would get."""
+        if n not in self._floors:
+            train = M.subsample(self.train, n, self.seed + 1)
+            self._floors[n] = self.score(classifier.features(self.params, train))
+        return self._floors[n]
+
+
+def image_quality_report(classifier_params: Mapping | None, samples: Any, real_train: Any = None,
+                         real_test: Any = None, labels: np.ndarray | None = None, *, k: int = 3,
                          max_real: int = 10000, seed: int = 0,
-                         speed: Mapping[str, float] | None = None) -> dict[str, Any]:
+                         speed: Mapping[str, float] | None = None,
+                         reference: RealReference | None = None) -> dict[str, Any]:
     """Quality and diversity of generated images, judged by a fixed zoo classifier.
 
     Args:
@@ -65,6 +108,8 @@ def image_quality_report(classifier_params: Mapping | None, samples: Any, real_t
       k: the k of the k-NN manifolds for precision/recall.
       max_real: at most this many real test images are used (drawn with ``seed``).
       speed: e.g. :func:`zoo.metrics.generation_speed`'s result, copied into the report.
+      reference: a :class:`RealReference` built once for several reports; it replaces
+        ``classifier_params``, ``real_train``, ``real_test``, ``k``, ``max_real`` and ``seed``.
 
     Returns a dict of floats/ints/lists: ``fid``, ``fid_floor`` (as many real training images as
     samples vs the same test images), ``precision``, ``recall``, ``precision_floor``,
@@ -73,34 +118,25 @@ def image_quality_report(classifier_params: Mapping | None, samples: Any, real_t
     ``conditional_accuracy`` (with ``labels``), ``classifier_test_accuracy`` (when ``real_test``
     has labels), ``num_samples``, ``num_real``.
     """
-    params = classifier.load_params() if classifier_params is None else classifier_params
-    test = _images(real_test)
-    test = M.subsample(test, max_real, seed)
-    train = _images(real_train)
-    gen = _images(samples, like=test)
-    if len(gen) < k + 1:
-        raise ValueError(f"need more than k={k} samples; got {len(gen)}")
-    train = M.subsample(train, len(gen), seed + 1)
-
-    f_test = classifier.features(params, test)
-    f_gen = classifier.features(params, gen)
-    f_train = classifier.features(params, train)
-    report: dict[str, Any] = {"num_samples": int(len(gen)), "num_real": int(len(test))}
-    report["fid"] = M.fid_from_features(f_gen, f_test)
-    report["fid_floor"] = M.fid_from_features(f_train, f_test)
-    pr = M.precision_recall(f_test, f_gen, k)
-    pr_floor = M.precision_recall(f_test, f_train, k)
-    report.update(pr)
-    report.update({"precision_floor": pr_floor["precision"], "recall_floor": pr_floor["recall"]})
-
-    logits_gen = classifier.predict_logits(params, gen)
-    num_classes = logits_gen.shape[-1]
-    report.update(M.mode_coverage(logits_gen, num_classes))
-    logits_test = classifier.predict_logits(params, test)
-    report["real_label_entropy"] = M.mode_coverage(logits_test, num_classes)["label_entropy"]
-    if isinstance(real_test, Mapping) and "label" in real_test:
-        test_labels = M.subsample(np.asarray(real_test["label"]), max_real, seed)
-        report["classifier_test_accuracy"] = M.conditional_accuracy(logits_test, test_labels)
+    if reference is None:
+        if real_train is None or real_test is None:
+            raise ValueError("pass real_train and real_test, or a RealReference")
+        reference = RealReference(classifier_params, real_train, real_test, k=k,
+                                  max_real=max_real, seed=seed)
+    real = reference
+    gen = _images(samples, like=real.test)
+    if len(gen) < real.k + 1:
+        raise ValueError(f"need more than k={real.k} samples; got {len(gen)}")
+    report: dict[str, Any] = {"num_samples": int(len(gen)), "num_real": int(len(real.test))}
+    scores, floor = real.score(classifier.features(real.params, gen)), real.floor(len(gen))
+    report.update(fid=scores["fid"], fid_floor=floor["fid"], precision=scores["precision"],
+                  recall=scores["recall"], precision_floor=floor["precision"],
+                  recall_floor=floor["recall"])
+    logits_gen = classifier.predict_logits(real.params, gen)
+    report.update(M.mode_coverage(logits_gen, real.num_classes))
+    report["real_label_entropy"] = real.label_entropy
+    if real.classifier_accuracy is not None:
+        report["classifier_test_accuracy"] = real.classifier_accuracy
     if labels is not None:
         report["conditional_accuracy"] = M.conditional_accuracy(logits_gen, labels)
     if speed:
@@ -247,6 +283,7 @@ def sampling_table(family, params: Mapping, model_state: Mapping, real: Mapping,
     models: each class in turn), :func:`image_quality_report` of ``num_samples`` samples with
     their samples/s (timed after one batch that compiles). ``real``: the train and test splits."""
     labels = _each_class_in_turn(family, num_samples)
+    reference = RealReference(None, real["train"], real["test"], seed=seed)
     rows = []
     for steps in (list(sampling_steps) or [None]):
         for w in (list(guidances) or [None]):
@@ -259,9 +296,9 @@ def sampling_table(family, params: Mapping, model_state: Mapping, real: Mapping,
             t0 = time.perf_counter()
             images = gen(num_samples)
             seconds = time.perf_counter() - t0
-            row = image_quality_report(None, images, real["train"], real["test"], labels,
-                                       seed=seed, speed={"samples_per_s": num_samples / seconds,
-                                                         "seconds": seconds})
+            row = image_quality_report(None, images, labels=labels, reference=reference,
+                                       speed={"samples_per_s": num_samples / seconds,
+                                              "seconds": seconds})
             row = {"sampling_steps": fam.denoiser.sampling_steps,
                    **({"guidance": fam.denoiser.guidance} if fam.denoiser.num_classes else {}),
                    **row}

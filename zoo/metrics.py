@@ -157,19 +157,22 @@ def manifold_coverage(reference: np.ndarray, radii: np.ndarray, query: np.ndarra
 
 
 def precision_recall(real_features: np.ndarray, fake_features: np.ndarray,
-                     k: int = 3) -> dict[str, float]:
+                     k: int = 3, real_radii: np.ndarray | None = None) -> dict[str, float]:
     """Improved precision and recall (Kynkäänniemi et al. 2019), k = 3 as in the paper.
 
     The real manifold is the union of balls around each real feature reaching its k-th nearest
     real neighbour; likewise for the generated one. precision = fraction of generated features in
     the real manifold (quality); recall = fraction of real features in the generated manifold
-    (coverage). A set against itself gives 1 and 1.
+    (coverage). A set against itself gives 1 and 1. ``real_radii``: ``knn_radii(real_features,
+    k)`` when already computed (scoring several sets against one real set).
     """
     real = np.asarray(real_features, np.float64)
     fake = np.asarray(fake_features, np.float64)
     if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
         raise ValueError(f"features must be (N, D) with the same D; got {real.shape}, {fake.shape}")
-    precision = manifold_coverage(real, knn_radii(real, k), fake)
+    if real_radii is None:
+        real_radii = knn_radii(real, k)
+    precision = manifold_coverage(real, real_radii, fake)
     recall = manifold_coverage(fake, knn_radii(fake, k), real)
     return {"precision": precision, "recall": recall}
 

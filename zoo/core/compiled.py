@@ -141,7 +141,9 @@ def compile_eval_step(metrics_fn: Callable, strategy: parallel.Strategy, *,
 
 
 class CompileCounter:
-    """Counts XLA backend compilations while active (``with CompileCounter() as c: ...; c.count``).
+    """Counts XLA backend compilations while active (``with CompileCounter() as c: ...; c.count``),
+    executables fetched from JAX's persistent compilation cache included (JAX times both as one
+    event): a program obtained again is a recompile even when a cache makes it cheap.
 
     Trace counts alone can mislead (pmap traces twice on its first call); a compile that happens
     on step 10 is the thing "compiled once" rules out.
