@@ -189,6 +189,11 @@ def main(argv=None) -> int:
         _copy_checkout(copy)
         # The copy has no ../shared beside it: point the tests at the checkout's.
         os.environ.setdefault("ZOO_SHARED_DATA", str(ROOT.parent / "shared" / "data"))
+        # One compilation cache for every run: what a mutation leaves unchanged compiles once
+        # (a cached program is keyed by its HLO, so a mutated one never hits an old entry).
+        os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(tmp) / "xla-cache"))
+        os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+        os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
         where = subprocess.run([sys.executable, "-c", "import zoo; print(zoo.__file__)"],
                                cwd=copy, env={**os.environ, "PYTHONPATH": str(copy)},
                                capture_output=True, text=True).stdout.strip()
