@@ -157,12 +157,14 @@ def _copy_checkout(dest: Path) -> None:
             shutil.copy2(src, dest / f)
 
 
-def _pytest(copy: Path, tests: tuple[str, ...], timeout: int) -> tuple[int, str]:
+def _pytest(copy: Path, tests: tuple[str, ...], timeout: int, workers: int = 0) -> tuple[int, str]:
+    """pytest's exit status and last line. One process by default: with pytest-xdist workers,
+    a failure under -x exits 2 (interrupted), not 1."""
     env = {**os.environ, "PYTHONPATH": str(copy)}
     try:
         out = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-                              *tests], cwd=copy, env=env, capture_output=True, text=True,
-                             timeout=timeout)
+                              "-n", str(workers), *tests], cwd=copy, env=env,
+                             capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return -1, "timed out"
     lines = (out.stdout + out.stderr).strip().splitlines()
@@ -203,7 +205,7 @@ def main(argv=None) -> int:
             return 2
         baseline = sorted({t for m in chosen for t in m.tests})
         t0 = time.time()
-        rc, last = _pytest(copy, tuple(baseline), args.timeout * 3)
+        rc, last = _pytest(copy, tuple(baseline), args.timeout * 3, workers=2)
         if rc != 0:
             print(f"error: the tests do not pass unmutated ({last})", file=sys.stderr)
             return 2

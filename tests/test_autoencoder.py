@@ -44,6 +44,7 @@ def _config(**data):
     return config
 
 
+@pytest.mark.slow  # ~60 s; real MNIST trains by default in test_gan, test_vae, test_classifier
 def test_loss_falls_on_real_mnist(tfds_dirs, tmp_path):
     config = _config(**tfds_dirs)
     result = train.train(config, tmp_path, log=lambda s: None)

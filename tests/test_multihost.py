@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 WORKER = Path(__file__).with_name("multihost_worker.py")
 
@@ -44,6 +45,8 @@ def test_two_processes_match_one_process(tmp_path):
         np.testing.assert_allclose(multi[name], single[name], rtol=1e-5, atol=1e-6, err_msg=name)
 
 
+@pytest.mark.slow  # ~80 s: four processes; test_two_processes_match_one_process and
+# test_multihost_cli run two processes by default
 def test_the_training_pipeline_across_two_processes(tmp_path):
     """zoo.train.train with a workdir over 2 processes x 2 devices: an LSTM on PTB whose carried
     state spans both processes' rows, evaluation (carrying its own state), text samples and

@@ -274,6 +274,15 @@ def test_nonfinite_updates_can_be_skipped_and_counted(tmp_path, log_every):
     # counted whether or not the step logged.
     assert result.skipped_updates == 5
     assert int(result.strategy.to_host(result.state.step)) == 6
+    # A skipped update leaves params and optimizer state as they were: bit for bit those of
+    # a run that stopped after its one finite step, and finite.
+    one = train.train(_config("--config.train.steps=1", "--config.optimizer.learning_rate=1e30",
+                              "--config.train.nonfinite=skip"), None, log=lambda s: None)
+    kept, after_one = (r.strategy.to_host(r.state) for r in (result, one))
+    for a, b in zip(jax.tree.leaves((kept.params, kept.opt_state)),
+                    jax.tree.leaves((after_one.params, after_one.opt_state))):
+        np.testing.assert_array_equal(a, b)
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(kept.params))
 
 
 def test_device_prefetch_saves_the_position_of_the_next_batch_it_gives():

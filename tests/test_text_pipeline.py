@@ -230,6 +230,8 @@ def test_every_config_builds_its_family(path):
         optim.make_optimizer(optimizer, int(config.train.steps))  # its schedule's keys hold
 
 
+@pytest.mark.slow  # ~70 s: three processes; test_pipeline restores an 8-device checkpoint on
+# one device by default
 def test_a_run_trained_on_eight_devices_generates_and_evaluates_on_one(tmp_path):
     """An LSTM trained on a data x fsdp mesh of 8 devices (carried per-example state sharded over
     the batch): a 1-device process evaluates it (carried evaluation, the saved mesh replaced)
