@@ -350,7 +350,7 @@ def test_a_critics_schedule_runs_over_its_n_critic_updates_per_step():
 
 
 def test_a_short_mnist_gan_run_improves_its_classifier_fid(tfds_dirs, mnist):
-    """The MLP GAN of configs/gan_mnist.py on real MNIST, 3,000 steps (~25 s): its samples come
+    """The MLP GAN of configs/gan_mnist.py on real MNIST, 3,000 steps (30-40 s on 2 cores): its samples come
     far closer to the test images, in the MNIST CNN's features, than the untrained generator's,
     and spread over the digits instead of collapsing on a few. Measured on 1,000 samples against
     2,000 test images (floor ~6): FID ~575 after one step, covering 3 classes (normalised label
