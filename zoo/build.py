@@ -14,6 +14,7 @@ import jax
 
 from zoo import input_pipeline, models
 from zoo.core import compiled, dtypes, optim, parallel, settings
+from zoo.core import params as params_lib
 from zoo.core import step as step_lib
 from zoo.core.settings import RunSettings, TrainSettings
 from zoo.core.family import Family
@@ -36,15 +37,35 @@ class Run:
     data: input_pipeline.RunData
 
 
-def make_optimizers(family: Family, config, players) -> dict[str, Any]:
+def trainable_masks(config, params: dict) -> dict:
+    """A bool per parameter, keyed by player: what the optimizer updates. Frozen: the paths
+    ``optimizer.freeze`` (or the player's ``optimizers.<player>.freeze``) matches, and, in a
+    LoRA model, everything but the adapters (:func:`zoo.core.params.trainable_mask`)."""
+    run = RunSettings.parse(config)
+    return {p: params_lib.trainable_mask(tree, run.optimizer_of(p).freeze, p)
+            for p, tree in params.items()}
+
+
+def make_optimizers(family: Family, config, params: dict) -> dict[str, Any]:
     """Each player's optax optimizer: ``optimizers.<player>`` where the config has one, else
     ``optimizer``. A schedule runs over a player's updates: n per step for a player updated n
     times a step (a GAN critic's n_critic), so it ends with training, not n times too early.
-    ``config``: a run config or its :class:`zoo.core.settings.RunSettings`."""
+    A player with frozen parameters (:func:`trainable_masks`) gets no updates or optimizer state
+    for them. ``config``: a run config or its :class:`zoo.core.settings.RunSettings`;
+    ``params``: the players' params (or their shapes)."""
     run = RunSettings.parse(config)
     updates = step_lib.updates_per_step(family.objective)
-    return {p: optim.make_optimizer(run.optimizer_of(p), run.train.steps * updates.get(p, 1))
-            for p in players}
+    masks = trainable_masks(run, params)
+    optimizers = {}
+    for p in params:
+        freeze = run.optimizer_of(p).freeze
+        trainable = None
+        if not all(jax.tree.leaves(masks[p])):
+            trainable = lambda tree, p=p, freeze=freeze: params_lib.trainable_mask(tree, freeze, p)
+        optimizers[p] = optim.make_optimizer(run.optimizer_of(p),
+                                             run.train.steps * updates.get(p, 1),
+                                             trainable=trainable)
+    return optimizers
 
 
 def initial_state(family: Family, config, example) -> TrainState:

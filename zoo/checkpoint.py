@@ -273,13 +273,17 @@ def load_run(path: str | Path, step: int | None = None,
     is reported through ``log`` and the one before is tried), one checkpoint of it
     (``RUN/checkpoints/STEP``), a directory written by :func:`save_run` (or the
     ``variables.msgpack`` in it), or a Hugging Face GPT-2 folder (``config.json`` and weights).
-    ``step`` picks a checkpoint of a workdir.
+    ``step`` picks a checkpoint of a workdir. A run trained with LoRA adapters is read back as
+    the plain model, adapters merged into its weights (:func:`zoo.core.lora.merge`). A GPT-2
+    folder without ``vocab.json`` and ``merges.txt`` has no tokenizer (None).
     """
     path = Path(path)
     if path.is_dir() and (path / "config.json").is_file():
         model_config, params = convert_gpt2.load(path)
+        has_bpe = all((path / f).is_file() for f in ("vocab.json", "merges.txt"))
         return LoadedRun({"model": model_config}, models.make_family(model_config),
-                         {"model": params}, {"model": {}}, tok.GPT2Tokenizer.from_dir(path))
+                         {"model": params}, {"model": {}},
+                         tok.GPT2Tokenizer.from_dir(path) if has_bpe else None)
     run_dir = path.parent if path.is_file() else path
     if (run_dir / VARIABLES_FILE).is_file() and (run_dir / CONFIG_FILE).is_file():
         return _load_saved_variables(run_dir)
@@ -316,10 +320,15 @@ def load_run(path: str | Path, step: int | None = None,
     saved = extra.get("data", {}).get("tokenizer")
     if not saved and (ckpt_dir.parent / TOKENIZER_FILE).is_file():
         saved = json.loads((ckpt_dir.parent / TOKENIZER_FILE).read_text())
-    params = state["params"]
+    params, ema = state["params"], state.get("ema_params")
     model_state = {p: state.get("model_state", {}).get(p, {}) for p in params}
-    return LoadedRun(config, models.make_family(config["model"]), params, model_state,
-                     tok.from_config(saved) if saved else None, s, state.get("ema_params"))
+    family = models.make_family(config["model"])
+    if family.inference_params is not None:  # LoRA: read back as the plain merged model
+        params = jax.tree.map(np.asarray, family.plain_params(params))
+        ema = None if ema is None else jax.tree.map(np.asarray, family.plain_params(ema))
+        family = models.make_family(config["model"], adapters=False)
+    return LoadedRun(config, family, params, model_state,
+                     tok.from_config(saved) if saved else None, s, ema)
 
 
 def _saved_steps(ckpt_dir: Path) -> list[int]:
@@ -357,13 +366,16 @@ def _load_saved_variables(run_dir: Path) -> LoadedRun:
     return LoadedRun(meta, family, variables["params"], variables["model_state"])
 
 
-EXPORT_FORMATS = ("msgpack",)
+EXPORT_FORMATS = ("msgpack", "hf-gpt2")
 
 
 def export_params(run: LoadedRun, out: str | Path, *, player: str | None = None,
                   fmt: str = "msgpack") -> Path:
-    """Writes one player's params of a loaded run (float32; flax msgpack, the format
-    :func:`zoo.models.classifier.load_params` reads). ``player`` defaults to the only one."""
+    """Writes one player's params of a loaded run (float32; LoRA adapters already merged by
+    :func:`load_run`). ``msgpack``: flax msgpack in the file ``out``, the format
+    :func:`zoo.models.classifier.load_params` reads. ``hf-gpt2``: the folder ``out``, a Hugging
+    Face GPT-2 with its tokenizer (:func:`zoo.convert_gpt2.save`), for a transformer run.
+    ``player`` defaults to the only one."""
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of "
                          f"{', '.join(EXPORT_FORMATS)}")
@@ -376,7 +388,9 @@ def export_params(run: LoadedRun, out: str | Path, *, player: str | None = None,
         raise ValueError(f"no player {player!r} in the {run.family.name} run; it has "
                          f"{', '.join(players)}")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     host = jax.tree.map(lambda x: np.asarray(x, np.float32), run.params[player])
+    if fmt == "hf-gpt2":
+        return convert_gpt2.save(out, run.family.modules[player], host, run.tokenizer)
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(serialization.msgpack_serialize(host))
     return out

@@ -264,13 +264,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=_generate)
-    p = sub.add_parser("export", help="write a trained run's params to a file",
+    p = sub.add_parser("export", help="write a trained run's params to a file or a Hugging "
+                                      "Face GPT-2 folder",
                        description="zoo export RUN --format msgpack --out FILE [--player NAME]: "
                                    "one player's params (float32, flax msgpack), e.g. the "
-                                   "classifier zoo's image-quality metrics use")
+                                   "classifier zoo's image-quality metrics use. zoo export RUN "
+                                   "--format hf-gpt2 --out DIR: a transformer run as a folder "
+                                   "transformers' GPT2LMHeadModel and GPT2Tokenizer load "
+                                   "(safetensors; LoRA adapters merged)")
     p.add_argument("path", help="a run directory (the --workdir of zoo train) or a checkpoint")
-    p.add_argument("--format", default="msgpack", help="msgpack (default)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--format", default="msgpack", help="msgpack (default) or hf-gpt2")
+    p.add_argument("--out", required=True, help="a file (msgpack) or a folder (hf-gpt2)")
     p.add_argument("--player", default=None, help="whose params (default: the only player)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
     p.set_defaults(run=_export)

@@ -1,10 +1,15 @@
-"""Hugging Face GPT-2 checkpoints into zoo's transformer.
+"""Hugging Face GPT-2 checkpoints into zoo's transformer, and back out.
 
 ``load(path)`` reads a GPT-2 folder as ``save_pretrained`` writes it (``config.json`` and
 ``model.safetensors`` or ``pytorch_model.bin``) and returns a :class:`zoo.models.transformer.GPT`
 and its params. Hugging Face's GPT-2 stores its projections as ``Conv1D`` with weights laid out
 (in, out), which is flax's ``Dense`` kernel layout, so the import is renaming, not transposing.
 Safetensors are read with ``safetensors.numpy`` (no PyTorch needed); ``.bin`` files need PyTorch.
+
+``save(out, model, params, tokenizer)`` is the way back: a folder that
+``transformers.GPT2LMHeadModel.from_pretrained`` and ``GPT2Tokenizer.from_pretrained`` load
+(``config.json``, ``model.safetensors``, ``vocab.json``, ``merges.txt``), written without
+``transformers``.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Mapping
 import jax.numpy as jnp
 import numpy as np
 
+from zoo import tokenizers as tok
 from zoo.models import transformer
 
 _LAYER_PARTS = {  # Hugging Face name inside h.{i}. -> path inside zoo's h_{i}
@@ -123,3 +129,77 @@ def _to_jax(tree):
     if isinstance(tree, dict):
         return {k: _to_jax(v) for k, v in tree.items()}
     return jnp.asarray(tree)
+
+
+def hf_config(model: transformer.GPT, tokenizer: tok.Tokenizer | None = None) -> dict:
+    """GPT-2's ``config.json`` for zoo's GPT (dropout as the model has it; the tokenizer's
+    ``<|endoftext|>`` as GPT-2's bos and eos, where it has one)."""
+    eos = getattr(tokenizer, "eos_id", None)
+    return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+            "vocab_size": model.vocab_size, "n_positions": model.block_size,
+            "n_embd": model.n_embd, "n_layer": model.n_layer, "n_head": model.n_head,
+            "n_inner": None, "activation_function": "gelu_new",
+            "resid_pdrop": model.dropout, "embd_pdrop": model.dropout, "attn_pdrop": 0.0,
+            "layer_norm_epsilon": model.layer_norm_eps, "initializer_range": 0.02,
+            "scale_attn_weights": True, "tie_word_embeddings": True, "use_cache": True,
+            "bos_token_id": eos, "eos_token_id": eos, "torch_dtype": "float32"}
+
+
+def to_state_dict(params: Mapping, n_layer: int) -> dict[str, np.ndarray]:
+    """GPT-2's state dict (``transformer.*`` names, float32) from zoo's params: the inverse of
+    :func:`convert_state_dict`. The output head is tied to ``wte``, as GPT-2 saves it."""
+    params = {k: v for k, v in params.items()}
+    sd = {"transformer.wte.weight": params["wte"]["embedding"],
+          "transformer.wpe.weight": params["wpe"]["embedding"],
+          "transformer.ln_f.weight": params["ln_f"]["scale"],
+          "transformer.ln_f.bias": params["ln_f"]["bias"]}
+    for i in range(n_layer):
+        for hf_name, path in _LAYER_PARTS.items():
+            node = params[f"h_{i}"]
+            for part in path:
+                node = node[part]
+            sd[f"transformer.h.{i}.{hf_name}"] = node
+    return {k: np.ascontiguousarray(np.asarray(v, np.float32)) for k, v in sd.items()}
+
+
+def bpe_files(tokenizer: tok.Tokenizer) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """``(vocab, merges)`` of a byte-level BPE that tokenizes as ``tokenizer`` does: GPT-2's own,
+    or a character tokenizer over ASCII, which is a byte-level BPE with no merges (each byte one
+    token). Other tokenizers are refused."""
+    if isinstance(tokenizer, tok.GPT2Tokenizer):
+        merges = sorted(tokenizer.ranks, key=tokenizer.ranks.get)
+        return dict(tokenizer.encoder), [tuple(m) for m in merges]
+    if isinstance(tokenizer, tok.CharTokenizer):
+        wide = [c for c in tokenizer.chars if len(c.encode("utf-8")) != 1]
+        if wide:
+            raise ValueError(f"the character tokenizer has characters of more than one byte "
+                             f"({''.join(wide[:10])!r}); GPT-2's byte-level BPE cannot give "
+                             "them one token each")
+        byte_names = tok.bytes_to_unicode()
+        return {byte_names[ord(c)]: i for i, c in enumerate(tokenizer.chars)}, []
+    raise ValueError(f"a {tokenizer.name} tokenizer has no GPT-2 (byte-level BPE) form; only "
+                     "GPT-2's BPE and ASCII character tokenizers do")
+
+
+def save(out: str | os.PathLike, model: transformer.GPT, params: Mapping,
+         tokenizer: tok.Tokenizer | None = None) -> Path:
+    """Writes ``model`` (zoo's GPT) with ``params`` as a Hugging Face GPT-2 folder:
+    ``config.json`` and ``model.safetensors``, and with a tokenizer ``vocab.json`` and
+    ``merges.txt`` (:func:`bpe_files`). Any other model is refused, saying what does not fit."""
+    if not isinstance(model, transformer.GPT):
+        raise ValueError(f"the hf-gpt2 format holds GPT-2's architecture; this run's model is "
+                         f"a {type(model).__name__}, not zoo's transformer (GPT)")
+    from safetensors.numpy import save_file
+
+    files = bpe_files(tokenizer) if tokenizer is not None else None  # refuse before writing
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(hf_config(model, tokenizer), indent=2))
+    save_file(to_state_dict(params, model.n_layer), str(out / "model.safetensors"),
+              metadata={"format": "pt"})
+    if files is not None:
+        vocab, merges = files
+        (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+        (out / "merges.txt").write_text("#version: 0.2\n" + "".join(
+            f"{a} {b}\n" for a, b in merges), encoding="utf-8")
+    return out

@@ -27,10 +27,12 @@ from jax.experimental import multihost_utils
 
 from zoo import build as build_lib
 from zoo import evaluate as evaluate_lib
-from zoo import input_pipeline
+from zoo import finetune, input_pipeline
 from zoo.checkpoint import TOKENIZER_FILE, CheckpointError, Checkpointer
 from zoo.core import parallel
+from zoo.core import params as params_lib
 from zoo.core.family import Family
+from zoo.core.settings import RunSettings
 from zoo.core.train_state import TrainState, param_count, sampling_params
 
 
@@ -296,8 +298,16 @@ def train(config, workdir: str | Path | None = None, log: Callable[[str], None] 
 def _train(config, workdir: Path | None, log: Callable[[str], None],
            make_sampler: Callable[[build_lib.Run], Callable | None] | None) -> TrainResult:
     saved_tokenizer = _saved_tokenizer(workdir, log)
+    source = None
+    init_from = RunSettings.parse(config).train.init_from
+    if init_from:  # the architecture (and tokenizer) from the source, before anything is built
+        config, source, source_tokenizer = finetune.prepare(config, workdir, log)
+        saved_tokenizer = saved_tokenizer or source_tokenizer
     run = build_lib.build(config, tokenizer=saved_tokenizer)
     tc = run.settings.train
+    if source is not None:
+        run = dataclasses.replace(run, template=finetune.start_from(
+            run.template, source, tc.init_reinit, log, name=init_from))
     steps, batch_size = tc.steps, run.settings.data.batch_size
     sample_fn = make_sampler(run) if make_sampler is not None else None
     config, strategy, it = run.config, run.strategy, run.data.train
@@ -328,7 +338,12 @@ def _train(config, workdir: Path | None, log: Callable[[str], None],
                 log(f"zoo: resuming from the checkpoint at step {start} in {ckpt.directory}")
     if state is None:
         state = strategy.place_state(run.template)
-    log(f"zoo: {run.family.name} with {param_count(run.template.params):,} params, strategy "
+    trainable = params_lib.count(run.template.params,
+                                 build_lib.trainable_masks(run.settings, run.template.params))
+    total = param_count(run.template.params)
+    shown = f"{total:,} params" if trainable == total else \
+        f"{trainable:,} trainable / {total:,} params"
+    log(f"zoo: {run.family.name} with {shown}, strategy "
         f"{strategy.name} over {strategy.num_shards} device(s) ({jax.devices()[0].platform}), "
         f"global batch {batch_size}, steps {start}->{steps}")
 
@@ -405,9 +420,11 @@ def _train(config, workdir: Path | None, log: Callable[[str], None],
                     writer.write(step, eval_metrics, prefix="eval")
                     if sample_fn is not None and workdir is not None:
                         # to_host is a collective: every process fetches, process 0 writes.
-                        host = strategy.to_host((sampling_params(state), state.model_state))
+                        params, model_state = strategy.to_host((sampling_params(state),
+                                                                state.model_state))
                         if jax.process_index() == 0:
-                            written = sample_fn(*host, jax.random.PRNGKey(step),
+                            written = sample_fn(run.family.plain_params(params), model_state,
+                                                jax.random.PRNGKey(step),
                                                 workdir / "samples", step)
                             if isinstance(written, str):  # text: what the model writes now
                                 log(f"sample at step {step}:\n{written}")

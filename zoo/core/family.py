@@ -93,6 +93,9 @@ class Family:
         sampling, guidance, inpainting); None: not a diffusion model.
       text_batching: ``(batching, why)``: the ``data.batching`` a language model needs and the
         reason (an LSTM carrying its state needs ``stream``); None: any.
+      inference_params: ``(params keyed by player) -> params`` as the capabilities above take
+        them, for a family whose trained params are another form (LoRA adapters beside the base
+        weights, :func:`zoo.core.lora.adapt_family`); None: the same.
     """
 
     name: str
@@ -107,6 +110,12 @@ class Family:
     log_likelihood: Callable | None = None
     text_batching: tuple[str, str] | None = None
     denoiser: Any = None
+    inference_params: Callable | None = None
+
+    def plain_params(self, params: dict) -> dict:
+        """``params`` (keyed by player) in the form the capabilities take (see
+        ``inference_params``)."""
+        return params if self.inference_params is None else self.inference_params(params)
 
     def require(self, capability: str, what: str) -> Any:
         """The capability ``capability`` (an attribute name), or a ValueError naming the family

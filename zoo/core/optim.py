@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
+import jax
 import optax
 
 from zoo.core import settings
@@ -72,12 +75,16 @@ def make_schedule(cfg, total_steps: int) -> optax.Schedule:
     raise ValueError(f"unknown learning-rate schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
 
 
-def make_optimizer(cfg, total_steps: int = 1) -> optax.GradientTransformation:
+def make_optimizer(cfg, total_steps: int = 1, *,
+                   trainable: Callable[[Any], Any] | None = None) -> optax.GradientTransformation:
     """An optax optimizer from config.
 
     Keys: name (adam, adamw, sgd, rmsprop, lamb), the schedule keys of :func:`make_schedule`,
     b1, b2, eps, momentum, weight_decay, grad_clip_norm (global-norm clipping; 0: off), as in
     :class:`zoo.core.settings.OptimizerSettings` (or a mapping of its keys).
+
+    ``trainable(tree) -> a bool per leaf`` (None: all) freezes the rest: they get zero updates
+    (``optax.multi_transform`` with ``set_to_zero``), and the optimizer keeps no state for them.
     """
     cfg = _settings(cfg)
     name = cfg.name
@@ -99,6 +106,9 @@ def make_optimizer(cfg, total_steps: int = 1) -> optax.GradientTransformation:
     else:
         raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
     clip = cfg.grad_clip_norm
-    if clip:
+    if clip:  # of the trained leaves' gradients only: the frozen ones' are never applied
         tx = optax.chain(optax.clip_by_global_norm(float(clip)), tx)
+    if trainable is not None:
+        labels = lambda tree: jax.tree.map(lambda t: "trained" if t else "frozen", trainable(tree))
+        tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)
     return tx

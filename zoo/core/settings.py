@@ -68,6 +68,7 @@ class OptimizerSettings:
     transition_steps: int = 0
     decay_begin: int = 0
     boundaries: tuple[int, ...] = ()
+    freeze: str = ""                # regex of parameter paths that get no updates (zoo.core.params)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +100,8 @@ class TrainSettings:
     ema_decay: float = 0.0          # > 0: keep an EMA of the params (sampled from); 0: none
     sample_prompt: str = ""         # language models: "" = the start of the evaluation split
     sample_tokens: int = 200        # language models: tokens written at each evaluation; 0: none
+    init_from: str = ""             # start from a zoo run, one checkpoint or a GPT-2 folder
+    init_reinit: str = ""           # regex of parameter paths initialised fresh, not taken
 
 
 def _coerce(value: Any, default: Any, where: str) -> Any:
