@@ -7,8 +7,9 @@ starts at step 0 with a fresh optimizer from the source's params (a LoRA source'
 
 * The architecture is the source's (:func:`adopt_architecture`): its model section fills the
   config's, and a config that sets one of those keys to another value is refused, naming both,
-  before anything is built. Keys that only say how the model runs (:data:`RUN_KEYS`: dropout,
-  dtype, remat, LoRA, ...) stay the config's.
+  before anything is built (with ``train.init_reinit`` set, the config's values stand: a new head
+  or vocabulary is what re-initialising is for). Keys that only say how the model runs
+  (:data:`RUN_KEYS`: dropout, dtype, remat, LoRA, ...) stay the config's.
 * The tokenizer is the source's, unless ``data.tokenizer_path`` names another.
 * Every parameter is the source's (:func:`start_from`). One whose shape differs, one the source
   lacks, and one of the source's that this model lacks are refused with their paths and shapes,
@@ -37,8 +38,9 @@ from zoo.core.settings import DataSettings, RunSettings
 from zoo.core.step import is_per_example
 from zoo.core.train_state import TrainState
 
-# Model keys that say how a model runs, not what it is: the config's own, never the source's.
-RUN_KEYS = frozenset({"dropout", "dtype", "remat", "attention_impl", "seq_len",
+# Model keys that say how a model runs, not what it is: the config's own, never the source's
+# (``unit``, what a language model's metrics count, comes from the tokenizer of the new data).
+RUN_KEYS = frozenset({"dropout", "dtype", "remat", "attention_impl", "seq_len", "unit",
                       *lora.LoraSettings.KEYS})
 
 
@@ -51,9 +53,12 @@ def _plain(value):
     return tuple(_plain(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
-def adopt_architecture(config, source_model: Mapping, source: str):
+def adopt_architecture(config, source_model: Mapping, source: str, *,
+                       reshaping: bool = False, log: Callable[[str], None] = print):
     """A copy of ``config`` whose model section is ``source_model``'s, with the config's
-    :data:`RUN_KEYS`; a key both set, to different values, is a ValueError naming both."""
+    :data:`RUN_KEYS`; a key both set, to different values, is a ValueError naming both. With
+    ``reshaping`` (``train.init_reinit`` is set: some parameters will be drawn fresh) the
+    config's values stand, and the parameters' shapes decide what fits."""
     config = copy.deepcopy(config)
     model = dict(config["model"].items())
     conflicts = []
@@ -65,10 +70,14 @@ def adopt_architecture(config, source_model: Mapping, source: str):
             model[key] = _plain(theirs)
         elif _plain(mine) != _plain(theirs):
             conflicts.append(f"model.{key}={mine!r} here, {theirs!r} in the source")
-    if conflicts:
+    if conflicts and reshaping:
+        log(f"zoo: train.init_reinit is set, so the config's model keys stand over the "
+            f"source's: {'; '.join(conflicts)}")
+    elif conflicts:
         raise ValueError(f"train.init_from={source} takes the model's architecture from the "
                          f"source, but the config sets it differently: {'; '.join(conflicts)}. "
-                         "Leave those keys unset (or set them as the source has them)")
+                         "Leave those keys unset (or set them as the source has them), or set "
+                         "train.init_reinit to the parameters they reshape")
     config["model"] = (ml_collections.ConfigDict(model)
                        if isinstance(config, ml_collections.ConfigDict) else model)
     return config
@@ -78,8 +87,8 @@ def source_tokenizer(config, source: checkpoint.LoadedRun) -> dict | None:
     """The source's tokenizer (its ``to_config()``) for a text run, unless
     ``data.tokenizer_path`` names another; a ``data.tokenizer`` of another kind is refused."""
     data = settings.parse(DataSettings, config["data"], "data")
-    if source.tokenizer is None or data.tokenizer_path:
-        return None
+    if source.tokenizer is None or data.tokenizer_path or data.dataset == "synthetic":
+        return None  # synthetic text brings its own symbols
     if data.tokenizer and data.tokenizer != source.tokenizer.name:
         raise ValueError(f"data.tokenizer={data.tokenizer!r}, but the train.init_from source "
                          f"tokenizes with {source.tokenizer.name!r}; set data.tokenizer="
@@ -93,7 +102,8 @@ def prepare(config, workdir: Path | None, log: Callable[[str], None] = print
     """``(config, source, tokenizer)`` for a run with ``train.init_from``: the config with the
     source's architecture, the source run (None when ``workdir`` holds checkpoints to resume:
     then the architecture comes from them) and the source's tokenizer (or None)."""
-    init_from = RunSettings.parse(config).train.init_from
+    tc = RunSettings.parse(config).train
+    init_from, reshaping = tc.init_from, bool(tc.init_reinit)
     ckpt_dir = checkpoint.find_checkpoints(workdir) if workdir is not None else None
     if ckpt_dir is not None:
         reader = checkpoint.Checkpointer(ckpt_dir)
@@ -102,12 +112,14 @@ def prepare(config, workdir: Path | None, log: Callable[[str], None] = print
         finally:
             reader.close()
         return adopt_architecture(config, saved["config"]["model"],
-                                  f"{init_from} (resumed from {ckpt_dir})"), None, None
+                                  f"{init_from} (resumed from {ckpt_dir})", reshaping=reshaping,
+                                  log=log), None, None
     if not (Path(init_from).exists()):
         raise ValueError(f"train.init_from={init_from!r} does not exist; give a zoo run, one of "
                          "its checkpoints, or a Hugging Face GPT-2 folder")
     source = checkpoint.load_run(init_from, log=log)
-    config = adopt_architecture(config, source.config["model"], init_from)
+    config = adopt_architecture(config, source.config["model"], init_from,
+                                reshaping=reshaping, log=log)
     return config, source, source_tokenizer(config, source)
 
 
