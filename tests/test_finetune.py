@@ -335,3 +335,49 @@ def test_export_refuses_what_gpt2_cannot_hold(tmp_path, capsys):
         convert_gpt2.save(tmp_path / "w", gpt, {}, tokenizers.WordTokenizer(["a", "b", "<eos>"]))
     with pytest.raises(ValueError, match="more than one byte"):
         convert_gpt2.save(tmp_path / "c", gpt, {}, tokenizers.CharTokenizer(["a", "é"]))
+
+
+def _tiny_hf_gpt2_with_bpe(path):
+    """A tiny random GPT-2 whose tokenizer is byte-level BPE without merges: 256 byte tokens and
+    <|endoftext|>, files as GPT-2's."""
+    from zoo import tokenizers
+    vocab = {c: i for i, c in enumerate(tokenizers.bytes_to_unicode().values())}
+    vocab["<|endoftext|>"] = 256
+    _tiny_hf_gpt2(path, vocab=257)
+    (path / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (path / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+
+
+SMALL = ["--config.data.seq_len=32", "--config.data.batch_size=4",
+         "--config.train.grad_accum_steps=2", "--config.train.steps=4",
+         "--config.train.eval_every=2", "--config.train.checkpoint_every=2",
+         "--config.data.eval_batch_size=256", "--config.train.sample_tokens=10",
+         "--config.parallel.strategy=single"]
+
+
+def test_the_gpt2_shakespeare_configs_fine_tune_a_gpt2_folder_and_export_it(tmp_path, capsys):
+    _tiny_hf_gpt2_with_bpe(tmp_path / "gpt2")
+    for name in ("finetune_gpt2_shakespeare", "finetune_gpt2_shakespeare_lora"):
+        code = cli.main(["train", "--config", f"configs/{name}.py", "--workdir",
+                         str(tmp_path / name), f"--config.train.init_from={tmp_path / 'gpt2'}",
+                         *SMALL])
+        out = capsys.readouterr().out
+        assert code == 0, out
+        assert "initialised from" in out and "eval (validation) at step 4" in out, out
+        saved = json.loads((tmp_path / name / "tokenizer.json").read_text())
+        assert saved["name"] == "gpt2" and saved["vocab_file"] == str(
+            (tmp_path / "gpt2" / "vocab.json").resolve())
+    # LoRA on c_attn, rank 4: 2 blocks x (32 x 4 + 4 x 96) adapters of the 34,720 + 1,024.
+    assert "1,024 trainable / 35,744 params" in out, out
+    assert cli.main(["export", str(tmp_path / "finetune_gpt2_shakespeare_lora"), "--format",
+                     "hf-gpt2", "--out", str(tmp_path / "hf")]) == 0
+    tokenizer = transformers.GPT2Tokenizer.from_pretrained(tmp_path / "hf")
+    run = checkpoint.load_run(tmp_path / "finetune_gpt2_shakespeare_lora")
+    text = "ROMEO:\nWhat light through yonder window breaks?"
+    assert tokenizer.encode(text) == run.tokenizer.encode(text)
+    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
+    tokens = np.array([run.tokenizer.encode(text)])
+    with torch.no_grad():
+        want = hf(torch.from_numpy(tokens)).logits.numpy()
+    got = run.family.modules["model"].apply({"params": run.params["model"]}, tokens)
+    assert np.max(np.abs(np.asarray(got) - want)) <= 1e-5 * np.max(np.abs(want))
