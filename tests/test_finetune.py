@@ -373,7 +373,7 @@ def test_the_gpt2_shakespeare_configs_fine_tune_a_gpt2_folder_and_export_it(tmp_
                      "hf-gpt2", "--out", str(tmp_path / "hf")]) == 0
     tokenizer = transformers.GPT2Tokenizer.from_pretrained(tmp_path / "hf")
     run = checkpoint.load_run(tmp_path / "finetune_gpt2_shakespeare_lora")
-    text = "ROMEO:\nWhat light through yonder window breaks?"
+    text = "ROMEO:\nWhat light breaks?"  # within the context of 32
     assert tokenizer.encode(text) == run.tokenizer.encode(text)
     hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
     tokens = np.array([run.tokenizer.encode(text)])
