@@ -8,6 +8,7 @@ optimizers and steps exactly as training does.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -58,10 +59,9 @@ def make_optimizers(family: Family, config, params: dict) -> dict[str, Any]:
     masks = trainable_masks(run, params)
     optimizers = {}
     for p in params:
-        freeze = run.optimizer_of(p).freeze
-        trainable = None
-        if not all(jax.tree.leaves(masks[p])):
-            trainable = lambda tree, p=p, freeze=freeze: params_lib.trainable_mask(tree, freeze, p)
+        # Only a player with frozen leaves gets the masked form: others keep optax's plain state.
+        trainable = None if all(jax.tree.leaves(masks[p])) else functools.partial(
+            params_lib.trainable_mask, freeze=run.optimizer_of(p).freeze, prefix=p)
         optimizers[p] = optim.make_optimizer(run.optimizer_of(p),
                                              run.train.steps * updates.get(p, 1),
                                              trainable=trainable)

@@ -148,7 +148,6 @@ def hf_config(model: transformer.GPT, tokenizer: tok.Tokenizer | None = None) ->
 def to_state_dict(params: Mapping, n_layer: int) -> dict[str, np.ndarray]:
     """GPT-2's state dict (``transformer.*`` names, float32) from zoo's params: the inverse of
     :func:`convert_state_dict`. The output head is tied to ``wte``, as GPT-2 saves it."""
-    params = {k: v for k, v in params.items()}
     sd = {"transformer.wte.weight": params["wte"]["embedding"],
           "transformer.wpe.weight": params["wpe"]["embedding"],
           "transformer.ln_f.weight": params["ln_f"]["scale"],
