@@ -215,7 +215,15 @@ def test_every_config_builds_its_family(path):
         return
     assert set(config) >= {"model", "data", "optimizer", "parallel", "train"}
     input_pipeline.check_dataset(config.data)
-    if input_pipeline.is_text(config.data):
+    if config.train.get("init_from"):
+        # The architecture and tokenizer come from the source (zoo.finetune): stand in GPT-2
+        # 124M's config.json; the config must leave room for it (no conflicting key).
+        from zoo import convert_gpt2, finetune
+        gpt2_124m = dict(vocab_size=50257, n_positions=1024, n_layer=12, n_head=12, n_embd=768)
+        config = finetune.adopt_architecture(config, convert_gpt2.model_config_from_hf(gpt2_124m),
+                                             "gpt2 (stand-in)", log=lambda _: None)
+        assert config.model.n_layer == 12 and config.model.vocab_size == 50257
+    elif input_pipeline.is_text(config.data):
         # A stand-in for the vocabulary built from the data: 65 characters, or 10k PTB words.
         tokenizer = (tokenizers.WordTokenizer(["<eos>"] + [f"w{i}" for i in range(9_999)])
                      if config.data.tokenizer == "word" else
