@@ -202,3 +202,95 @@ def test_zoo_train_then_zoo_export_gives_the_params_the_metrics_load(tmp_path, c
     capsys.readouterr()
     assert cli.main(["export", str(run), "--format", "onnx", "--out", str(out)]) == 2
     assert "unknown export format 'onnx'; choose one of msgpack" in capsys.readouterr().err
+
+
+# ---- Judging any dataset's images
+
+
+def test_a_classifier_of_another_dataset_is_refused_naming_both(mnist):
+    train_, test = mnist["train"]["image"][:300], mnist["test"]["image"]
+    samples, real_test = test[:64], test[64:364]
+    mnist_cnn = classifier.FeatureClassifier.shipped("mnist")
+    assert mnist_cnn.dataset == "mnist"
+    with pytest.raises(ValueError, match="trained on mnist, but the images are fashion_mnist"):
+        eval_quality.image_quality_report(mnist_cnn, samples, train_, real_test,
+                                          dataset="fashion_mnist")
+    told = eval_quality.image_quality_report(mnist_cnn, samples, train_, real_test,
+                                             dataset="fashion_mnist", allow_other_dataset=True)
+    assert told["classifier_dataset"] == "mnist"
+    # None: the classifier zoo ships for the images' dataset; it must be named.
+    default = eval_quality.image_quality_report(None, samples, train_, real_test, dataset="mnist")
+    assert default["classifier"] == "zoo's mnist CNN" and default["fid"] == told["fid"]
+    with pytest.raises(ValueError, match=r"dataset=\.\.\..*mnist, fashion_mnist"):
+        eval_quality.image_quality_report(None, samples, train_, real_test)
+    with pytest.raises(ValueError, match="no feature classifier for 'cifar10', only for mnist, "
+                                         "fashion_mnist"):
+        classifier.FeatureClassifier.shipped("cifar10")
+    # Raw params are taken on the caller's word, whatever the dataset.
+    raw = eval_quality.image_quality_report(mnist_cnn.params, samples, train_, real_test,
+                                            dataset="fashion_mnist")
+    assert raw["fid"] == told["fid"] and "classifier_dataset" not in raw
+
+
+def test_shipped_fashion_mnist_cnn_is_the_91_percent_classifier(tfds_dirs):
+    """zoo/assets/fashion_mnist_cnn.msgpack judges Fashion-MNIST by default (accuracy in
+    docs/results.md), and its features tell Fashion-MNIST from MNIST."""
+    from zoo import data
+    fashion, digits = ({split: data.load_tfds(name, split, data_dir=tfds_dirs["tfds_data_dir"],
+                                              download_dir=tfds_dirs["download_dir"])
+                        for split in ("train", "test")} for name in ("fashion_mnist", "mnist"))
+    judge = classifier.FeatureClassifier.shipped("fashion_mnist")
+    test = fashion["test"]
+    acc = float(np.mean(judge.logits(test["image"]).argmax(-1) == test["label"]))
+    assert acc >= 0.91
+    real = eval_quality.RealReference(None, fashion["train"], test, dataset="fashion_mnist",
+                                      max_real=2000)
+    clothes = eval_quality.image_quality_report(None, test["image"][-1000:], reference=real)
+    numerals = eval_quality.image_quality_report(None, digits["test"]["image"][:1000],
+                                                 reference=real)
+    assert clothes["classifier"] == "zoo's fashion_mnist CNN"
+    assert clothes["classifier_test_accuracy"] >= 0.91
+    assert clothes["fid"] < 2 * clothes["fid_floor"] + 1 and numerals["fid"] > 20 * clothes["fid"]
+
+
+def test_zoo_eval_classifier_judges_in_that_runs_features(tmp_path, tfds_dirs, capsys):
+    """`zoo eval RUN --classifier CLASSIFIER_RUN`: FID and its floor in the features of any zoo
+    classifier run of the run's dataset; one of another dataset, or a run that classifies
+    nothing, is refused in a line before anything compiles."""
+    from configs_loader import CONFIGS
+    from zoo import cli
+
+    def zoo_train(config, workdir, *overrides):
+        assert cli.main(["train", "--config", str(CONFIGS / config), "--workdir", str(workdir),
+                         f"--config.data.tfds_data_dir={tfds_dirs['tfds_data_dir']}",
+                         f"--config.data.download_dir={tfds_dirs['download_dir']}",
+                         "--config.parallel.strategy=single", "--config.data.batch_size=32",
+                         "--config.train.eval_every=0", *overrides]) == 0
+
+    vae, digits = tmp_path / "vae", tmp_path / "digits"
+    zoo_train("vae_mnist.py", vae, "--config.train.steps=3", "--config.model.hidden=(32,)")
+    zoo_train("classifier_mnist_mlp.py", digits, "--config.model.hidden=(16,)",
+              "--config.train.steps=30")
+
+    def zoo_eval(*argv):
+        capsys.readouterr()
+        rc = cli.main(["eval", str(vae), "--num-samples", "200", *map(str, argv)])
+        out = capsys.readouterr()
+        return rc, out.err, json.loads((vae / "eval.json").read_text()) if rc == 0 else None
+
+    # The VAE's images said to be Fashion-MNIST: the MNIST classifier is refused.
+    rc, err, _ = zoo_eval("--classifier", digits, "--config.data.dataset=fashion_mnist")
+    assert rc == 2 and "trained on mnist, but the images are fashion_mnist" in err
+    assert len(err.strip().splitlines()) <= 2 and "Traceback" not in err
+    rc, err, _ = zoo_eval("--classifier", vae)
+    assert rc == 2 and "cannot judge image quality" in err
+    rc, _, result = zoo_eval("--classifier", digits)
+    assert rc == 0
+    quality = result["quality"]
+    assert quality["classifier"] == f"the classifier at {digits}"
+    assert quality["classifier_dataset"] == "mnist" and quality["fid"] > quality["fid_floor"] > 0
+    # The judge is that run: its accuracy on the 10,000 test images is the run's own evaluation.
+    own = [json.loads(line) for line in (digits / "metrics.jsonl").read_text().splitlines()]
+    accuracy = [row["eval"]["accuracy"] for row in own if "eval" in row][-1]
+    assert quality["classifier_test_accuracy"] == pytest.approx(accuracy, abs=1e-4)
+    assert accuracy > 0.25  # 30 steps of a 16-unit MLP: above chance (0.1)

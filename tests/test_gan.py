@@ -360,7 +360,7 @@ def test_a_short_mnist_gan_run_improves_its_classifier_fid(tfds_dirs, mnist):
     from zoo import sample, train
     from zoo.eval_quality import RealReference, image_quality_report
 
-    real = RealReference(None, mnist["train"], mnist["test"], max_real=2000)
+    real = RealReference(None, mnist["train"], mnist["test"], dataset="mnist", max_real=2000)
     reports = {}
     for steps in (1, 3000):
         config = load_config("gan_mnist")

@@ -66,7 +66,7 @@ def _eval(args, overrides) -> int:
                                      sampling_steps=_numbers(args.sampling_steps, int,
                                                              "--sampling-steps"),
                                      guidances=_numbers(args.guidance, float, "--guidance"),
-                                     log=_process_log())
+                                     classifier=args.classifier, log=_process_log())
     return 0
 
 
@@ -203,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "samples/s for each; plotted to RUN_DIR/eval_sampling.png)")
     p.add_argument("--guidance", default=None,
                    help="conditional diffusion: guidance scales to compare, e.g. 0,1,3")
+    p.add_argument("--classifier", default=None, metavar="CLASSIFIER_RUN",
+                   help="a zoo classifier run trained on the run's dataset, whose features judge "
+                        "the images (default: the one zoo ships for MNIST or Fashion-MNIST)")
     distributed.add_arguments(p)
     p.add_argument("--config", default=None, help="a config file to use instead of the saved one "
                                                   "(--config.key=value overrides apply either way)")

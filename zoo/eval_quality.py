@@ -23,11 +23,12 @@ import numpy as np
 from matplotlib import ticker
 
 from zoo import data as data_lib
-from zoo import evaluate, generate, sample
+from zoo import checkpoint, evaluate, generate, sample
+from zoo import config as config_lib
 from zoo import metrics as M
 from zoo.core import settings
 from zoo.core.train_state import sampling_params
-from zoo.models import classifier
+from zoo.models import classifier as classifier_lib
 
 
 def _images(x: Any, like: np.ndarray | None = None) -> np.ndarray:
@@ -50,27 +51,53 @@ def _images(x: Any, like: np.ndarray | None = None) -> np.ndarray:
     return x
 
 
+def judge_for(classifier: classifier_lib.FeatureClassifier | Mapping | None,
+              dataset: str | None, *, allow_other_dataset: bool = False
+              ) -> classifier_lib.FeatureClassifier:
+    """The classifier that judges images of ``dataset``: ``None`` is the one zoo ships for it
+    (:data:`zoo.models.classifier.SHIPPED`); a :class:`~zoo.models.classifier.FeatureClassifier`
+    trained on another dataset is refused, naming both, unless ``allow_other_dataset``; raw
+    params are taken on the caller's word."""
+    if classifier is None:
+        if dataset is None:
+            raise ValueError("say which dataset the images come from (dataset=...), so that the "
+                             "classifier trained on it judges them; zoo ships one for "
+                             f"{', '.join(classifier_lib.SHIPPED)}")
+        return classifier_lib.FeatureClassifier.shipped(dataset)
+    if not isinstance(classifier, classifier_lib.FeatureClassifier):
+        return classifier_lib.FeatureClassifier(classifier, None, "the given classifier params")
+    if (dataset is not None and classifier.dataset is not None and classifier.dataset != dataset
+            and not allow_other_dataset):
+        raise ValueError(f"{classifier.name} was trained on {classifier.dataset}, but the images "
+                         f"are {dataset}: its features cannot judge them. Use a classifier "
+                         f"trained on {dataset} (allow_other_dataset=True scores them anyway)")
+    return classifier
+
+
 class RealReference:
     """The real side of :func:`image_quality_report`, computed once: the classifier's features,
     k-NN radii and predictions of at most ``max_real`` test images (drawn with ``seed``), and the
     floors (as many training images as samples, drawn with ``seed + 1``, scored like samples)
     per sample count. ``zoo eval``'s sampling table scores several sample sets against it.
+    ``classifier``, ``dataset`` and ``allow_other_dataset`` choose the judge (:func:`judge_for`).
 
     Example::
 
-        real = RealReference(None, mnist["train"], mnist["test"])
+        real = RealReference(None, mnist["train"], mnist["test"], dataset="mnist")
         reports = [image_quality_report(None, s, reference=real) for s in sample_sets]
     """
 
-    def __init__(self, classifier_params: Mapping | None, real_train: Any, real_test: Any, *,
-                 k: int = 3, max_real: int = 10000, seed: int = 0):
-        self.params = classifier.load_params() if classifier_params is None else classifier_params
+    def __init__(self, classifier: classifier_lib.FeatureClassifier | Mapping | None,
+                 real_train: Any, real_test: Any, *, dataset: str | None = None,
+                 allow_other_dataset: bool = False, k: int = 3, max_real: int = 10000,
+                 seed: int = 0):
+        self.classifier = judge_for(classifier, dataset, allow_other_dataset=allow_other_dataset)
         self.k, self.seed = k, seed
         self.test = M.subsample(_images(real_test), max_real, seed)
         self.train = _images(real_train)
-        self.features = classifier.features(self.params, self.test)
+        self.features = self.classifier.features(self.test)
         self.radii = M.knn_radii(self.features, k)
-        logits = classifier.predict_logits(self.params, self.test)
+        logits = self.classifier.logits(self.test)
         self.num_classes = logits.shape[-1]
         self.label_entropy = M.mode_coverage(logits, self.num_classes)["label_entropy"]
         self.classifier_accuracy = None
@@ -88,51 +115,61 @@ class RealReference:
         """:meth:`score` of ``n`` real training images: what a perfect generator would get."""
         if n not in self._floors:
             train = M.subsample(self.train, n, self.seed + 1)
-            self._floors[n] = self.score(classifier.features(self.params, train))
+            self._floors[n] = self.score(self.classifier.features(train))
         return self._floors[n]
 
 
-def image_quality_report(classifier_params: Mapping | None, samples: Any, real_train: Any = None,
-                         real_test: Any = None, labels: np.ndarray | None = None, *, k: int = 3,
+def image_quality_report(classifier: classifier_lib.FeatureClassifier | Mapping | None,
+                         samples: Any, real_train: Any = None, real_test: Any = None,
+                         labels: np.ndarray | None = None, *, dataset: str | None = None,
+                         allow_other_dataset: bool = False, k: int = 3,
                          max_real: int = 10000, seed: int = 0,
                          speed: Mapping[str, float] | None = None,
                          reference: RealReference | None = None) -> dict[str, Any]:
     """Quality and diversity of generated images, judged by a fixed zoo classifier.
 
     Args:
-      classifier_params: a trained zoo classifier's params (``None``: the saved MNIST CNN,
-        :func:`zoo.models.classifier.load_params`).
+      classifier: the judge, a :class:`zoo.models.classifier.FeatureClassifier` (or a trained
+        zoo classifier's raw params); ``None``: the one zoo ships for ``dataset``.
       samples: generated images (N, H, W, C) in [0, 1] (or a dict with ``"image"``).
       real_train, real_test: real images, or dicts with ``"image"`` (and ``"label"``).
+      dataset: the dataset the images are (or imitate), e.g. ``"fashion_mnist"``: a classifier
+        trained on another is refused, naming both, unless ``allow_other_dataset``.
       labels: for class-conditional samples, the labels (N,) they were asked to show.
       k: the k of the k-NN manifolds for precision/recall.
       max_real: at most this many real test images are used (drawn with ``seed``).
       speed: e.g. :func:`zoo.metrics.generation_speed`'s result, copied into the report.
       reference: a :class:`RealReference` built once for several reports; it replaces
-        ``classifier_params``, ``real_train``, ``real_test``, ``k``, ``max_real`` and ``seed``.
+        ``classifier``, ``real_train``, ``real_test``, ``dataset``, ``allow_other_dataset``,
+        ``k``, ``max_real`` and ``seed``.
 
     Returns a dict of floats/ints/lists: ``fid``, ``fid_floor`` (as many real training images as
     samples vs the same test images), ``precision``, ``recall``, ``precision_floor``,
     ``recall_floor``, ``classes_covered``, ``num_classes_produced``, ``label_entropy``,
     ``label_entropy_normalized``, ``label_histogram``, ``real_label_entropy`` (the test images' own),
     ``conditional_accuracy`` (with ``labels``), ``classifier_test_accuracy`` (when ``real_test``
-    has labels), ``num_samples``, ``num_real``.
+    has labels), ``num_samples``, ``num_real``, ``classifier`` (the judge's name) and
+    ``classifier_dataset`` (what it was trained on, where known).
     """
     if reference is None:
         if real_train is None or real_test is None:
             raise ValueError("pass real_train and real_test, or a RealReference")
-        reference = RealReference(classifier_params, real_train, real_test, k=k,
+        reference = RealReference(classifier, real_train, real_test, dataset=dataset,
+                                  allow_other_dataset=allow_other_dataset, k=k,
                                   max_real=max_real, seed=seed)
     real = reference
     gen = _images(samples, like=real.test)
     if len(gen) < real.k + 1:
         raise ValueError(f"need more than k={real.k} samples; got {len(gen)}")
-    report: dict[str, Any] = {"num_samples": int(len(gen)), "num_real": int(len(real.test))}
-    scores, floor = real.score(classifier.features(real.params, gen)), real.floor(len(gen))
+    report: dict[str, Any] = {"num_samples": int(len(gen)), "num_real": int(len(real.test)),
+                              "classifier": real.classifier.name}
+    if real.classifier.dataset is not None:
+        report["classifier_dataset"] = real.classifier.dataset
+    scores, floor = real.score(real.classifier.features(gen)), real.floor(len(gen))
     report.update(fid=scores["fid"], fid_floor=floor["fid"], precision=scores["precision"],
                   recall=scores["recall"], precision_floor=floor["precision"],
                   recall_floor=floor["recall"])
-    logits_gen = classifier.predict_logits(real.params, gen)
+    logits_gen = real.classifier.logits(gen)
     report.update(M.mode_coverage(logits_gen, real.num_classes))
     report["real_label_entropy"] = real.label_entropy
     if real.classifier_accuracy is not None:
@@ -197,18 +234,29 @@ def _reference_pieces(reference, lengths: Sequence[int], seed: int) -> list:
     return pieces
 
 
-QUALITY_DATASETS = ("mnist",)  # datasets zoo ships a feature classifier for
+def load_classifier(path: str | Path, step: int | None = None) -> classifier_lib.FeatureClassifier:
+    """A trained zoo run (or checkpoint) of a family that can be a feature extractor, as the
+    judge of image quality (``zoo eval --classifier``), with the dataset its config trained on."""
+    run = checkpoint.load_run(path, step=step)
+    extract = run.family.require("feature_extractor", "judge image quality (it classifies no "
+                                 "images; train a classifier, e.g. configs/classifier_mnist_cnn.py)")
+    dataset = run.config.get("data", {}).get("dataset")
+    return classifier_lib.FeatureClassifier(extract(run.params), dataset,
+                                            f"the classifier at {path}")
 
 
 def run_quality_report(family, params: Mapping, model_state: Mapping, config, *, data=None,
                        metrics: Mapping[str, float] | None = None, num_samples: int = 10_000,
                        iwae_k: int = 0, seed: int = 0, sampling_steps: Sequence[int] = (),
-                       guidances: Sequence[float] = (), log=print) -> dict[str, Any]:
+                       guidances: Sequence[float] = (),
+                       classifier: classifier_lib.FeatureClassifier | None = None,
+                       log=print) -> dict[str, Any]:
     """The quality report of a trained run (what ``zoo eval`` adds to the eval metrics), by what
     the family can do:
 
-    * draws images (``image_sampler``), on MNIST: :func:`image_quality_report` of
-      ``num_samples`` samples (one class in turn for conditional models), with the generation
+    * draws images (``image_sampler``): :func:`image_quality_report` of ``num_samples`` samples
+      judged by ``classifier`` (default: the one zoo ships for the run's dataset; none shipped:
+      no report) against the run's dataset (one class in turn for conditional models), with the generation
       speed; with a ``log_likelihood`` and ``iwae_k > 0`` also ``test_nll_iwae`` (-log p(x) in
       nats, IWAE-k, test images). A diffusion model given ``sampling_steps`` (and/or
       ``guidances``) reports one row per step count and guidance instead,
@@ -225,22 +273,24 @@ def run_quality_report(family, params: Mapping, model_state: Mapping, config, *,
     rng = jax.random.PRNGKey(seed)
     dataset = run.data.dataset
     if family.image_sampler is not None and family.image_sampler.generates:
-        if dataset not in QUALITY_DATASETS:
+        if classifier is None and dataset not in classifier_lib.SHIPPED:
             log(f"zoo eval: no quality metrics for {dataset!r}: zoo ships a feature classifier for "
-                f"{', '.join(QUALITY_DATASETS)} only")
+                f"{', '.join(classifier_lib.SHIPPED)} only (--classifier RUN names another)")
             return {}
+        judge = judge_for(classifier, dataset)  # refuses one trained on another dataset
         real = {split: data_lib.load_tfds(dataset, split, data_dir=run.data.tfds_data_dir or None,
                                           download_dir=run.data.download_dir or None)
                 for split in ("train", "test")}
         if family.denoiser is not None and (sampling_steps or guidances):
             return {"sampling": sampling_table(family, params, model_state, real, num_samples,
-                                               sampling_steps, guidances, seed=seed, log=log)}
+                                               sampling_steps, guidances, classifier=judge,
+                                               seed=seed, log=log)}
         labels = _each_class_in_turn(family, num_samples)
         make = lambda: sample.generate_images(family, params, model_state, rng, num_samples,
                                               labels)
         speed = M.generation_speed(make, num_samples, warmup=1, repeats=1)
-        report = image_quality_report(None, make(), real["train"], real["test"], labels,
-                                      seed=seed, speed=speed)
+        report = image_quality_report(judge, make(), real["train"], real["test"], labels,
+                                      dataset=dataset, seed=seed, speed=speed)
         if family.log_likelihood is not None and iwae_k:
             test = real["test"]
             report["test_nll_iwae"] = -family.log_likelihood(params, test["image"], test["label"],
@@ -278,12 +328,14 @@ def _each_class_in_turn(family, n: int) -> np.ndarray | None:
 
 def sampling_table(family, params: Mapping, model_state: Mapping, real: Mapping,
                    num_samples: int, sampling_steps: Sequence[int], guidances: Sequence[float],
-                   *, seed: int = 0, batch_size: int = 100, log=print) -> list[dict[str, Any]]:
+                   *, classifier: classifier_lib.FeatureClassifier | Mapping,
+                   seed: int = 0, batch_size: int = 100, log=print) -> list[dict[str, Any]]:
     """What each sampling step buys: for every DDIM step count (and guidance, conditional
     models: each class in turn), :func:`image_quality_report` of ``num_samples`` samples with
-    their samples/s (timed after one batch that compiles). ``real``: the train and test splits."""
+    their samples/s (timed after one batch that compiles), judged by ``classifier``. ``real``:
+    the train and test splits."""
     labels = _each_class_in_turn(family, num_samples)
-    reference = RealReference(None, real["train"], real["test"], seed=seed)
+    reference = RealReference(classifier, real["train"], real["test"], seed=seed)
     rows = []
     for steps in (list(sampling_steps) or [None]):
         for w in (list(guidances) or [None]):
@@ -353,13 +405,21 @@ def evaluate_checkpoint(path: str | Path, *, config=None, overrides: list[str] =
                         step: int | None = None, split: str = "test", quality: bool = True,
                         num_samples: int = 10_000, iwae_k: int = 0,
                         sampling_steps: Sequence[int] = (), guidances: Sequence[float] = (),
+                        classifier: str | Path | None = None,
                         log: Callable[[str], None] = print) -> dict[str, Any]:
     """What ``zoo eval`` runs: a run's eval metrics on ``split``
     (:func:`zoo.evaluate.checkpoint_metrics`) and, with ``quality``, its
     :func:`run_quality_report` (``num_samples`` samples; ``iwae_k > 0`` adds the IWAE-k test
     log-likelihood where the family has one; ``sampling_steps``/``guidances``: a diffusion
-    model's table of quality and speed by sampling steps, also drawn to ``eval_sampling.png``).
-    Returns the results and writes them to ``eval.json`` in the run directory."""
+    model's table of quality and speed by sampling steps, also drawn to ``eval_sampling.png``;
+    ``classifier``: a classifier run judging the images instead of the one zoo ships,
+    :func:`load_classifier`). Returns the results and writes them to ``eval.json`` in the run
+    directory."""
+    judge = None
+    if quality and classifier is not None:  # a judge of another dataset is refused before compiling
+        judge = load_classifier(classifier)
+        run_config = evaluate.saved_config(path, step, log=log) if config is None else config
+        judge_for(judge, config_lib.apply_overrides(run_config, overrides).data.dataset)
     result, run, state = evaluate.checkpoint_metrics(path, config=config, overrides=overrides,
                                                      step=step, split=split, log=log)
     if quality:
@@ -367,7 +427,8 @@ def evaluate_checkpoint(path: str | Path, *, config=None, overrides: list[str] =
             run.family, run.strategy.to_host(sampling_params(state)),
             run.strategy.to_host(state.model_state),
             run.settings, data=run.data, metrics=result["metrics"], num_samples=num_samples,
-            iwae_k=iwae_k, sampling_steps=sampling_steps, guidances=guidances, log=log)
+            iwae_k=iwae_k, sampling_steps=sampling_steps, guidances=guidances,
+            classifier=judge, log=log)
         if report:
             result["quality"] = report
     path = Path(path)

@@ -76,11 +76,7 @@ def checkpoint_metrics(path: str | Path, *, config=None, overrides: list[str] = 
     ``({"step", "family", "split", "metrics"}, run, state)``, the state placed for the run's
     strategy.
     """
-    path = Path(path)
-    ckpt_dir = path if path.name == "checkpoints" else path / "checkpoints"
-    if not ckpt_dir.is_dir():
-        raise ValueError(f"{path} is not a run directory: no checkpoints/ in it")
-    ckpt = checkpoint.Checkpointer(ckpt_dir)
+    ckpt = checkpoint.Checkpointer(_checkpoints_dir(path))
     try:
         extra = ckpt.read_extra(step, log=log)
         if config is None:
@@ -99,6 +95,25 @@ def checkpoint_metrics(path: str | Path, *, config=None, overrides: list[str] = 
     metrics = evaluate_run(run, state)
     return ({"step": restored_step, "family": run.family.name, "split": run.data.eval_split,
              "metrics": metrics}, run, state)
+
+
+def _checkpoints_dir(path: str | Path) -> Path:
+    path = Path(path)
+    ckpt_dir = path if path.name == "checkpoints" else path / "checkpoints"
+    if not ckpt_dir.is_dir():
+        raise ValueError(f"{path} is not a run directory: no checkpoints/ in it")
+    return ckpt_dir
+
+
+def saved_config(path: str | Path, step: int | None = None,
+                 log: Callable[[str], None] = print) -> ml_collections.ConfigDict:
+    """The config a run directory's checkpoint (``step``, or the newest readable) was saved
+    with, read without building anything."""
+    ckpt = checkpoint.Checkpointer(_checkpoints_dir(path))
+    try:
+        return ml_collections.ConfigDict(ckpt.read_extra(step, log=log)["config"])
+    finally:
+        ckpt.close()
 
 
 def _fit_layout_to_devices(config, log: Callable[[str], None]) -> None:

@@ -93,6 +93,9 @@ class Family:
         sampling, guidance, inpainting); None: not a diffusion model.
       text_batching: ``(batching, why)``: the ``data.batching`` a language model needs and the
         reason (an LSTM carrying its state needs ``stream``); None: any.
+      feature_extractor: ``(params keyed by player) -> params`` of a
+        :mod:`zoo.models.classifier` module: the family classifies images and can be the fixed
+        feature extractor of image-quality metrics (``zoo eval --classifier``); None: it cannot.
       inference_params: ``(params keyed by player) -> params`` as the capabilities above take
         them, for a family whose trained params are another form (LoRA adapters beside the base
         weights, :func:`zoo.core.lora.adapt_family`); None: the same.
@@ -110,6 +113,7 @@ class Family:
     log_likelihood: Callable | None = None
     text_batching: tuple[str, str] | None = None
     denoiser: Any = None
+    feature_extractor: Callable | None = None
     inference_params: Callable | None = None
 
     def plain_params(self, params: dict) -> dict:
