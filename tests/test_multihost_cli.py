@@ -126,27 +126,32 @@ def test_a_bad_process_id_and_a_dead_coordinator_are_one_line_in_bounded_time(tm
         assert "Traceback" not in done.stderr and time.perf_counter() - t0 < 60
 
 
-def test_processes_with_different_configs_or_device_counts_are_refused_on_each(tmp_path):
-    port = _free_port()
+@pytest.mark.parametrize("devices, extra, says", [
+    pytest.param([2, 2], [[], ["--config.train.seed=1"]], "run another config than process 0",
+                 id="config"),
+    # ~2 minutes on 2 cores: each process starts its own device count before they can compare.
+    pytest.param([2, 4], [[], []], "different numbers of local devices ([2, 4])", id="devices",
+                 marks=pytest.mark.slow),
+])
+def test_processes_with_different_configs_or_device_counts_are_refused_on_each(devices, extra,
+                                                                               says):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    runs = {"config": ([2, 2], [[], ["--config.train.seed=1"]], "run another config than "
-                                                                 "process 0"),
-            "devices": ([2, 4], [[], []], "different numbers of local devices ([2, 4])")}
-    for name, (devices, extra, says) in runs.items():
-        port = _free_port()
-        procs = [subprocess.Popen(
-            [sys.executable, "-m", "zoo.cli", "train", "--config",
-             str(CONFIGS / "autoencoder_mnist.py"), *SMALL, *extra[i], "--coordinator",
-             f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
-            env={**env, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices[i]}"},
-            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(2)]
-        for p in procs:
-            _, err = p.communicate(timeout=180)
-            errors = [line for line in err.splitlines() if line.startswith("zoo train: error")]
-            assert p.returncode == 2 and len(errors) == 1 and says in errors[0], (name, err[-2000:])
-            assert "Traceback" not in err
+    port = _free_port()
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "zoo.cli", "train", "--config",
+         str(CONFIGS / "autoencoder_mnist.py"), *SMALL, *extra[i], "--coordinator",
+         f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
+        env={**env, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices[i]}"},
+        text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=180)
+        errors = [line for line in err.splitlines() if line.startswith("zoo train: error")]
+        assert p.returncode == 2 and len(errors) == 1 and says in errors[0], err[-2000:]
+        assert "Traceback" not in err
 
 
+@pytest.mark.slow  # the bench's mesh over two processes; test_two_zoo_train_processes_give_one_processs_params
+# covers the multi-process mesh in the default run
 def test_zoo_bench_across_two_processes_times_the_mesh_over_every_device(tmp_path):
     port = _free_port()
     env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"},

@@ -212,6 +212,8 @@ def _test_elbo(family, params, x, seed=0):
 MARGIN, FLOOR = 250.0, -200.0
 
 
+@pytest.mark.slow  # ~25 s of MNIST training; test_zoo_eval_reports_quality_and_iwae_for_a_vae_run
+# trains a VAE on MNIST and scores it in the default run
 def test_vae_trained_on_mnist_beats_untrained(mnist):
     t0 = time.perf_counter()
     family = make_family(dict(family="vae", arch="mlp", hidden=(256,), latent_dim=16))
