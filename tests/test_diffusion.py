@@ -351,10 +351,12 @@ def test_the_sampling_table_scores_each_step_count_and_plots_it(tiny_run, mnist,
     test above), on the tiny synthetic run against real MNIST: a row per step count with its
     quality, floor and speed, each class in turn, and the plot."""
     from zoo import eval_quality
+    from zoo.models.classifier import FeatureClassifier
     run = load_run(tiny_run)
     lines = []
     rows = eval_quality.sampling_table(run.family, run.sampling_params, run.model_state, mnist,
-                                       40, [2, 4], [], log=lines.append)
+                                       40, [2, 4], [], classifier=FeatureClassifier.shipped("mnist"),
+                                       log=lines.append)
     assert [r["sampling_steps"] for r in rows] == [2, 4] and len(lines) == 2
     for r in rows:
         assert r["num_samples"] == 40 and r["samples_per_s"] > 0 and r["seconds"] > 0
