@@ -286,6 +286,15 @@ def test_zoo_eval_classifier_judges_in_that_runs_features(tmp_path, tfds_dirs, c
     assert len(err.strip().splitlines()) <= 2 and "Traceback" not in err
     rc, err, _ = zoo_eval("--classifier", vae)
     assert rc == 2 and "cannot judge image quality" in err
+    rc, err, _ = zoo_eval("--classifier", tmp_path / "nothing_here")
+    assert rc == 2 and "nothing_here" in err and "Traceback" not in err
+    # Real images to compare with come from a TFDS image dataset, never synthetic ones.
+    rc, err, _ = zoo_eval("--classifier", digits, "--config.data.dataset=synthetic")
+    assert rc == 2 and "trained on synthetic" in err and "fashion_mnist" in err
+    # A run that draws no images has nothing to judge.
+    capsys.readouterr()
+    assert cli.main(["eval", str(digits), "--classifier", str(digits)]) == 2
+    assert "draws none" in capsys.readouterr().err
     rc, _, result = zoo_eval("--classifier", digits)
     assert rc == 0
     quality = result["quality"]

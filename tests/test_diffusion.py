@@ -369,3 +369,8 @@ def test_the_sampling_table_scores_each_step_count_and_plots_it(tiny_run, mnist,
     assert rows[0]["fid"] != rows[1]["fid"]
     png = eval_quality.plot_sampling_table(rows, tmp_path / "table.png")
     assert png.stat().st_size > 10_000
+    # Said to be Fashion-MNIST, the images are not judged by the MNIST CNN.
+    with pytest.raises(ValueError, match="trained on mnist, but the images are fashion_mnist"):
+        eval_quality.sampling_table(run.family, run.sampling_params, run.model_state, mnist, 40,
+                                    [2], [], classifier=FeatureClassifier.shipped("mnist"),
+                                    dataset="fashion_mnist")

@@ -205,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="conditional diffusion: guidance scales to compare, e.g. 0,1,3")
     p.add_argument("--classifier", default=None, metavar="CLASSIFIER_RUN",
                    help="a zoo classifier run trained on the run's dataset, whose features judge "
-                        "the images (default: the one zoo ships for MNIST or Fashion-MNIST)")
+                        "the images (default: the one zoo ships for the run's dataset, "
+                        "zoo.models.classifier.SHIPPED)")
     distributed.add_arguments(p)
     p.add_argument("--config", default=None, help="a config file to use instead of the saved one "
                                                   "(--config.key=value overrides apply either way)")

@@ -29,6 +29,7 @@ from zoo import metrics as M
 from zoo.core import settings
 from zoo.core.train_state import sampling_params
 from zoo.models import classifier as classifier_lib
+from zoo.models import make_family
 
 
 def _images(x: Any, like: np.ndarray | None = None) -> np.ndarray:
@@ -241,6 +242,10 @@ def load_classifier(path: str | Path, step: int | None = None) -> classifier_lib
     extract = run.family.require("feature_extractor", "judge image quality (it classifies no "
                                  "images; train a classifier, e.g. configs/classifier_mnist_cnn.py)")
     dataset = run.config.get("data", {}).get("dataset")
+    if dataset not in data_lib.IMAGE_DATASETS:
+        raise ValueError(f"the classifier at {path} was trained on {dataset or 'no recorded dataset'}"
+                         f"; a judge of image quality must be trained on one of "
+                         f"{', '.join(data_lib.IMAGE_DATASETS)}")
     return classifier_lib.FeatureClassifier(extract(run.params), dataset,
                                             f"the classifier at {path}")
 
@@ -284,7 +289,7 @@ def run_quality_report(family, params: Mapping, model_state: Mapping, config, *,
         if family.denoiser is not None and (sampling_steps or guidances):
             return {"sampling": sampling_table(family, params, model_state, real, num_samples,
                                                sampling_steps, guidances, classifier=judge,
-                                               seed=seed, log=log)}
+                                               dataset=dataset, seed=seed, log=log)}
         labels = _each_class_in_turn(family, num_samples)
         make = lambda: sample.generate_images(family, params, model_state, rng, num_samples,
                                               labels)
@@ -328,14 +333,18 @@ def _each_class_in_turn(family, n: int) -> np.ndarray | None:
 
 def sampling_table(family, params: Mapping, model_state: Mapping, real: Mapping,
                    num_samples: int, sampling_steps: Sequence[int], guidances: Sequence[float],
-                   *, classifier: classifier_lib.FeatureClassifier | Mapping,
+                   *, classifier: classifier_lib.FeatureClassifier | Mapping | None,
+                   dataset: str | None = None, allow_other_dataset: bool = False,
                    seed: int = 0, batch_size: int = 100, log=print) -> list[dict[str, Any]]:
     """What each sampling step buys: for every DDIM step count (and guidance, conditional
     models: each class in turn), :func:`image_quality_report` of ``num_samples`` samples with
-    their samples/s (timed after one batch that compiles), judged by ``classifier``. ``real``:
-    the train and test splits."""
+    their samples/s (timed after one batch that compiles), judged by ``classifier`` (``None``:
+    the one zoo ships for ``dataset``; one of another dataset is refused unless
+    ``allow_other_dataset``, as in :func:`image_quality_report`). ``real``: the train and test
+    splits."""
     labels = _each_class_in_turn(family, num_samples)
-    reference = RealReference(classifier, real["train"], real["test"], seed=seed)
+    reference = RealReference(classifier, real["train"], real["test"], dataset=dataset,
+                              allow_other_dataset=allow_other_dataset, seed=seed)
     rows = []
     for steps in (list(sampling_steps) or [None]):
         for w in (list(guidances) or [None]):
@@ -416,10 +425,19 @@ def evaluate_checkpoint(path: str | Path, *, config=None, overrides: list[str] =
     :func:`load_classifier`). Returns the results and writes them to ``eval.json`` in the run
     directory."""
     judge = None
-    if quality and classifier is not None:  # a judge of another dataset is refused before compiling
-        judge = load_classifier(classifier)
+    if quality and classifier is not None:  # a judge that does not fit is refused before compiling
         run_config = evaluate.saved_config(path, step, log=log) if config is None else config
-        judge_for(judge, config_lib.apply_overrides(run_config, overrides).data.dataset)
+        run_config = config_lib.apply_overrides(run_config, overrides)
+        sampler = make_family(run_config.model).image_sampler
+        if sampler is None or not sampler.generates:
+            raise ValueError(f"--classifier judges generated images, and the {run_config.model.family}"
+                             f" run at {path} draws none")
+        if run_config.data.dataset not in data_lib.IMAGE_DATASETS:
+            raise ValueError(f"--classifier compares samples with real images of "
+                             f"{', '.join(data_lib.IMAGE_DATASETS)}; the run at {path} trained on "
+                             f"{run_config.data.dataset}")
+        judge = load_classifier(classifier)
+        judge_for(judge, run_config.data.dataset)
     result, run, state = evaluate.checkpoint_metrics(path, config=config, overrides=overrides,
                                                      step=step, split=split, log=log)
     if quality:

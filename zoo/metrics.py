@@ -1,7 +1,8 @@
 """Quality and diversity metrics for generated images and text.
 
-Images are judged in the feature space of a fixed zoo classifier (Inception features mean little on
-MNIST; :mod:`zoo.models.classifier` trains the MNIST CNN whose penultimate layer is used):
+Images are judged in the feature space of a fixed zoo classifier trained on their dataset
+(Inception features mean little on MNIST; :mod:`zoo.eval_quality` picks the judge and builds the
+real-data floors from these functions):
 
 * :func:`frechet_distance` / :func:`fid_from_features`: the Fréchet distance between Gaussians fit
   to two feature sets (Heusel et al. 2017, "GANs trained by a two time-scale update rule converge
@@ -13,8 +14,6 @@ MNIST; :mod:`zoo.models.classifier` trains the MNIST CNN whose penultimate layer
   fraction of real samples inside the generated one.
 * :func:`conditional_accuracy`: does "draw a 7" give a 7, by the classifier's reading.
 * :func:`mode_coverage`: fraction of classes produced and the entropy of the predicted labels.
-* :func:`classifier_fid`: FID of generated images against the real test images, with the
-  real-train vs real-test FID (same number of images) beside it as the floor.
 
 Text: :func:`perplexity`, :func:`bits_per_char` (from a mean negative log-likelihood in nats),
 :func:`sequence_nll` (from logits), :func:`distinct_n` (Li et al. 2016, "A diversity-promoting
@@ -27,13 +26,12 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zoo.models import classifier
 
 # ----------------------------------------------------------------------------------------------
 # Fréchet distance
@@ -218,37 +216,6 @@ def mode_coverage(predicted: np.ndarray, num_classes: int, min_count: int = 1) -
             "label_entropy": entropy,
             "label_entropy_normalized": entropy / math.log(num_classes) if num_classes > 1 else 0.0,
             "label_histogram": [float(x) for x in p]}
-
-
-# ----------------------------------------------------------------------------------------------
-# Classifier-FID with its floor
-
-
-def classifier_fid(generated: np.ndarray, real_test: np.ndarray, real_train: np.ndarray | None = None,
-                   *, classifier_params: Mapping | None = None,
-                   feature_fn: Callable[[np.ndarray], np.ndarray] | None = None,
-                   seed: int = 0) -> dict[str, float]:
-    """FID of generated images against the real test images in a zoo classifier's feature space.
-
-    With ``real_train`` the floor is reported too: the FID of as many real training images as there
-    are generated ones (drawn without replacement with ``seed``) against the same test images. FID
-    is biased upward for small sets, so the floor is what a perfect generator would score with this
-    many samples. Features come from ``feature_fn(images)`` or, by default,
-    :func:`zoo.models.classifier.features` with ``classifier_params`` (default: the saved MNIST CNN).
-    """
-    feature_fn = feature_fn or _classifier_features(classifier_params)
-    f_test = feature_fn(real_test)
-    out = {"fid": fid_from_features(feature_fn(generated), f_test),
-           "num_generated": int(len(generated)), "num_real_test": int(len(real_test))}
-    if real_train is not None:
-        sub = subsample(real_train, len(generated), seed)
-        out["fid_floor"] = fid_from_features(feature_fn(sub), f_test)
-    return out
-
-
-def _classifier_features(params: Mapping | None) -> Callable[[np.ndarray], np.ndarray]:
-    params = classifier.load_params() if params is None else params
-    return lambda images: classifier.features(params, images)
 
 
 def subsample(x: np.ndarray, n: int, seed: int = 0) -> np.ndarray:

@@ -253,10 +253,11 @@ def load_params(path: str | Path = DEFAULT_PARAMS_PATH) -> dict:
     """Params written by :func:`save_params` (the default: zoo's trained MNIST CNN)."""
     path = Path(path)
     if not path.exists():
+        dataset = {v: k for k, v in SHIPPED.items()}.get(path.name, "mnist")
         raise FileNotFoundError(
             f"no classifier params at {path}; train them with `zoo train --config "
-            f"configs/classifier_mnist_cnn.py --workdir RUN` and `zoo export RUN --format msgpack "
-            f"--out {path}`")
+            f"configs/classifier_mnist_cnn.py --config.data.dataset={dataset} --workdir RUN` and "
+            f"`zoo export RUN --format msgpack --out {path}`")
     return serialization.msgpack_restore(path.read_bytes())
 
 
