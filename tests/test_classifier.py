@@ -108,7 +108,8 @@ def trained(mnist, tfds_dirs):
 
 
 @pytest.mark.slow  # ~90 s: trains the CNN on MNIST; test_family_builds_trains_and_exposes_features
-# trains every arch in the default run, and the shipped CNN's accuracy is checked there too
+# trains every arch in the default run, and test_saved_mnist_cnn_is_the_99_percent_classifier
+# checks the shipped CNN's accuracy
 def test_short_run_reaches_98_percent_on_mnist_test(trained):
     result, _, wall = trained
     print(f"short classifier run: {result.eval_metrics} in {wall:.1f}s")

@@ -387,8 +387,8 @@ def test_zoo_train_on_mnist_offline_through_the_cli(tfds_dirs, tmp_path, capsys)
     assert (tmp_path / "tensorboard").is_dir() and any((tmp_path / "tensorboard").iterdir())
 
 
-@pytest.mark.slow  # ~30 s: two processes prepare MNIST in one data dir; the lock itself is
-# exercised by every test that shares the session's tfds_dirs
+@pytest.mark.slow  # ~30 s: two processes prepare a dataset in one data dir. The only test in
+# which two preparations race; the default run takes the lock only one process at a time
 def test_processes_sharing_a_data_dir_prepare_a_dataset_once(tfds_dirs, tmp_path, monkeypatch):
     """Two jobs that miss the cache together: one prepares Fashion-MNIST offline (in a child
     process), the other waits for it and reads the same cache; no half-written file is read."""
