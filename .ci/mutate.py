@@ -144,6 +144,29 @@ MUTATIONS = (
       "y = jax.nn.dot_product_attention(q, k, v, is_causal=True,",
       "y = jax.nn.dot_product_attention(q, k, v, is_causal=False,",
       ("tests/test_transformer.py::test_causal",)),
+    # ---- fine-tuning and interop (zoo/core/lora.py, optim.py, zoo/finetune.py, convert_gpt2.py)
+    M("lora: merged without its alpha / rank scale", "zoo/core/lora.py",
+      'delta = scale * params["lora_a"] @ params["lora_b"]',
+      'delta = params["lora_a"] @ params["lora_b"]',
+      ("tests/test_finetune.py::test_lora_adapters_start_as_the_base_model_and_merge_exactly",)),
+    M("freeze: frozen leaves get the optimizer's update", "zoo/core/optim.py",
+      '{"trained": tx, "frozen": optax.set_to_zero()}', '{"trained": tx, "frozen": tx}',
+      ("tests/test_finetune.py::test_frozen_parameters_stay_bitwise_and_keep_no_optimizer_state",)),
+    M("init_from: a parameter of another shape silently drawn fresh", "zoo/finetune.py",
+      "elif np.shape(theirs[path]) != np.shape(x):", "elif False:",
+      ("tests/test_finetune.py::test_shapes_that_differ_are_refused_by_name_unless_reinitialised",)),
+    M("gpt-2 export: ln_f's scale written as its bias", "zoo/convert_gpt2.py",
+      '"transformer.ln_f.bias": params["ln_f"]["bias"]',
+      '"transformer.ln_f.bias": params["ln_f"]["scale"]',
+      ("tests/test_finetune.py::test_import_then_export_gives_back_the_hugging_face_model",)),
+    # ---- judging samples (zoo/eval_quality.py, zoo/checkpoint.py)
+    M("classifier: a judge trained on another dataset accepted", "zoo/eval_quality.py",
+      "and not allow_other_dataset):", "and allow_other_dataset):",
+      ("tests/test_classifier.py::test_a_classifier_of_another_dataset_is_refused_naming_both",)),
+    M("samples: drawn from the raw params, not the EMA", "zoo/checkpoint.py",
+      "return self.params if self.ema_params is None else self.ema_params",
+      "return self.params",
+      ("tests/test_diffusion.py::test_resume_with_an_ema_is_bitwise_and_samples_use_it",)),
 )
 
 
