@@ -52,7 +52,7 @@ def _train_step_flops(model_config, batch):
     Shapes only: the state comes from ``eval_shape`` and the step is lowered on shapes, so nothing
     is initialised or run. The fast compile options change LLVM's work, not the HLO XLA counts.
     """
-    from zoo.bench.zoo_runner import FAST_COMPILE
+    from zoo.build import FAST_COMPILE
     step, state, spec = _step_on_shapes(model_config, batch)
     xla = flops.xla_flops(jax.jit(step).lower(state, spec).compile(FAST_COMPILE))
     return xla, flops.jaxpr_flops(step, state, spec)

@@ -38,7 +38,7 @@ def compile_case(case: Case, strategy: str = "single", devices: list | None = No
                              int(config.train.get("grad_accum_steps", 1)))
     batch = {k: jax.ShapeDtypeStruct((case.batch_size, *s.shape), s.dtype)
              for k, s in family.batch_spec.items()}
-    state = jax.eval_shape(lambda b: build.initial_state(family, config, b), batch)
+    state = jax.eval_shape(build.state_initializer(family, config), batch)
     step, _ = build.compile_steps(family, strat, config.train)
     if strat.name == "mesh":  # the shardings a placed state and batch would have
         state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),

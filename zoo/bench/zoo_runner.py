@@ -14,8 +14,6 @@ from zoo.bench.catalog import Case
 # A schedule's length for the bench's optimizers (warm-up and decay need one; ``zoo train`` uses
 # ``train.steps``). The bench times far fewer steps, so schedules stay near their start.
 SCHEDULE_STEPS = 1000
-# Initialisation runs once: compile it fast rather than well (halves its compile time).
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
 def synthetic_batch(spec, batch_size: int, *, seed: int = 0, int_high: dict | None = None) -> dict:
@@ -52,28 +50,6 @@ def zoo_config(case: Case, strategy: str, seed: int = 0):
     if case.optimizers:
         config["optimizers"] = {p: dict(c) for p, c in case.optimizers.items()}
     return ml_collections.ConfigDict(config)
-
-
-def init_state(family, config, host_batch: dict):
-    """:func:`zoo.build.initial_state` under one ``jit``: op-by-op it compiles dozens of little
-    kernels, which costs more than the train step's own compile on a small CPU."""
-    import jax
-    from zoo import build
-
-    def init(batch):
-        return build.initial_state(family, config, batch)
-
-    tracer_errors = (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,
-                     jax.errors.TracerBoolConversionError, jax.errors.TracerIntegerConversionError)
-    try:
-        lowered = jax.jit(init).lower(host_batch)
-    except tracer_errors:  # an init that needs concrete values
-        return init(host_batch)
-    try:
-        compiled = lowered.compile(FAST_COMPILE)
-    except Exception:  # a backend without these options
-        compiled = lowered.compile()
-    return compiled(host_batch)
 
 
 def memory_fields(compiled) -> dict[str, Any]:
@@ -117,7 +93,7 @@ class ZooRunner:
         self.host_batch = synthetic_batch(self.family.batch_spec, self.batch_size, seed=seed,
                                           int_high=case.int_high)
         t0 = time.perf_counter()
-        state = init_state(self.family, self.config, self.host_batch)
+        state = build.initial_state(self.family, self.config, self.host_batch)
         self.init_s = time.perf_counter() - t0
         self.players = tuple(state.params)
         self.param_count = param_count(state.params)
