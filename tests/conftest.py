@@ -39,10 +39,18 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
-def tfds_dirs(shared_data, tmp_path_factory) -> dict[str, str]:
-    """TFDS data_dir (fresh, prepared once per session) and the offline download cache."""
-    return {"tfds_data_dir": str(tmp_path_factory.mktemp("tfds")),
-            "download_dir": str(shared_data / "tfds_downloads")}
+def tfds_dirs(shared_data, tmp_path_factory, worker_id) -> dict[str, str]:
+    """TFDS data_dir (fresh, prepared once per session) and the offline download cache.
+
+    Under pytest-xdist every worker is its own session: they share one data_dir in the run's
+    base folder, so each dataset is prepared once, not once per worker (zoo.data's lock lets
+    one prepare while the others wait)."""
+    if worker_id == "master":
+        data_dir = tmp_path_factory.mktemp("tfds")
+    else:
+        data_dir = tmp_path_factory.getbasetemp().parent / "tfds"
+        data_dir.mkdir(exist_ok=True)
+    return {"tfds_data_dir": str(data_dir), "download_dir": str(shared_data / "tfds_downloads")}
 
 
 @pytest.fixture(scope="session")

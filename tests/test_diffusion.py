@@ -33,7 +33,8 @@ def _init(config, n=4):
     batch = {"image": jnp.full((n, *shape), 0.5)}
     if family.denoiser.num_classes:
         batch["label"] = jnp.arange(n, dtype=jnp.int32) % family.denoiser.num_classes
-    return family, batch, family.init(jax.random.PRNGKey(0), batch)[0]
+    # One jit: op by op the initialisers compile a program each (build.initial_state does too).
+    return family, batch, jax.jit(family.init)(jax.random.PRNGKey(0), batch)[0]
 
 
 @pytest.mark.parametrize("preset,shape,params", [
@@ -220,10 +221,13 @@ def test_ema_after_k_steps_equals_the_formula():
                                                                seed=0), batch)
 
 
-# Pipeline runs: synthetic 28x28 images, a U-Net of 8 channels without attention.
+# Pipeline runs: synthetic 28x28 images, a one-level U-Net of 8 channels without attention
+# (what these tests check is the shared machinery; a second level doubled each compile, and the
+# presets' full shapes are checked above).
 PIPE = ["--config.data.dataset=synthetic", "--config.data.synthetic_size=256",
         "--config.data.batch_size=16", "--config.data.eval_batch_size=16",
         "--config.model.preset=tiny", "--config.model.channels=8", "--config.model.groups=4",
+        "--config.model.channel_mult=(1,)",
         "--config.model.attention_resolutions=()", "--config.model.num_classes=10",
         "--config.model.sampling_steps=3", "--config.train.log_every=1",
         "--config.train.ema_decay=0.99", "--config.train.checkpoint_every=3"]
@@ -263,7 +267,9 @@ def test_resume_with_an_ema_is_bitwise_and_samples_use_it(tmp_path):
     for x, y in zip(jax.tree.leaves((a.params, a.ema_params, a.opt_state)),
                     jax.tree.leaves((b.params, b.ema_params, b.opt_state))):
         np.testing.assert_array_equal(x, y)
-    assert not np.allclose(jax.tree.leaves(a.params)[0], jax.tree.leaves(a.ema_params)[0])
+    # The EMA trails the params (6 warm-up steps move them by ~1e-6: compare bits, not values).
+    assert not all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a.params),
+                                                        jax.tree.leaves(a.ema_params)))
     run = load_run(tmp_path / "whole")
     assert run.ema_params is not None and run.sampling_params is run.ema_params
     for x, y in zip(jax.tree.leaves(run.ema_params), jax.tree.leaves(a.ema_params)):
