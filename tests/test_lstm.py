@@ -232,3 +232,47 @@ def test_without_carried_state_it_trains_on_random_windows_or_rows():
         result = train.train(config, None, log=lambda s: None)
         assert "reset" not in result.family.batch_spec
         assert np.isfinite(result.history[-1]["loss"])
+
+
+def test_the_lstm_layer_is_flaxs_optimized_lstm_cell_in_values_and_gradients():
+    # zoo's LSTMLayer (one input matmul before the scan, a custom backward that forms the weight
+    # gradients in one matmul over all steps) against flax's OptimizedLSTMCell under nn.RNN, the
+    # autodiffed scan it replaces, on the same params: outputs, final carry and gradients of
+    # a loss that reads all of them; with seq_lengths (decoding) the carry of each row's last step.
+    from flax import linen as nn
+    from zoo.models.lstm import LSTMLayer, symmetric_uniform
+    B, T, D, H = 3, 7, 5, 6
+    init = symmetric_uniform(0.5)  # large enough that every gate saturates somewhere
+    ours = LSTMLayer(H, kernel_init=init, recurrent_kernel_init=init, bias_init=init)
+    flax_rnn = nn.RNN(nn.OptimizedLSTMCell(H, kernel_init=init, recurrent_kernel_init=init,
+                                           bias_init=init))
+    k = jax.random.split(jax.random.PRNGKey(0), 4)
+    x = jax.random.normal(k[0], (B, T, D))
+    carry = (jax.random.normal(k[1], (B, H)), jax.random.normal(k[2], (B, H)))
+    params = ours.init(k[3], x, carry)["params"]
+    flax_params = flax_rnn.init(k[3], x, initial_carry=carry)["params"]["cell"]
+    # The same names and shapes (checkpoints move between the two; nn.RNN's lifted scan folds
+    # the init rng differently, so fresh values differ), and the same initialiser's range.
+    assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, flax_params)
+    values = np.concatenate([np.ravel(a) for a in jax.tree.leaves(params)])
+    assert 0.45 < np.max(np.abs(values)) <= 0.5 and len(np.unique(values)) == values.size
+
+    def loss(run):
+        def f(params, x, carry):
+            (c, h), ys = run(params, x, carry)
+            return jnp.sum(jnp.sin(3 * ys)) + jnp.sum(c * jnp.arange(H)) + jnp.sum(h ** 3)
+        return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))
+
+    ours_run = lambda p, x, carry: ours.apply({"params": p}, x, carry)
+    flax_run = lambda p, x, carry: flax_rnn.apply({"params": {"cell": p}}, x,
+                                                  initial_carry=carry, return_carry=True)
+    got, want = loss(ours_run)(params, x, carry), loss(flax_run)(params, x, carry)
+    assert abs(float(want[0])) > 1 and float(optax.global_norm(want[1][0])) > 1
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+    lengths = jnp.array([7, 1, 4])
+    got = ours.apply({"params": params}, x, carry, lengths)
+    want = flax_rnn.apply({"params": {"cell": params}}, x, initial_carry=carry,
+                          seq_lengths=lengths, return_carry=True)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)

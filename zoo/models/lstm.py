@@ -1,8 +1,16 @@
 """LSTM language models: Zaremba, Sutskever & Vinyals (2014) on PTB, and character-level models.
 
-Embedding, a stack of LSTM layers (flax's ``OptimizedLSTMCell`` under ``nn.RNN``, a scan over
-time), dropout on the non-recurrent connections only (Zaremba et al.: embedding output, between
-layers, before the softmax), and a softmax output that is tied to the embedding or not.
+Embedding, a stack of LSTM layers (:class:`LSTMLayer`: flax's ``OptimizedLSTMCell`` with its
+parameters and gates, run over the whole sequence), dropout on the non-recurrent connections only
+(Zaremba et al.: embedding output, between layers, before the softmax), and a softmax output that
+is tied to the embedding or not.
+
+Why not ``nn.RNN(OptimizedLSTMCell)``: differentiated through a scan, every time step adds its own
+small outer product to the weight gradients (B rows each) and projects its own input. The layer
+projects all inputs in one matmul before the scan, and its backward (:func:`lstm_sequence`, a
+custom VJP) scans only what is recurrent, then forms the weight and input gradients as one matmul
+each over all T x B rows, as cuDNN and oneDNN do. Same numbers as the flax cell to float32 rounding
+(tests/test_lstm.py).
 
 Truncated backpropagation through time: the family's model state holds each layer's ``(c, h)`` for
 every batch row, and the loss returns the state after the batch, so row i of the next batch
@@ -14,6 +22,8 @@ with gradient accumulation. ``carry_state=False`` starts every batch from zeros.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import chex
 import jax
@@ -34,6 +44,116 @@ def symmetric_uniform(scale: float):
     def init(key, shape, dtype=jnp.float32):
         return jax.random.uniform(key, shape, dtype, -scale, scale)
     return init
+
+
+def _lstm_scan(x, c0, h0, w_i, w_h, b):
+    """An LSTM over time-major ``x`` (T, B, D): the final (c, h) and each step's c, h and gate
+    activations ``[i f g o]`` (T, B, 4H). Gates as flax's ``OptimizedLSTMCell``."""
+    xw = x @ w_i + b  # every step's input projection, one matmul
+
+    def step(carry, xw_t):
+        c, h = carry
+        i, f, g, o = jnp.split(xw_t + h.astype(w_h.dtype) @ w_h, 4, axis=-1)
+        i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
+        c = f * c + i * g
+        h = o * jnp.tanh(c)
+        return (c, h), (c, h, jnp.concatenate([i, f, g, o], axis=-1))
+
+    (c, h), (cs, hs, gates) = jax.lax.scan(step, (c0, h0), xw)
+    return (c, h), cs, hs, gates
+
+
+@jax.custom_vjp
+def lstm_sequence(x, c0, h0, w_i, w_h, b):
+    """``(c_T, h_T), hs``: an LSTM over time-major ``x`` (T, B, D) from ``(c0, h0)`` (B, H), with
+    input kernel ``w_i`` (D, 4H), recurrent kernel ``w_h`` (H, 4H) and bias ``b`` (4H,), gates in
+    the order i, f, g, o. Its gradient scans back only the recurrence; see the module docstring."""
+    (c, h), _, hs, _ = _lstm_scan(x, c0, h0, w_i, w_h, b)
+    return (c, h), hs
+
+
+def _lstm_sequence_fwd(x, c0, h0, w_i, w_h, b):
+    (c, h), cs, hs, gates = _lstm_scan(x, c0, h0, w_i, w_h, b)
+    return ((c, h), hs), (x, c0, h0, w_i, w_h, b, cs, hs, gates)
+
+
+def _lstm_sequence_bwd(res, cotangents):
+    x, c0, h0, w_i, w_h, b, cs, hs, gates = res
+    (dc, dh), dhs = cotangents
+    c_prev = jnp.concatenate([c0[None], cs[:-1]])
+
+    def step(carry, inputs):  # back through one step: the cotangents of (c, h) before it
+        dc, dh = carry
+        dh_out, c, cp, gate = inputs
+        i, f, g, o = jnp.split(gate.astype(jnp.float32), 4, axis=-1)
+        dh = dh + dh_out
+        tanh_c = jnp.tanh(c)
+        dc = dc + dh * o * (1 - tanh_c ** 2)
+        dz = jnp.concatenate([dc * g * i * (1 - i), dc * cp * f * (1 - f), dc * i * (1 - g ** 2),
+                              dh * tanh_c * o * (1 - o)], axis=-1).astype(w_h.dtype)
+        return (dc * f, (dz @ w_h.T).astype(dh.dtype)), dz
+
+    (dc0, dh0), dz = jax.lax.scan(step, (dc, dh), (dhs, cs, c_prev, gates), reverse=True)
+    h_prev = jnp.concatenate([h0[None], hs[:-1]]).astype(w_h.dtype)
+    flat = lambda a: a.reshape(-1, a.shape[-1])  # (T, B, n) -> (T * B, n): one matmul for all
+    dw_h = flat(h_prev).T @ flat(dz)
+    dw_i = flat(x).T @ flat(dz)
+    dx = dz @ w_i.T
+    return (dx.astype(x.dtype), dc0.astype(c0.dtype), dh0.astype(h0.dtype),
+            dw_i.astype(w_i.dtype), dw_h.astype(w_h.dtype),
+            flat(dz).astype(jnp.float32).sum(0).astype(b.dtype))
+
+
+lstm_sequence.defvjp(_lstm_sequence_fwd, _lstm_sequence_bwd)
+
+
+class _GateParams(nn.Module):
+    """One gate's kernel (and bias), named, shaped and initialised as in ``OptimizedLSTMCell``."""
+
+    features: int
+    kernel_init: Callable
+    bias_init: Callable | None = None  # None: no bias (the input kernels)
+
+    @nn.compact
+    def __call__(self, in_features: int):
+        kernel = self.param("kernel", self.kernel_init, (in_features, self.features))
+        bias = None if self.bias_init is None else self.param("bias", self.bias_init,
+                                                              (self.features,))
+        return kernel, bias
+
+
+class LSTMLayer(nn.Module):
+    """``LSTMLayer(hidden_size, ...)(x (B, T, D), (c, h), seq_lengths) -> ((c, h), hs (B, T, H))``.
+
+    ``OptimizedLSTMCell``'s params (``ii``/``if``/``ig``/``io`` kernels, ``hi``/``hf``/``hg``/``ho``
+    kernels and biases), so checkpoints of either restore into the other. With ``seq_lengths`` the
+    returned carry is each row's after its last valid step (as ``nn.RNN``)."""
+
+    hidden_size: int
+    kernel_init: Callable
+    recurrent_kernel_init: Callable
+    bias_init: Callable
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, carry: tuple, seq_lengths: jax.Array | None = None):
+        H, gates = self.hidden_size, "ifgo"
+        w_i = [_GateParams(H, self.kernel_init, name=f"i{g}")(x.shape[-1]) for g in gates]
+        w_h = [_GateParams(H, self.recurrent_kernel_init, self.bias_init, name=f"h{g}")(H)
+               for g in gates]
+        cast = lambda a: a.astype(self.dtype)
+        w_i = cast(jnp.concatenate([k for k, _ in w_i], axis=-1))
+        b = cast(jnp.concatenate([bias for _, bias in w_h]))
+        w_h = cast(jnp.concatenate([k for k, _ in w_h], axis=-1))
+        c0, h0 = carry
+        xs = cast(jnp.swapaxes(x, 0, 1))
+        if seq_lengths is None:
+            carry, hs = lstm_sequence(xs, c0, h0, w_i, w_h, b)
+        else:  # decoding: no gradient, the carry of each row's last valid step
+            _, cs, hs, _ = _lstm_scan(xs, c0, h0, w_i, w_h, b)
+            last, rows = seq_lengths - 1, jnp.arange(xs.shape[1])
+            carry = (cs[last, rows], hs[last, rows])
+        return carry, jnp.swapaxes(hs, 0, 1)
 
 
 class LSTMLM(nn.Module):
@@ -71,11 +191,9 @@ class LSTMLM(nn.Module):
         new_carry = []
         for i, layer_carry in enumerate(carry):
             chex.assert_shape(layer_carry, (B, self.hidden_size))
-            cell = nn.OptimizedLSTMCell(self.hidden_size, kernel_init=init,
-                                        recurrent_kernel_init=init, bias_init=init,
-                                        dtype=self.dtype, name=f"lstm_{i}")
-            layer_carry, x = nn.RNN(cell)(
-                x, initial_carry=tuple(layer_carry), seq_lengths=seq_lengths, return_carry=True)
+            layer = LSTMLayer(self.hidden_size, kernel_init=init, recurrent_kernel_init=init,
+                              bias_init=init, dtype=self.dtype, name=f"lstm_{i}")
+            layer_carry, x = layer(x, tuple(layer_carry), seq_lengths)
             new_carry.append(layer_carry)
             x = drop(x, deterministic=deterministic)
         if self.tie_embeddings:
