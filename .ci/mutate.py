@@ -167,6 +167,13 @@ MUTATIONS = (
       "return self.params if self.ema_params is None else self.ema_params",
       "return self.params",
       ("tests/test_diffusion.py::test_resume_with_an_ema_is_bitwise_and_samples_use_it",)),
+    # ---- the LSTM layer's hand-written backward (zoo/models/lstm.py)
+    M("lstm: forget gate's derivative without its sigmoid' factor", "zoo/models/lstm.py",
+      "dc * cp * f * (1 - f)", "dc * cp * f",
+      ("tests/test_lstm.py::test_the_lstm_layer_is_flaxs_optimized_lstm_cell_in_values_and_gradients",)),
+    M("lstm: recurrent weight gradient from h_t, not h_(t-1)", "zoo/models/lstm.py",
+      "dw_h = flat(h_prev).T @ flat(dz)", "dw_h = flat(hs.astype(w_h.dtype)).T @ flat(dz)",
+      ("tests/test_lstm.py::test_the_lstm_layer_is_flaxs_optimized_lstm_cell_in_values_and_gradients",)),
 )
 
 
