@@ -7,9 +7,11 @@ the default's loss (rtol 1e-5), and its last loss after the timed steps is repor
 The settings are the YNNPACK library fusions XLA:CPU (jaxlib 0.10.2) uses by default,
 ``INDIVIDUAL_DOT, REDUCE, INDIVIDUAL_CONVOLUTION`` (found by matching compiled HLO); ``no-reduce``
 is ``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-REDUCE`` (the same HLO), ``no-ynnpack``
-is ``--xla_cpu_experimental_ynn_fusion_type=`` (none); ``no-conv`` and ``dot-only`` leave out
-YNNPACK's convolutions, and its convolutions and reductions. ``--xla_cpu_use_onednn`` is left out: it
-changed no result and no time in a first measurement (see the README).
+is ``--xla_cpu_experimental_ynn_fusion_type=`` (none); ``no-conv`` and ``dot-only`` (zoo's CPU
+default) leave out YNNPACK's convolutions, and its convolutions and reductions. ``--xla_cpu_use_onednn``
+alone changes nothing (no HLO is given to oneDNN); with ``xla_cpu_experimental_onednn_fusion_type``
+it runs the dots (``onednn-dot``) and also elementwise ops (``onednn-dot-eltwise``) through oneDNN,
+with YNNPACK off. ``--settings`` picks some of them (``default`` is always measured).
 
     python benchmarks/xla_cpu_flags.py --suite quick --out benchmarks/results/DIR
 """
@@ -23,17 +25,22 @@ from pathlib import Path
 
 import numpy as np
 
-OPTION = "xla_cpu_experimental_ynn_fusion_type"
+YNN = "xla_cpu_experimental_ynn_fusion_type"
+ONEDNN = {"xla_cpu_use_onednn": True, YNN: ""}
+# Per-compile XLA options of each setting; "default" is XLA's own.
 SETTINGS = {
-    "default": None,
-    "no-reduce": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION",
-    "no-conv": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE",
-    "dot-only": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT",
-    "no-ynnpack": "",
+    "default": {},
+    "no-reduce": {YNN: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"},
+    "no-conv": {YNN: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"},
+    "dot-only": {YNN: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"},
+    "no-ynnpack": {YNN: ""},
+    "onednn-dot": {**ONEDNN, "xla_cpu_experimental_onednn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"},
+    "onednn-dot-eltwise": {**ONEDNN, "xla_cpu_experimental_onednn_fusion_type":
+                           "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_ELTWISE"},
 }
 
 
-def measure(case, *, warmup: int, steps: int, rounds: int) -> dict:
+def measure(case, settings: dict, *, warmup: int, steps: int, rounds: int) -> dict:
     import jax
 
     from zoo.bench import timing
@@ -42,8 +49,8 @@ def measure(case, *, warmup: int, steps: int, rounds: int) -> dict:
     lowered = runner.step_fn.compiled.lower(runner.state, runner.batch)
     host = jax.device_get(runner.state)
     executables, states, first_loss = {}, {}, {}
-    for name, value in SETTINGS.items():
-        executables[name] = lowered.compile({} if value is None else {OPTION: value})
+    for name, options in settings.items():
+        executables[name] = lowered.compile(dict(options))
         # Each setting starts from the same state: the first loss is the same program's number.
         state = runner.strategy.place_state(host)
         state, metrics = executables[name](state, runner.batch)
@@ -58,11 +65,11 @@ def measure(case, *, warmup: int, steps: int, rounds: int) -> dict:
         return step
 
     last = {}
-    chronos = timing.run_alternating({n: stepper(n) for n in SETTINGS}, warmup=warmup,
+    chronos = timing.run_alternating({n: stepper(n) for n in settings}, warmup=warmup,
                                      steps=steps, rounds=rounds)
     out = {"case": case.name, "median_s": {}, "min_s": {}, "first_loss": first_loss,
            "last_loss": {}}
-    for name in SETTINGS:
+    for name in settings:
         stats = chronos[name].stats()
         out["median_s"][name], out["min_s"][name] = stats["median"], stats["min"]
         out["last_loss"][name] = float(np.mean(jax.device_get(last[name][_loss_key(last[name])])))
@@ -80,33 +87,40 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--settings", default=",".join(SETTINGS),
+                   help="comma-separated names of SETTINGS (default is always measured)")
     p.add_argument("--out", required=True)
     args = p.parse_args()
+    names = ["default", *(n for n in args.settings.split(",") if n and n != "default")]
+    unknown = [n for n in names if n not in SETTINGS]
+    if unknown:
+        p.error(f"unknown settings {', '.join(unknown)}; choose from {', '.join(SETTINGS)}")
+    settings = {n: SETTINGS[n] for n in names}
     from zoo.bench import catalog, hardware
     cases, _ = catalog.suite_cases(args.suite, args.cases.split(",") if args.cases else None)
     records = []
     for case in cases:
         print(f"{case.name} ...", flush=True)
-        records.append(measure(case, warmup=args.warmup, steps=args.steps, rounds=args.rounds))
-    others = [s for s in SETTINGS if s != "default"]
-    rows = ["| case | " + " | ".join(f"{s} ms" for s in SETTINGS) + " | "
+        records.append(measure(case, settings, warmup=args.warmup, steps=args.steps, rounds=args.rounds))
+    others = names[1:]
+    rows = ["| case | " + " | ".join(f"{s} ms" for s in settings) + " | "
             + " | ".join(f"{s} speed-up" for s in others) + " | first-step loss, rel. diff | "
             "last loss (default / " + " / ".join(others) + ") |",
-            "|---|" + "---:|" * (len(SETTINGS) + len(others) + 1) + "---|"]
+            "|---|" + "---:|" * (len(settings) + len(others) + 1) + "---|"]
     for r in records:
         med, base = r["median_s"], r["median_s"]["default"]
         diff = max(abs(r["first_loss"][s] - r["first_loss"]["default"])
                    / max(abs(r["first_loss"]["default"]), 1e-12) for s in others)
-        rows.append(f"| {r['case']} | " + " | ".join(f"{med[s] * 1e3:.2f}" for s in SETTINGS)
+        rows.append(f"| {r['case']} | " + " | ".join(f"{med[s] * 1e3:.2f}" for s in settings)
                     + " | " + " | ".join(f"{base / med[s]:.2f}x" for s in others)
                     + f" | {diff:.1e} | "
-                    + " / ".join(f"{r['last_loss'][s]:.5g}" for s in SETTINGS) + " |")
+                    + " / ".join(f"{r['last_loss'][s]:.5g}" for s in settings) + " |")
     table = "\n".join(rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     env = hardware.environment()
     (out / "xla_cpu_flags.json").write_text(json.dumps(
-        {"settings": SETTINGS, "option": OPTION, "env": env, "args": vars(args),
+        {"settings": settings, "env": env, "args": vars(args),
          "records": records}, indent=2, default=str))
     (out / "xla_cpu_flags.md").write_text(
         f"{args.suite} suite, {args.steps} timed steps per setting in {args.rounds} alternating "
