@@ -200,7 +200,8 @@ def test_v_prediction_and_eps_from_v_invert_each_other():
     np.testing.assert_allclose(np.asarray(D.eps_from_v(schedule, x_t, t, v)), np.asarray(eps),
                                atol=1e-5)
     family, batch, params = _init(dict(SMALL, prediction="v"))
-    loss, _, _ = family.objective[0].loss_fn(params, {"model": {}}, batch, jax.random.PRNGKey(0))
+    loss, _, _ = jax.jit(family.objective[0].loss_fn)(params, {"model": {}}, batch,
+                                                      jax.random.PRNGKey(0))
     assert np.isfinite(float(loss))
 
 
