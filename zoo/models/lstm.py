@@ -9,8 +9,8 @@ Why not ``nn.RNN(OptimizedLSTMCell)``: differentiated through a scan, every time
 small outer product to the weight gradients (B rows each) and projects its own input. The layer
 projects all inputs in one matmul before the scan, and its backward (:func:`lstm_sequence`, a
 custom VJP) scans only what is recurrent, then forms the weight and input gradients as one matmul
-each over all T x B rows, as cuDNN and oneDNN do. Same numbers as the flax cell to float32 rounding
-(tests/test_lstm.py).
+each over all T x B rows (cuDNN's RNN API likewise computes weight gradients in a pass of their
+own). Same numbers as the flax cell to float32 rounding (tests/test_lstm.py).
 
 Truncated backpropagation through time: the family's model state holds each layer's ``(c, h)`` for
 every batch row, and the loss returns the state after the batch, so row i of the next batch
