@@ -235,12 +235,12 @@ def test_a_classifier_of_another_dataset_is_refused_naming_both(mnist):
     assert raw["fid"] == told["fid"] and "classifier_dataset" not in raw
 
 
-def test_shipped_fashion_mnist_cnn_is_the_91_percent_classifier(tfds_dirs):
+def test_shipped_fashion_mnist_cnn_is_the_91_percent_classifier(shared_data):
     """zoo/assets/fashion_mnist_cnn.msgpack judges Fashion-MNIST by default (accuracy in
-    docs/results.md), and its features tell Fashion-MNIST from MNIST."""
-    from zoo import data
-    fashion, digits = ({split: data.load_tfds(name, split, data_dir=tfds_dirs["tfds_data_dir"],
-                                              download_dir=tfds_dirs["download_dir"])
+    docs/results.md), and its features tell Fashion-MNIST from MNIST. The images are read from
+    the raw IDX files (the bytes TFDS prepares from), so no TFDS preparation is needed."""
+    from raw_images import read_idx_images
+    fashion, digits = ({split: read_idx_images(shared_data, name, split)
                         for split in ("train", "test")} for name in ("fashion_mnist", "mnist"))
     judge = classifier.FeatureClassifier.shipped("fashion_mnist")
     test = fashion["test"]

@@ -1,0 +1,248 @@
+"""A case's heavy ops one by one: XLA:CPU (as zoo computes them) against PyTorch, forward and each
+gradient apart, at the full suite's shapes, in one process with the contenders taking turns.
+
+``zoo bench --profile`` sums the ops XLA:CPU's trace records, but a convolution runs on Eigen's
+thread pool and the trace sees only the thunk that starts it: DCGAN's full case holds 93 ms of
+traced op time in a 231 ms step. Timing each op alone says where such a step goes, and how each
+kernel compares with PyTorch's (oneDNN's convolutions, MKL's matmuls, flash attention).
+
+Groups:
+- ``dcgan``: the four convolutions of the full DCGAN (28x28, 64 features, batch 128). For the
+  discriminator's stride-2 convolutions, three other ways zoo could compute them are timed too,
+  each checked equal to lax's first: space-to-depth then a 2x2 stride-1 convolution (no dilated
+  convolution in its backward), patches and one matmul (im2col), and lax's forward with the input
+  gradient as a sub-pixel transposed convolution (``zoo.models.layers``).
+- ``transformer``: nanoGPT's char model (6 x 384, context 256, batch 16): each Dense's matmul
+  (x @ W, dy @ W^T, x^T @ dy) and causal attention (``jax.nn.dot_product_attention`` against
+  ``F.scaled_dot_product_attention``, forward, and backward to q, k and v).
+
+    python benchmarks/kernels.py --group dcgan --out benchmarks/results/DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=INDIVIDUAL_DOT")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from jax import lax  # noqa: E402
+
+from zoo.models.layers import conv_transpose_subpixel  # noqa: E402
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+CONV_GRADS = {"dx": (0,), "dk": (1,)}
+
+
+def conv_s2(x, k):
+    """DCGAN's discriminator convolution: 4x4, stride 2, SAME (lax, as ``nn.Conv``)."""
+    return lax.conv_general_dilated(x, k, (2, 2), "SAME", dimension_numbers=NHWC)
+
+
+def conv_s2_space_to_depth(x, k):
+    """The same convolution as a 2x2 stride-1 convolution of the 2x2 space-to-depth input."""
+    b, h, w, c = x.shape
+    o = k.shape[-1]
+    x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))  # SAME for k 4, s 2, even sizes
+    hh, ww = (h + 2) // 2, (w + 2) // 2
+    x = x.reshape(b, hh, 2, ww, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, hh, ww, 4 * c)
+    k = k.reshape(2, 2, 2, 2, c, o).transpose(0, 2, 1, 3, 4, 5).reshape(2, 2, 4 * c, o)
+    return lax.conv_general_dilated(x, k, (1, 1), "VALID", dimension_numbers=NHWC)
+
+
+def conv_s2_im2col(x, k):
+    """The same convolution as 16 strided slices (patches) and one matmul."""
+    b, h, w, c = x.shape
+    o = k.shape[-1]
+    x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    hh, ww = h // 2, w // 2
+    patches = jnp.concatenate([x[:, i:i + 2 * hh - 1:2, j:j + 2 * ww - 1:2, :]
+                               for i in range(4) for j in range(4)], axis=-1)
+    return (patches.reshape(-1, 16 * c) @ k.reshape(16 * c, o)).reshape(b, hh, ww, o)
+
+
+@jax.custom_vjp
+def conv_s2_subpixel_dx(x, k):
+    """``conv_s2`` whose input gradient is a sub-pixel transposed convolution of dy."""
+    return conv_s2(x, k)
+
+
+def _subpixel_dx_fwd(x, k):
+    return conv_s2(x, k), (x, k)
+
+
+def _subpixel_dx_bwd(res, dy):
+    x, k = res
+    dx = conv_transpose_subpixel(dy, jnp.flip(k, (0, 1)).transpose(0, 1, 3, 2), (2, 2))
+    return dx, jax.vjp(lambda k: conv_s2(x, k), k)[1](dy)[0]
+
+
+conv_s2_subpixel_dx.defvjp(_subpixel_dx_fwd, _subpixel_dx_bwd)
+ALTERNATIVES = {"space-to-depth": conv_s2_space_to_depth, "im2col": conv_s2_im2col,
+                "sub-pixel dx": conv_s2_subpixel_dx}
+
+
+def _to_torch(kind: str):
+    """(torch function, how an NHWC/HWIO jax input becomes its torch layout) for an op kind."""
+    import torch
+    F = torch.nn.functional
+    nchw = lambda a: a.transpose(0, 3, 1, 2)
+    if kind == "conv":      # HWIO -> OIHW
+        return lambda x, k: F.conv2d(x, k, stride=2, padding=1), (nchw, lambda k: k.transpose(3, 2, 0, 1))
+    if kind == "deconv":    # HWIO -> IOHW (flipped: lax's transposed kernel is not torch's)
+        return (lambda x, k: F.conv_transpose2d(x, k, stride=2, padding=1),
+                (nchw, lambda k: k[::-1, ::-1].transpose(2, 3, 0, 1)))
+    if kind == "matmul":
+        return lambda x, w: x @ w, (lambda a: a, lambda a: a)
+    if kind == "attention":  # (B, T, H, D) -> (B, H, T, D)
+        to = lambda a: a.transpose(0, 2, 1, 3)
+        return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True), (to, to, to)
+    raise ValueError(kind)
+
+
+def ops(group: str) -> list[dict]:
+    """``name``, input shapes, zoo's function, the torch kind, gradients to time (by argnums)."""
+    if group == "dcgan":
+        b, f = 128, 64
+        deconv = lambda x, k: conv_transpose_subpixel(x, k, (2, 2))
+        return [
+            dict(name=f"D conv_0 (1->{f}, 28->14)", shapes=[(b, 28, 28, 1), (4, 4, 1, f)],
+                 zoo=conv_s2, torch="conv", grads=CONV_GRADS, alternatives=True),
+            dict(name=f"D conv_1 ({f}->{2 * f}, 14->7)", shapes=[(b, 14, 14, f), (4, 4, f, 2 * f)],
+                 zoo=conv_s2, torch="conv", grads=CONV_GRADS, alternatives=True),
+            dict(name=f"G deconv_0 ({2 * f}->{f}, 7->14)", shapes=[(b, 7, 7, 2 * f), (4, 4, 2 * f, f)],
+                 zoo=deconv, torch="deconv", grads=CONV_GRADS),
+            dict(name=f"G out ({f}->1, 14->28)", shapes=[(b, 14, 14, f), (4, 4, f, 1)],
+                 zoo=deconv, torch="deconv", grads=CONV_GRADS),
+        ]
+    if group == "transformer":
+        m, c, t, h = 16 * 256, 384, 256, 6
+        grads = {"dx": (0,), "dw": (1,)}
+        dense = [(f"{name} ({k}x{n})", k, n) for name, k, n in
+                 [("attn c_attn", c, 3 * c), ("attn c_proj", c, c), ("mlp c_fc", c, 4 * c),
+                  ("mlp c_proj", 4 * c, c), ("lm head", c, 65)]]
+        attention = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True)
+        return [dict(name=name, shapes=[(m, k), (k, n)], zoo=jnp.matmul, torch="matmul",
+                     grads=grads) for name, k, n in dense] + [
+            dict(name=f"causal attention (16 x {h} heads x {t} x {c // h})",
+                 shapes=[(16, t, h, c // h)] * 3, zoo=attention, torch="attention",
+                 grads={"dqkv": (0, 1, 2)})]
+    raise ValueError(f"unknown group {group!r}; choose dcgan or transformer")
+
+
+def jax_parts(fn, args, dy, grads) -> dict:
+    """Callables that run fn's forward and each gradient of ``grads`` (each blocks)."""
+    parts = {"fwd": jax.jit(fn)}
+    for name, argnums in grads.items():
+        def grad(*a, argnums=argnums):
+            *inputs, dy = a
+            return jax.vjp(lambda *w: fn(*[w[argnums.index(i)] if i in argnums else x
+                                           for i, x in enumerate(inputs)]),
+                           *[inputs[i] for i in argnums])[1](dy)
+        parts[name] = jax.jit(grad)
+    calls = {"fwd": lambda: jax.block_until_ready(parts["fwd"](*args))}
+    for name in grads:
+        calls[name] = lambda f=parts[name]: jax.block_until_ready(f(*args, dy))
+    return calls
+
+
+def torch_parts(kind, args, dy, grads) -> dict:
+    import torch
+    fn, layouts = _to_torch(kind)
+    ts = [torch.tensor(np.ascontiguousarray(lay(np.asarray(a))), requires_grad=True)
+          for lay, a in zip(layouts, args)]
+    dyt = torch.tensor(np.ascontiguousarray(layouts[0](np.asarray(dy))))
+    y = fn(*ts)
+    calls = {"fwd": lambda: fn(*ts)}
+    for name, argnums in grads.items():
+        calls[name] = lambda a=argnums: torch.autograd.grad(y, [ts[i] for i in a], dyt,
+                                                            retain_graph=True)
+    return calls, [t.detach().numpy() for t in ts], y.detach().numpy()
+
+
+def _median_ms(fn, n: int) -> float:
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1e3)
+
+
+def measure(op: dict, steps: int, rounds: int, rng) -> dict:
+    args = [jnp.asarray(rng.normal(size=s) * (0.1 if i else 1.0), jnp.float32)
+            for i, s in enumerate(op["shapes"])]
+    y = op["zoo"](*args)
+    dy = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+    contenders = {"xla": jax_parts(op["zoo"], args, dy, op["grads"])}
+    contenders["torch"], _, y_torch = torch_parts(op["torch"], args, dy, op["grads"])
+    # Same op on both sides: the outputs agree (torch's back in zoo's layout).
+    back = y_torch if op["torch"] == "matmul" else (
+        y_torch.transpose(0, 2, 1, 3) if op["torch"] == "attention" else y_torch.transpose(0, 2, 3, 1))
+    scale = float(jnp.abs(y).max())
+    np.testing.assert_allclose(back, y, atol=1e-4 * scale, rtol=1e-4)
+    for name, fn in (ALTERNATIVES.items() if op.get("alternatives") else ()):
+        np.testing.assert_allclose(fn(*args), y, rtol=2e-5, atol=2e-5 * scale)
+        contenders[name] = jax_parts(fn, args, dy, op["grads"])
+    for parts in contenders.values():  # warm-up: compiles, first allocations
+        for fn in parts.values():
+            fn(), fn()
+    times = {c: {p: [] for p in parts} for c, parts in contenders.items()}
+    for _ in range(rounds):
+        for c, parts in contenders.items():
+            for p, fn in parts.items():
+                times[c][p].append(_median_ms(fn, steps))
+    return {c: {p: float(np.median(t)) for p, t in parts.items()} for c, parts in times.items()}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--group", choices=("dcgan", "transformer"), default="dcgan")
+    p.add_argument("--steps", type=int, default=10, help="timed calls per round and part")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--out", required=True)
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="batch scale (a smoke test at small size: --scale 0.05)")
+    args = p.parse_args()
+    import torch
+    torch.set_num_threads(os.cpu_count() or 1)
+    rng = np.random.default_rng(0)
+    rows, records = [], []
+    for op in ops(args.group):
+        if args.scale != 1.0:
+            n = max(1, int(op["shapes"][0][0] * args.scale))
+            op["shapes"] = [(n, *s[1:]) if i == 0 or op["torch"] == "attention" else s
+                            for i, s in enumerate(op["shapes"])]
+        med = measure(op, args.steps, args.rounds, rng)
+        torch_sum = sum(med["torch"].values())
+        records.append({"op": op["name"], "shapes": op["shapes"], "ms": med})
+        for c, parts in med.items():
+            cells = " | ".join(f"{p}: {ms:.2f}" for p, ms in parts.items())
+            rows.append(f"| {op['name']} | {c} | {cells} | {sum(parts.values()):.2f} | "
+                        f"{torch_sum / sum(parts.values()):.2f}x |")
+        print("\n".join(rows[-len(med):]), flush=True)
+    table = ("| op | computed by | ms per call (median) | sum ms | torch sum / sum |\n"
+             "|---|---|---|---:|---:|\n" + "\n".join(rows))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from zoo.bench import hardware
+    env = hardware.environment()
+    (out / f"kernels-{args.group}.json").write_text(json.dumps(
+        {"env": env, "args": vars(args), "records": records}, indent=2, default=str))
+    (out / f"kernels-{args.group}.md").write_text(
+        f"{args.group}: each op alone, median of {args.rounds} alternating rounds of "
+        f"{args.steps} calls, one process ({env.get('cpu_model', '')}, jax {jax.__version__}, "
+        f"torch {torch.__version__}).\n\n" + table + "\n")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
