@@ -167,6 +167,13 @@ MUTATIONS = (
       "return self.params if self.ema_params is None else self.ema_params",
       "return self.params",
       ("tests/test_diffusion.py::test_resume_with_an_ema_is_bitwise_and_samples_use_it",)),
+    # ---- the transposed convolution's backward (zoo/models/layers.py)
+    M("layers: transposed conv's kernel gradient not flipped back", "zoo/models/layers.py",
+      "return dx, _adjoint_kernel(d_adjoint)", "return dx, d_adjoint.transpose(0, 1, 3, 2)",
+      ("tests/test_layers.py",)),
+    M("layers: adjoint convolution padded one too few on the left", "zoo/models/layers.py",
+      "left = k - 1 - same_transpose_padding(k, s)", "left = k - 2 - same_transpose_padding(k, s)",
+      ("tests/test_layers.py",)),
     # ---- the LSTM layer's hand-written backward (zoo/models/lstm.py)
     M("lstm: forget gate's derivative without its sigmoid' factor", "zoo/models/lstm.py",
       "dc * cp * f * (1 - f)", "dc * cp * f",

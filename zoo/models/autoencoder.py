@@ -19,7 +19,7 @@ from zoo import flops
 from zoo.core import settings
 from zoo.core.family import Family, ImageSampler
 from zoo.core.step import Update
-from zoo.models.layers import SubpixelConvTranspose
+from zoo.models.layers import ConvTranspose
 
 LOSSES = ("mse", "bernoulli")
 
@@ -79,9 +79,9 @@ class ConvAutoencoder(nn.Module):
         self.code = nn.Dense(self.latent_dim, name="code")
         self.grid = (h // down, w // down, self.features[-1])
         self.expand = nn.Dense(int(np.prod(self.grid)), name="expand")
-        self.dec = [SubpixelConvTranspose(f, (3, 3), strides=(2, 2), name=f"dec_{i}")
+        self.dec = [ConvTranspose(f, (3, 3), strides=(2, 2), name=f"dec_{i}")
                     for i, f in enumerate(list(reversed(self.features))[1:])]
-        self.out = SubpixelConvTranspose(c, (3, 3), strides=(2, 2), name="out")
+        self.out = ConvTranspose(c, (3, 3), strides=(2, 2), name="out")
 
     def encode(self, x: jax.Array) -> jax.Array:
         chex.assert_shape(x, (None, *self.image_shape))

@@ -30,7 +30,7 @@ from zoo import flops
 from zoo.core import settings
 from zoo.core.family import Family, ImageSampler
 from zoo.core.step import Update
-from zoo.models.layers import SubpixelConvTranspose
+from zoo.models.layers import ConvTranspose
 
 ARCHS = ("mlp", "conv")
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -115,8 +115,8 @@ class ConvDecoder(nn.Module):
         h = nn.relu(nn.Dense(self.dense, name="dense")(_with_label(z, y1h)))
         h = nn.relu(nn.Dense(int(np.prod(grid)), name="expand")(h)).reshape(z.shape[0], *grid)
         for i, f in enumerate(list(reversed(self.features))[1:]):
-            h = nn.relu(SubpixelConvTranspose(f, (3, 3), strides=(2, 2), name=f"deconv_{i}")(h))
-        return SubpixelConvTranspose(channels, (3, 3), strides=(2, 2), name="out")(h)
+            h = nn.relu(ConvTranspose(f, (3, 3), strides=(2, 2), name=f"deconv_{i}")(h))
+        return ConvTranspose(channels, (3, 3), strides=(2, 2), name="out")(h)
 
 
 class VAE(nn.Module):
