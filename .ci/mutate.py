@@ -174,6 +174,10 @@ MUTATIONS = (
     M("layers: adjoint convolution padded one too few on the left", "zoo/models/layers.py",
       "left = k - 1 - same_transpose_padding(k, s)", "left = k - 2 - same_transpose_padding(k, s)",
       ("tests/test_layers.py",)),
+    # ---- query-blocked causal attention (zoo/models/transformer.py)
+    M("transformer: a query block's mask hides each query's own key", "zoo/models/transformer.py",
+      "mask = jnp.arange(end)[None, :] <= (i * size", "mask = jnp.arange(end)[None, :] < (i * size",
+      ("tests/test_transformer.py::test_query_blocked_causal_attention_is_jaxs_causal_attention",)),
     # ---- the LSTM layer's hand-written backward (zoo/models/lstm.py)
     M("lstm: forget gate's derivative without its sigmoid' factor", "zoo/models/lstm.py",
       "dc * cp * f * (1 - f)", "dc * cp * f",

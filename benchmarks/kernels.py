@@ -8,10 +8,11 @@ kernel compares with PyTorch's (oneDNN's convolutions, MKL's matmuls, flash atte
 
 Groups:
 - ``dcgan``: the four convolutions of the full DCGAN (28x28, 64 features, batch 128). For the
-  discriminator's stride-2 convolutions, three other ways zoo could compute them are timed too,
+  discriminator's stride-2 convolutions, two other ways zoo could compute them are timed too,
   each checked equal to lax's first: space-to-depth then a 2x2 stride-1 convolution (no dilated
-  convolution in its backward), patches and one matmul (im2col), and lax's forward with the input
-  gradient as a sub-pixel transposed convolution (``zoo.models.layers``).
+  convolution in its backward), and patches and one matmul (im2col). The generator's transposed
+  convolutions are zoo's (``zoo.models.layers.conv_transpose``) beside ``nn.ConvTranspose``'s
+  (the same forward, the backward XLA derives).
 - ``transformer``: nanoGPT's char model (6 x 384, context 256, batch 16): each Dense's matmul
   (x @ W, dy @ W^T, x^T @ dy) and causal attention (``jax.nn.dot_product_attention`` against
   ``F.scaled_dot_product_attention``, forward, and backward to q, k and v).
@@ -35,9 +36,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax import lax  # noqa: E402
 
-from zoo.models.layers import conv_transpose_subpixel  # noqa: E402
+from zoo.models.layers import NHWC, conv_transpose  # noqa: E402
 
-NHWC = ("NHWC", "HWIO", "NHWC")
 CONV_GRADS = {"dx": (0,), "dk": (1,)}
 
 
@@ -68,25 +68,13 @@ def conv_s2_im2col(x, k):
     return (patches.reshape(-1, 16 * c) @ k.reshape(16 * c, o)).reshape(b, hh, ww, o)
 
 
-@jax.custom_vjp
-def conv_s2_subpixel_dx(x, k):
-    """``conv_s2`` whose input gradient is a sub-pixel transposed convolution of dy."""
-    return conv_s2(x, k)
+def conv_transpose_lax(x, k):
+    """``nn.ConvTranspose``'s computation: lax's transposed convolution, XLA's own backward."""
+    return jax.lax.conv_transpose(x, k, (2, 2), "SAME", dimension_numbers=NHWC)
 
 
-def _subpixel_dx_fwd(x, k):
-    return conv_s2(x, k), (x, k)
-
-
-def _subpixel_dx_bwd(res, dy):
-    x, k = res
-    dx = conv_transpose_subpixel(dy, jnp.flip(k, (0, 1)).transpose(0, 1, 3, 2), (2, 2))
-    return dx, jax.vjp(lambda k: conv_s2(x, k), k)[1](dy)[0]
-
-
-conv_s2_subpixel_dx.defvjp(_subpixel_dx_fwd, _subpixel_dx_bwd)
-ALTERNATIVES = {"space-to-depth": conv_s2_space_to_depth, "im2col": conv_s2_im2col,
-                "sub-pixel dx": conv_s2_subpixel_dx}
+CONV_ALTERNATIVES = {"space-to-depth": conv_s2_space_to_depth, "im2col": conv_s2_im2col}
+DECONV_ALTERNATIVES = {"lax-derived backward": conv_transpose_lax}
 
 
 def _to_torch(kind: str):
@@ -111,16 +99,16 @@ def ops(group: str) -> list[dict]:
     """``name``, input shapes, zoo's function, the torch kind, gradients to time (by argnums)."""
     if group == "dcgan":
         b, f = 128, 64
-        deconv = lambda x, k: conv_transpose_subpixel(x, k, (2, 2))
+        deconv = lambda x, k: conv_transpose(x, k, (2, 2))
         return [
             dict(name=f"D conv_0 (1->{f}, 28->14)", shapes=[(b, 28, 28, 1), (4, 4, 1, f)],
-                 zoo=conv_s2, torch="conv", grads=CONV_GRADS, alternatives=True),
+                 zoo=conv_s2, torch="conv", grads=CONV_GRADS, alternatives=CONV_ALTERNATIVES),
             dict(name=f"D conv_1 ({f}->{2 * f}, 14->7)", shapes=[(b, 14, 14, f), (4, 4, f, 2 * f)],
-                 zoo=conv_s2, torch="conv", grads=CONV_GRADS, alternatives=True),
+                 zoo=conv_s2, torch="conv", grads=CONV_GRADS, alternatives=CONV_ALTERNATIVES),
             dict(name=f"G deconv_0 ({2 * f}->{f}, 7->14)", shapes=[(b, 7, 7, 2 * f), (4, 4, 2 * f, f)],
-                 zoo=deconv, torch="deconv", grads=CONV_GRADS),
+                 zoo=deconv, torch="deconv", grads=CONV_GRADS, alternatives=DECONV_ALTERNATIVES),
             dict(name=f"G out ({f}->1, 14->28)", shapes=[(b, 14, 14, f), (4, 4, f, 1)],
-                 zoo=deconv, torch="deconv", grads=CONV_GRADS),
+                 zoo=deconv, torch="deconv", grads=CONV_GRADS, alternatives=DECONV_ALTERNATIVES),
         ]
     if group == "transformer":
         m, c, t, h = 16 * 256, 384, 256, 6
@@ -188,7 +176,7 @@ def measure(op: dict, steps: int, rounds: int, rng) -> dict:
         y_torch.transpose(0, 2, 1, 3) if op["torch"] == "attention" else y_torch.transpose(0, 2, 3, 1))
     scale = float(jnp.abs(y).max())
     np.testing.assert_allclose(back, y, atol=1e-4 * scale, rtol=1e-4)
-    for name, fn in (ALTERNATIVES.items() if op.get("alternatives") else ()):
+    for name, fn in op.get("alternatives", {}).items():
         np.testing.assert_allclose(fn(*args), y, rtol=2e-5, atol=2e-5 * scale)
         contenders[name] = jax_parts(fn, args, dy, op["grads"])
     for parts in contenders.values():  # warm-up: compiles, first allocations
