@@ -14,8 +14,9 @@ Groups:
   convolutions are zoo's (``zoo.models.layers.conv_transpose``) beside ``nn.ConvTranspose``'s
   (the same forward, the backward XLA derives).
 - ``transformer``: nanoGPT's char model (6 x 384, context 256, batch 16): each Dense's matmul
-  (x @ W, dy @ W^T, x^T @ dy) and causal attention (``jax.nn.dot_product_attention`` against
-  ``F.scaled_dot_product_attention``, forward, and backward to q, k and v).
+  (x @ W, dy @ W^T, x^T @ dy) and causal attention (zoo's query blocks and one
+  ``jax.nn.dot_product_attention`` call against ``F.scaled_dot_product_attention``, forward,
+  and backward to q, k and v).
 
     python benchmarks/kernels.py --group dcgan --out benchmarks/results/DIR
 """
@@ -37,6 +38,7 @@ import numpy as np  # noqa: E402
 from jax import lax  # noqa: E402
 
 from zoo.models.layers import NHWC, conv_transpose  # noqa: E402
+from zoo.models.transformer import causal_attention  # noqa: E402
 
 CONV_GRADS = {"dx": (0,), "dk": (1,)}
 
@@ -116,12 +118,12 @@ def ops(group: str) -> list[dict]:
         dense = [(f"{name} ({k}x{n})", k, n) for name, k, n in
                  [("attn c_attn", c, 3 * c), ("attn c_proj", c, c), ("mlp c_fc", c, 4 * c),
                   ("mlp c_proj", 4 * c, c), ("lm head", c, 65)]]
-        attention = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True)
+        one_block = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True)
         return [dict(name=name, shapes=[(m, k), (k, n)], zoo=jnp.matmul, torch="matmul",
                      grads=grads) for name, k, n in dense] + [
             dict(name=f"causal attention (16 x {h} heads x {t} x {c // h})",
-                 shapes=[(16, t, h, c // h)] * 3, zoo=attention, torch="attention",
-                 grads={"dqkv": (0, 1, 2)})]
+                 shapes=[(16, t, h, c // h)] * 3, zoo=causal_attention, torch="attention",
+                 grads={"dqkv": (0, 1, 2)}, alternatives={"one block": one_block})]
     raise ValueError(f"unknown group {group!r}; choose dcgan or transformer")
 
 

@@ -39,8 +39,10 @@ PRESETS = {
 }
 
 
-# Query blocks of causal attention on CPU (see causal_attention).
+# Causal attention on CPU in this many query blocks, for contexts of at least CPU_BLOCKED_FROM
+# tokens (see causal_attention); at 128 tokens blocks measured no faster, only longer to compile.
 CPU_QUERY_BLOCKS = 4
+CPU_BLOCKED_FROM = 256
 
 
 def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: str | None = None,
@@ -52,14 +54,14 @@ def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: s
     the causal mask then discards nearly half. With ``query_blocks`` n > 1 the queries are split
     into n blocks, each attending only to the keys up to its own last position, so that part is
     never computed (the same numbers: the skipped scores are the masked ones, whose weights are
-    exactly 0). The default is :data:`CPU_QUERY_BLOCKS` on CPU (nanoGPT's char model: attention
-    fwd+bwd 180 -> 120 ms per layer on 2 cores) and 1 elsewhere, where JAX may pick a fused kernel
-    (cuDNN flash attention on GPUs).
+    exactly 0). The default is :data:`CPU_QUERY_BLOCKS` on CPU from :data:`CPU_BLOCKED_FROM`
+    tokens (nanoGPT's char model, 256 tokens: attention fwd+bwd 180 -> 120 ms per layer on 2
+    cores) and 1 elsewhere, where JAX may pick a fused kernel (cuDNN flash attention on GPUs).
     """
     T = q.shape[1]
     if query_blocks is None:
         on_cpu = jax.default_backend() == "cpu" and implementation != "cudnn"
-        query_blocks = CPU_QUERY_BLOCKS if on_cpu else 1
+        query_blocks = CPU_QUERY_BLOCKS if on_cpu and T >= CPU_BLOCKED_FROM else 1
     if query_blocks <= 1 or T % query_blocks:
         return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=implementation)
     size = T // query_blocks
