@@ -43,12 +43,12 @@ from zoo.models.transformer import causal_attention  # noqa: E402
 CONV_GRADS = {"dx": (0,), "dk": (1,)}
 
 
-def conv_s2(x, k):
+def conv_s2(x: jax.Array, k: jax.Array) -> jax.Array:
     """DCGAN's discriminator convolution: 4x4, stride 2, SAME (lax, as ``nn.Conv``)."""
     return lax.conv_general_dilated(x, k, (2, 2), "SAME", dimension_numbers=NHWC)
 
 
-def conv_s2_space_to_depth(x, k):
+def conv_s2_space_to_depth(x: jax.Array, k: jax.Array) -> jax.Array:
     """The same convolution as a 2x2 stride-1 convolution of the 2x2 space-to-depth input."""
     b, h, w, c = x.shape
     o = k.shape[-1]
@@ -59,7 +59,7 @@ def conv_s2_space_to_depth(x, k):
     return lax.conv_general_dilated(x, k, (1, 1), "VALID", dimension_numbers=NHWC)
 
 
-def conv_s2_im2col(x, k):
+def conv_s2_im2col(x: jax.Array, k: jax.Array) -> jax.Array:
     """The same convolution as 16 strided slices (patches) and one matmul."""
     b, h, w, c = x.shape
     o = k.shape[-1]
@@ -70,7 +70,7 @@ def conv_s2_im2col(x, k):
     return (patches.reshape(-1, 16 * c) @ k.reshape(16 * c, o)).reshape(b, hh, ww, o)
 
 
-def conv_transpose_lax(x, k):
+def conv_transpose_lax(x: jax.Array, k: jax.Array) -> jax.Array:
     """``nn.ConvTranspose``'s computation: lax's transposed convolution, XLA's own backward."""
     return jax.lax.conv_transpose(x, k, (2, 2), "SAME", dimension_numbers=NHWC)
 
@@ -85,7 +85,8 @@ def _to_torch(kind: str):
     F = torch.nn.functional
     nchw = lambda a: a.transpose(0, 3, 1, 2)
     if kind == "conv":      # HWIO -> OIHW
-        return lambda x, k: F.conv2d(x, k, stride=2, padding=1), (nchw, lambda k: k.transpose(3, 2, 0, 1))
+        oihw = lambda k: k.transpose(3, 2, 0, 1)
+        return lambda x, k: F.conv2d(x, k, stride=2, padding=1), (nchw, oihw)
     if kind == "deconv":    # HWIO -> IOHW (flipped: lax's transposed kernel is not torch's)
         return (lambda x, k: F.conv_transpose2d(x, k, stride=2, padding=1),
                 (nchw, lambda k: k[::-1, ::-1].transpose(2, 3, 0, 1)))
@@ -107,7 +108,8 @@ def ops(group: str) -> list[dict]:
                  zoo=conv_s2, torch="conv", grads=CONV_GRADS, alternatives=CONV_ALTERNATIVES),
             dict(name=f"D conv_1 ({f}->{2 * f}, 14->7)", shapes=[(b, 14, 14, f), (4, 4, f, 2 * f)],
                  zoo=conv_s2, torch="conv", grads=CONV_GRADS, alternatives=CONV_ALTERNATIVES),
-            dict(name=f"G deconv_0 ({2 * f}->{f}, 7->14)", shapes=[(b, 7, 7, 2 * f), (4, 4, 2 * f, f)],
+            dict(name=f"G deconv_0 ({2 * f}->{f}, 7->14)",
+                 shapes=[(b, 7, 7, 2 * f), (4, 4, 2 * f, f)],
                  zoo=deconv, torch="deconv", grads=CONV_GRADS, alternatives=DECONV_ALTERNATIVES),
             dict(name=f"G out ({f}->1, 14->28)", shapes=[(b, 14, 14, f), (4, 4, f, 1)],
                  zoo=deconv, torch="deconv", grads=CONV_GRADS, alternatives=DECONV_ALTERNATIVES),
@@ -127,7 +129,7 @@ def ops(group: str) -> list[dict]:
     raise ValueError(f"unknown group {group!r}; choose dcgan or transformer")
 
 
-def jax_parts(fn, args, dy, grads) -> dict:
+def jax_parts(fn, args: list, dy: jax.Array, grads: dict) -> dict:
     """Callables that run fn's forward and each gradient of ``grads`` (each blocks)."""
     parts = {"fwd": jax.jit(fn)}
     for name, argnums in grads.items():
@@ -143,7 +145,9 @@ def jax_parts(fn, args, dy, grads) -> dict:
     return calls
 
 
-def torch_parts(kind, args, dy, grads) -> dict:
+def torch_parts(kind: str, args: list, dy: jax.Array, grads: dict) -> tuple[dict, list, np.ndarray]:
+    """The torch op's callables (forward and each gradient of ``grads``), its inputs in torch's
+    layout and its output, from zoo's inputs."""
     import torch
     fn, layouts = _to_torch(kind)
     ts = [torch.tensor(np.ascontiguousarray(lay(np.asarray(a))), requires_grad=True)
@@ -158,6 +162,7 @@ def torch_parts(kind, args, dy, grads) -> dict:
 
 
 def _median_ms(fn, n: int) -> float:
+    """Median wall time of ``n`` calls, in ms."""
     times = []
     for _ in range(n):
         t0 = time.perf_counter()
@@ -166,7 +171,9 @@ def _median_ms(fn, n: int) -> float:
     return float(np.median(times) * 1e3)
 
 
-def measure(op: dict, steps: int, rounds: int, rng) -> dict:
+def measure(op: dict, steps: int, rounds: int, rng: np.random.Generator) -> dict:
+    """ms per call of each contender's parts (zoo, torch, alternatives), median of ``rounds``
+    alternating rounds of ``steps`` calls; outputs checked equal first."""
     args = [jnp.asarray(rng.normal(size=s) * (0.1 if i else 1.0), jnp.float32)
             for i, s in enumerate(op["shapes"])]
     y = op["zoo"](*args)
@@ -174,8 +181,8 @@ def measure(op: dict, steps: int, rounds: int, rng) -> dict:
     contenders = {"xla": jax_parts(op["zoo"], args, dy, op["grads"])}
     contenders["torch"], _, y_torch = torch_parts(op["torch"], args, dy, op["grads"])
     # Same op on both sides: the outputs agree (torch's back in zoo's layout).
-    back = y_torch if op["torch"] == "matmul" else (
-        y_torch.transpose(0, 2, 1, 3) if op["torch"] == "attention" else y_torch.transpose(0, 2, 3, 1))
+    back = {"matmul": lambda y: y, "attention": lambda y: y.transpose(0, 2, 1, 3)}.get(
+        op["torch"], lambda y: y.transpose(0, 2, 3, 1))(y_torch)
     scale = float(jnp.abs(y).max())
     np.testing.assert_allclose(back, y, atol=1e-4 * scale, rtol=1e-4)
     for name, fn in op.get("alternatives", {}).items():
@@ -214,7 +221,7 @@ def main() -> int:
         torch_sum = sum(med["torch"].values())
         records.append({"op": op["name"], "shapes": op["shapes"], "ms": med})
         for c, parts in med.items():
-            cells = " | ".join(f"{p}: {ms:.2f}" for p, ms in parts.items())
+            cells = ", ".join(f"{p} {ms:.2f}" for p, ms in parts.items())
             rows.append(f"| {op['name']} | {c} | {cells} | {sum(parts.values()):.2f} | "
                         f"{torch_sum / sum(parts.values()):.2f}x |")
         print("\n".join(rows[-len(med):]), flush=True)

@@ -38,7 +38,8 @@ SETTINGS = {
     "onednn-dot-eltwise": {**ONEDNN, "xla_cpu_experimental_onednn_fusion_type":
                            "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_ELTWISE"},
     # zoo's default with 512-bit vectors for XLA's own loops (256 is XLA's preference on x86).
-    "dot-only-vec512": {YNN: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT", "xla_cpu_prefer_vector_width": 512},
+    "dot-only-vec512": {YNN: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT",
+                        "xla_cpu_prefer_vector_width": 512},
 }
 
 

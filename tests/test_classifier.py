@@ -239,8 +239,9 @@ def test_shipped_fashion_mnist_cnn_is_the_91_percent_classifier(shared_data):
     docs/results.md), and its features tell Fashion-MNIST from MNIST. The images are read from
     the raw IDX files (the bytes TFDS prepares from), so no TFDS preparation is needed."""
     from raw_images import read_idx_images
-    fashion, digits = ({split: read_idx_images(shared_data, name, split)
-                        for split in ("train", "test")} for name in ("fashion_mnist", "mnist"))
+    fashion = {split: read_idx_images(shared_data, "fashion_mnist", split)
+               for split in ("train", "test")}
+    digits = {"test": read_idx_images(shared_data, "mnist", "test")}
     judge = classifier.FeatureClassifier.shipped("fashion_mnist")
     test = fashion["test"]
     acc = float(np.mean(judge.logits(test["image"]).argmax(-1) == test["label"]))

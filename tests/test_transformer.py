@@ -130,10 +130,11 @@ def test_flops_per_example_counts_every_matmul(cfg, batch):
     assert counted == pytest.approx(4 * family.flops_per_example, rel=1e-6)
 
 
-@pytest.mark.parametrize("blocks, T", [(4, 32), (8, 32), (3, 30), (5, 30)])
+@pytest.mark.parametrize("blocks, T", [(4, 32), (8, 32), (3, 30), (5, 30), (4, 30)])
 def test_query_blocked_causal_attention_is_jaxs_causal_attention(blocks, T):
     # The blocks skip only masked scores (weight exactly 0), so values and gradients are
-    # jax.nn.dot_product_attention's up to float32 summation order. Unit-scale q and k make
+    # jax.nn.dot_product_attention's up to float32 summation order (4 blocks of 30 tokens do
+    # not divide: one call). Unit-scale q and k make
     # the softmax far from uniform, so a block that sees a wrong key range shows.
     q, k, v, dy = (jax.random.normal(jax.random.PRNGKey(i), (2, T, 3, 8)) for i in range(4))
     plain = jax.jit(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True))
@@ -143,3 +144,14 @@ def test_query_blocked_causal_attention_is_jaxs_causal_attention(blocks, T):
     got = jax.vjp(blocked, q, k, v)[1](dy)
     for a, b in zip(want, got):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(a))))
+
+
+def test_causal_attention_on_cpu_blocks_from_256_tokens_and_gives_the_same_numbers():
+    q, k, v = (jax.random.normal(jax.random.PRNGKey(i), (1, 256, 2, 8)) for i in range(3))
+    plain = jax.jit(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True))
+    default = jax.jit(transformer.causal_attention)
+    # Each block is one dot_product_attention: two dot_generals (q k^T and p v) per block.
+    dots = lambda f, n: str(jax.make_jaxpr(f)(q[:, :n], k[:, :n], v[:, :n])).count("dot_general")
+    assert dots(transformer.causal_attention, 256) == 2 * transformer.CPU_QUERY_BLOCKS
+    assert dots(transformer.causal_attention, 128) == 2  # below CPU_BLOCKED_FROM: one call
+    np.testing.assert_allclose(default(q, k, v), plain(q, k, v), rtol=1e-5, atol=1e-6)

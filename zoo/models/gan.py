@@ -11,10 +11,10 @@ discriminator, each with its own optimizer. Architectures:
 
 * ``mlp``: Goodfellow et al. (2014) style, 100-d noise -> 256 -> 784 tanh, against 784 -> 256 -> 1.
 * ``mlp`` with ``g_hidden=(256, 512, 1024)``, ``d_hidden=(512, 256)``: the deeper MLP GAN.
-* ``dcgan``: Radford et al. (2016): transposed 4x4 stride-2 convolutions (with strided convolutions
-  as their gradients, :mod:`zoo.models.layers`) with BatchNorm and ReLU in G, strided convolutions with
-  BatchNorm and LeakyReLU(0.2) in D; 28x28 (7 -> 14 -> 28) and 32x32 (4 -> 8 -> 16 -> 32)
-  images, or any base * 2^n with base <= 7 and n >= 2.
+* ``dcgan``: Radford et al. (2016): transposed 4x4 stride-2 convolutions (with strided
+  convolutions as their gradients, :mod:`zoo.models.layers`) with BatchNorm and ReLU in G,
+  strided convolutions with BatchNorm and LeakyReLU(0.2) in D; 28x28 (7 -> 14 -> 28) and
+  32x32 (4 -> 8 -> 16 -> 32) images, or any base * 2^n with base <= 7 and n >= 2.
 * ``num_classes > 0``: a class-conditional GAN (Mirza & Osindero 2014): a label embedding is
   concatenated to G's noise; D uses a projection (Miyato & Koyama 2018) or concatenation.
 
@@ -144,7 +144,7 @@ class DCGANGenerator(nn.Module):
         for i in range(n - 1):
             width //= 2
             h = ConvTranspose(width, (4, 4), strides=(2, 2), use_bias=False,
-                                      name=f"deconv_{i}")(h)
+                              name=f"deconv_{i}")(h)
             h = nn.relu(bn(f"bn_{i}")(h))
         h = ConvTranspose(self.image_shape[-1], (4, 4), strides=(2, 2), name="out")(h)
         return jnp.tanh(h)

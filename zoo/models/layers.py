@@ -5,7 +5,8 @@ convolutions.
 stride-1 convolution over the input dilated with s - 1 zeros between pixels. Its forward pass and
 its input gradient (a stride-s convolution of dy, what XLA derives) are fast on XLA:CPU, but the
 kernel gradient XLA derives from it is a convolution with both input and kernel dilation, which
-XLA:CPU runs very slowly (287 ms against 15 ms for DCGAN's 128 -> 64 layer at batch 128, jax#23783).
+XLA:CPU runs very slowly (277 ms against 11 ms this way for DCGAN's 128 -> 64 layer at batch 128,
+``benchmarks/kernels.py``; jax#23783).
 
 A transposed convolution is the adjoint (the input gradient) of a strided convolution whose kernel
 is the same kernel flipped in space with its channel axes swapped. So its kernel gradient is that
@@ -13,7 +14,8 @@ strided convolution's kernel gradient, taken with dy as the convolution's input 
 output gradient, then flipped and swapped back: a convolution XLA:CPU runs as fast as the forward
 one. :func:`conv_transpose` is ``lax.conv_transpose`` with that backward pass, and
 :class:`ConvTranspose` is ``nn.ConvTranspose`` (the same params: names, shapes, initialisers)
-computed with it, so checkpoints move between the two.
+computed with it, so checkpoints move between the two. Being a ``jax.custom_vjp``, it has
+reverse-mode derivatives (any order) but no forward mode (``jax.jvp``), which zoo does not use.
 
 Padding, per spatial axis: lax's SAME transposed convolution pads the dilated input by
 ``(p, k + s - 2 - p)``; the strided convolution it is the adjoint of pads its input by
