@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=INDIVIDUAL_DOT")
@@ -37,6 +36,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax import lax  # noqa: E402
 
+from zoo.bench import timing  # noqa: E402
 from zoo.models.layers import NHWC, conv_transpose  # noqa: E402
 from zoo.models.transformer import causal_attention  # noqa: E402
 
@@ -161,19 +161,9 @@ def torch_parts(kind: str, args: list, dy: jax.Array, grads: dict) -> tuple[dict
     return calls, [t.detach().numpy() for t in ts], y.detach().numpy()
 
 
-def _median_ms(fn, n: int) -> float:
-    """Median wall time of ``n`` calls, in ms."""
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1e3)
-
-
 def measure(op: dict, steps: int, rounds: int, rng: np.random.Generator) -> dict:
-    """ms per call of each contender's parts (zoo, torch, alternatives), median of ``rounds``
-    alternating rounds of ``steps`` calls; outputs checked equal first."""
+    """ms per call of each contender's parts (zoo, torch, alternatives): the median of every
+    call in ``rounds`` alternating rounds of ``steps`` calls; outputs checked equal first."""
     args = [jnp.asarray(rng.normal(size=s) * (0.1 if i else 1.0), jnp.float32)
             for i, s in enumerate(op["shapes"])]
     y = op["zoo"](*args)
@@ -188,15 +178,13 @@ def measure(op: dict, steps: int, rounds: int, rng: np.random.Generator) -> dict
     for name, fn in op.get("alternatives", {}).items():
         np.testing.assert_allclose(fn(*args), y, rtol=2e-5, atol=2e-5 * scale)
         contenders[name] = jax_parts(fn, args, dy, op["grads"])
-    for parts in contenders.values():  # warm-up: compiles, first allocations
-        for fn in parts.values():
-            fn(), fn()
-    times = {c: {p: [] for p in parts} for c, parts in contenders.items()}
-    for _ in range(rounds):
-        for c, parts in contenders.items():
-            for p, fn in parts.items():
-                times[c][p].append(_median_ms(fn, steps))
-    return {c: {p: float(np.median(t)) for p, t in parts.items()} for c, parts in times.items()}
+    # The bench's own alternating timer: 2 warm-up calls (compiles, first allocations), then
+    # every (contender, part) takes turns for ``steps`` calls in each of ``rounds`` rounds.
+    chronos = timing.run_alternating(
+        {(c, p): fn for c, parts in contenders.items() for p, fn in parts.items()},
+        warmup=2, steps=steps * rounds, rounds=rounds)
+    return {c: {p: chronos[(c, p)].stats()["median"] * 1e3 for p in parts}
+            for c, parts in contenders.items()}
 
 
 def main() -> int:
@@ -234,8 +222,8 @@ def main() -> int:
     (out / f"kernels-{args.group}.json").write_text(json.dumps(
         {"env": env, "args": vars(args), "records": records}, indent=2, default=str))
     (out / f"kernels-{args.group}.md").write_text(
-        f"{args.group}: each op alone, median of {args.rounds} alternating rounds of "
-        f"{args.steps} calls, one process ({env.get('cpu_model', '')}, jax {jax.__version__}, "
+        f"{args.group}: each op alone, median of every call in {args.rounds} alternating rounds "
+        f"of {args.steps} calls, one process ({env.get('cpu_model', '')}, jax {jax.__version__}, "
         f"torch {torch.__version__}).\n\n" + table + "\n")
     print(table)
     return 0

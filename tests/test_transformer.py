@@ -133,9 +133,9 @@ def test_flops_per_example_counts_every_matmul(cfg, batch):
 @pytest.mark.parametrize("blocks, T", [(4, 32), (8, 32), (3, 30), (5, 30), (4, 30)])
 def test_query_blocked_causal_attention_is_jaxs_causal_attention(blocks, T):
     # The blocks skip only masked scores (weight exactly 0), so values and gradients are
-    # jax.nn.dot_product_attention's up to float32 summation order (4 blocks of 30 tokens do
-    # not divide: one call). Unit-scale q and k make
-    # the softmax far from uniform, so a block that sees a wrong key range shows.
+    # jax.nn.dot_product_attention's up to float32 summation order (4 blocks do not divide 30
+    # tokens: one call). Unit-scale q and k make the softmax far from uniform, so a block that
+    # sees a wrong key range shows.
     q, k, v, dy = (jax.random.normal(jax.random.PRNGKey(i), (2, T, 3, 8)) for i in range(4))
     plain = jax.jit(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True))
     blocked = jax.jit(lambda q, k, v: transformer.causal_attention(q, k, v, query_blocks=blocks))
