@@ -246,6 +246,7 @@ def test_compile_only_compiles_at_full_size_without_allocating(tmp_path, capsys)
                        "--out", str(tmp_path)]) == 0
     saved = json.loads((tmp_path / "compile_only.json").read_text())
     assert [r["case"] for r in saved["records"]] == ["lstm"] and "jax" in saved["meta"]
+    assert saved["meta"]["malloc_keeps_freed_memory"] is True  # bench_main set it (host_memory)
     assert "| lstm |" in capsys.readouterr().out
 
 

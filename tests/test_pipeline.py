@@ -612,6 +612,20 @@ def test_zoos_xla_cpu_defaults_reach_xla_and_leave_results_unchanged(tmp_path):
         np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)
 
 
+def test_zoos_xla_cpu_defaults_sum_exactly_where_ynnpack_reductions_do_not():
+    # jax#39103: jaxlib 0.10.2's YNNPACK reductions return 1065369600 here (measured on this
+    # project's machines) where the exact sum is 2**30; zoo's defaults keep reductions in XLA.
+    probe = ("from zoo.core import xla_flags; xla_flags.apply_cpu_defaults(); import jax, "
+             "jax.numpy as jnp; i = jnp.arange(32769, dtype=jnp.float32); "
+             "x = jnp.stack((i, jnp.zeros_like(i), jnp.zeros_like(i)), axis=1); "
+             "f = jax.vmap(lambda row: jnp.sum((jnp.eye(3) @ row) ** 2)); "
+             "print(float(jax.jit(f)(x)[-1]))")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    done = subprocess.run([sys.executable, "-c", probe], env=env, text=True,
+                          capture_output=True, check=True)
+    assert float(done.stdout) == 32768.0 ** 2
+
+
 def test_sigterm_is_acted_on_within_a_step_not_at_the_next_log(tmp_path):
     proc = _zoo_train(tmp_path, "--config.train.steps=100000", "--config.train.log_every=200",
                       "--config.train.checkpoint_every=100000")

@@ -310,8 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    from zoo.core import xla_flags
+    from zoo.core import host_memory, xla_flags
     xla_flags.apply_cpu_defaults()  # before anything starts JAX's backend
+    host_memory.keep_freed_memory()  # before the first large allocation
     if os.environ.get(DEBUG_ENV, "") in ("", "0"):
         sys.unraisablehook = _quiet_unraisable
     if argv and argv[0] == "bench":  # its own parser; must run before JAX starts a backend

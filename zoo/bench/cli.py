@@ -151,8 +151,9 @@ def main(argv: Sequence[str]) -> int:
     # zoo's autoencoder step 14.9 ms alternating with spinning threads, 10.5 ms without). Passive
     # waiting lets each contender have the machine for its own steps. Set before torch loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from zoo.core import xla_flags
+    from zoo.core import host_memory, xla_flags
     xla_flags.apply_cpu_defaults()  # the options zoo train runs with (zoo.core.xla_flags)
+    host_memory.keep_freed_memory()  # as zoo train; the peers in this process get it too
     args = parse_args(argv)
     if args.threads:
         hardware.limit_cores(args.threads)

@@ -143,12 +143,15 @@ def environment() -> dict[str, Any]:
     import jax
     import jaxlib
     import optax
+
+    from zoo.core import host_memory
     env = {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
            "optax": optax.__version__, "numpy": np.__version__,
            "python": platform.python_version(), "machine": platform.machine(),
            "cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "cores_used": cores(),
            "xla_flags": os.environ.get("XLA_FLAGS", ""),
            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+           "malloc_keeps_freed_memory": host_memory.applied,
            "load_average_1m": load_average()}
     try:
         import torch
