@@ -1,6 +1,7 @@
 """zoo bench: the harness at tiny sizes (every field present), peaks, timing, and the peers."""
 
 import json
+import mmap
 import subprocess
 import sys
 
@@ -14,8 +15,9 @@ from zoo.bench import bench_main, catalog, hardware, records, report, suites, ti
 RECORD_FIELDS = {
     "case", "family", "framework", "strategy", "devices", "batch_size", "compute_dtype", "step_s",
     "examples_per_s", "tokens_per_s", "param_count", "compile_s", "device_kind", "loss_last",
-    "device_memory_stats", "flops_per_step_analytic", "flops_per_step_jaxpr",
-    "flops_per_step_xla", "xla_to_analytic", "flops_source", "achieved_flops_per_s",
+    "device_memory_stats", "page_faults_per_step", "flops_per_step_analytic",
+    "flops_per_step_jaxpr", "flops_per_step_xla", "xla_to_analytic", "flops_source",
+    "achieved_flops_per_s",
     "peak_flops_per_s_table", "mfu", "peak_flops_per_s_measured", "fraction_of_measured_peak"}
 ZOO_FIELDS = RECORD_FIELDS | {"lower_s", "compile_total_s", "memory_analysis",
                               "peak_bytes_estimate", "speedup_vs_torch_eager",
@@ -34,9 +36,21 @@ def test_time_stats_and_chrono():
     with pytest.raises(RuntimeError):
         with c.lap():
             raise RuntimeError("failed steps are not timed")
-    assert c.stats()["n"] == 3
+    assert c.stats()["n"] == 3 and len(c.faults) == 3
     with pytest.raises(ValueError):
         timing.time_stats([])
+
+
+def test_chrono_counts_the_page_faults_of_fresh_memory():
+    def touch_fresh_pages():  # an anonymous mapping: every page faults on its first write
+        with mmap.mmap(-1, 64 * 4096) as m:
+            for page in range(64):
+                m[page * 4096] = 1
+    fresh, idle = timing.Chrono(), timing.Chrono()
+    fresh.time(touch_fresh_pages, n=3)
+    idle.time(lambda: None, n=3)
+    assert fresh.faults_per_step() >= 1  # 64 with 4 KiB pages, fewer where huge pages back it
+    assert idle.faults_per_step() < fresh.faults_per_step()
 
 
 def test_run_alternating_interleaves_rounds():
@@ -116,7 +130,7 @@ def test_tiny_suite_has_every_field(tmp_path):
                              if r["devices"] > 1 else set()) if r["framework"] == "zoo" \
             else RECORD_FIELDS
         assert want <= set(r), (r["framework"], want - set(r))
-        assert r["step_s"]["n"] >= 20
+        assert r["step_s"]["n"] >= 20 and r["page_faults_per_step"] >= 0
         assert r["step_s"]["p10"] <= r["step_s"]["median"] <= r["step_s"]["p90"]
         assert np.isfinite(r["loss_last"])
         # 784-64-32-8-32-64-784 at batch 16, counted by hand: 2 FLOPs per multiply-add forward,

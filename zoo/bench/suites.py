@@ -80,6 +80,7 @@ def run_case(case: Case, *, strategies: Sequence[str] = ("single",),
                 device_kind=kind, loss_last=runner.loss(), **runner.memory,
                 flops_per_step_family=runner.family_flops, init_s=runner.init_s,
                 device_memory_stats=hardware.device_memory_stats(devices[0]),
+                page_faults_per_step=chronos[key].faults_per_step(),
                 **rec_lib.flops_fields(runner.family_flops, runner.xla_flops, runner.jaxpr_flops,
                                        stats["median"], peak_table, peak_measured,
                                        peak_devices(n)))
@@ -89,6 +90,7 @@ def run_case(case: Case, *, strategies: Sequence[str] = ("single",),
                 param_count=runner.param_count, compile_s=runner.compile_s,
                 torch_threads=runner.threads, device_kind=kind, loss_last=runner.loss(),
                 device_memory_stats=runner.memory(),
+                page_faults_per_step=chronos[key].faults_per_step(),
                 **rec_lib.flops_fields(first_zoo.family_flops, None, first_zoo.jaxpr_flops,
                                        stats["median"], peak_table, peak_measured, 1))
         records.append(rec)

@@ -8,28 +8,43 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+try:
+    import resource
+except ImportError:  # not on Windows
+    resource = None
+
+
+def minor_page_faults() -> int:
+    """The process's minor page faults so far (``getrusage``; 0 where there is none). A fault per
+    4 KiB page a step means the step's memory is mapped afresh each time (zoo.core.host_memory)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource else 0
+
 
 class Chrono:
     """Collects step times (like big_vision's ``utils.Chrono``, reduced to what a benchmark needs).
 
     ``with chrono.lap(): step()`` times one step; ``chrono.stats()`` has count, mean, median, p10,
-    p90, min and max in seconds.
+    p90, min and max in seconds; ``chrono.faults_per_step()`` the mean minor page faults of a lap
+    (the process's, so of this lap's work where nothing else runs beside it).
     """
 
     def __init__(self):
         self.times: list[float] = []
+        self.faults: list[int] = []
 
     class _Lap:
         def __init__(self, chrono):
             self.chrono = chrono
 
         def __enter__(self):
+            self.faults0 = minor_page_faults()
             self.t0 = time.perf_counter()
             return self
 
         def __exit__(self, *exc):
             if exc[0] is None:  # a step that raised is not a timing
                 self.chrono.times.append(time.perf_counter() - self.t0)
+                self.chrono.faults.append(minor_page_faults() - self.faults0)
 
     def lap(self) -> "_Lap":
         return Chrono._Lap(self)
@@ -42,6 +57,9 @@ class Chrono:
 
     def stats(self) -> dict[str, float]:
         return time_stats(self.times)
+
+    def faults_per_step(self) -> float | None:
+        return float(np.mean(self.faults)) if self.faults else None
 
 
 def time_stats(times: Sequence[float]) -> dict[str, float]:
