@@ -470,9 +470,10 @@ def test_sigint_saves_a_checkpoint_at_its_step_that_resumes(tmp_path):
     step, _, extra = _final_params(tmp_path)
     assert step == stopped
     # Batches of 32 from 512 synthetic images: the position after `stopped` batches, not that
-    # of the batches the prefetch had already read.
+    # of the batches the prefetch had already read. The iterator moves to the next epoch when it
+    # draws the next batch, so after an epoch's last batch it is at (epoch, 512), not (epoch+1, 0).
     seen = stopped * 32
-    assert extra["data"]["iterator"] == {"epoch": seen // 512, "index": seen % 512}
+    assert extra["data"]["iterator"] == {"epoch": (seen - 1) // 512, "index": (seen - 1) % 512 + 1}
     messages = []
     result = train.train(_pipeline_config(f"--config.train.steps={stopped + 3}"), tmp_path,
                          log=messages.append)

@@ -14,10 +14,11 @@ except ImportError:  # not on Windows
     resource = None
 
 
-def minor_page_faults() -> int:
-    """The process's minor page faults so far (``getrusage``; 0 where there is none). A fault per
-    4 KiB page a step means the step's memory is mapped afresh each time (zoo.core.host_memory)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource else 0
+def minor_page_faults() -> int | None:
+    """The process's minor page faults so far (``getrusage``; None where there is none). A fault
+    per 4 KiB page a step means the step's memory is mapped afresh each time
+    (zoo.core.host_memory)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource else None
 
 
 class Chrono:
@@ -43,8 +44,10 @@ class Chrono:
 
         def __exit__(self, *exc):
             if exc[0] is None:  # a step that raised is not a timing
-                self.chrono.times.append(time.perf_counter() - self.t0)
-                self.chrono.faults.append(minor_page_faults() - self.faults0)
+                elapsed, faults = time.perf_counter() - self.t0, minor_page_faults()
+                self.chrono.times.append(elapsed)
+                if faults is not None:
+                    self.chrono.faults.append(faults - self.faults0)
 
     def lap(self) -> "_Lap":
         return Chrono._Lap(self)

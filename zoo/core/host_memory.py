@@ -18,7 +18,6 @@ as a library changes nothing: a project that runs zoo's steps in its own process
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 from typing import Mapping
 
@@ -39,18 +38,18 @@ def keep_freed_memory(environ: Mapping[str, str] = os.environ) -> bool:
         from zoo.core import host_memory
         host_memory.keep_freed_memory()  # once, early; then build and run the train step
     """
-    if environ.get(OPT_OUT_ENV, "1") == "0":
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
     global applied
+    if environ.get(OPT_OUT_ENV, "1") == "0" or os.name != "posix":
+        return False
+    try:  # the process's own symbols: libc's where it is linked in
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # no mallopt: not glibc
+        return False
     # No mmap for large blocks (glibc still maps one when the heap cannot grow); a trim threshold
     # of -1 never trims; one arena, because a thread's own arena grows in heaps of at most 64 MiB
-    # and maps anything larger afresh (the full transformer's 1.1 GB a step). Each returns 1 on
-    # success.
-    applied = all(mallopt(param, value) == 1 for param, value in
-                  ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1), (M_ARENA_MAX, 1)))
+    # and maps anything larger afresh (the full transformer's 1.1 GB a step). Arenas that threads
+    # already made stay in use. Each call returns 1 on success; all are tried.
+    results = [mallopt(param, value) for param, value in
+               ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1), (M_ARENA_MAX, 1))]
+    applied = all(r == 1 for r in results)
     return applied
