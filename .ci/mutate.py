@@ -178,6 +178,13 @@ MUTATIONS = (
     M("transformer: a query block's mask hides each query's own key", "zoo/models/transformer.py",
       "mask = jnp.arange(end)[None, :] <= (i * size", "mask = jnp.arange(end)[None, :] < (i * size",
       ("tests/test_transformer.py::test_query_blocked_causal_attention_is_jaxs_causal_attention",)),
+    # ---- the process settings zoo's commands run with (zoo/core)
+    M("host_memory: large blocks still mmapped", "zoo/core/host_memory.py",
+      "((M_MMAP_MAX, 0),", "((M_MMAP_MAX, 65536),",
+      ("tests/test_host_memory.py",)),
+    M("xla_flags: YNNPACK's reductions on (jax#39103)", "zoo/core/xla_flags.py",
+      '"INDIVIDUAL_DOT"}', '"INDIVIDUAL_DOT,REDUCE"}',
+      ("tests/test_pipeline.py::test_zoos_xla_cpu_defaults_sum_exactly_where_ynnpack_reductions_do_not",)),
     # ---- the LSTM layer's hand-written backward (zoo/models/lstm.py)
     M("lstm: forget gate's derivative without its sigmoid' factor", "zoo/models/lstm.py",
       "dc * cp * f * (1 - f)", "dc * cp * f",
