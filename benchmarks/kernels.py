@@ -29,7 +29,9 @@ import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=INDIVIDUAL_DOT")
+from zoo.core import xla_flags
+
+xla_flags.apply_cpu_defaults()  # the XLA:CPU options zoo's commands run with, before JAX starts
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

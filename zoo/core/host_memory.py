@@ -4,11 +4,11 @@ glibc's malloc serves each block above its mmap threshold (128 KiB, rising with 
 32 MiB) with a fresh ``mmap`` and unmaps it on ``free``. XLA:CPU allocates a step's temporaries
 anew at every execution, so a step whose buffers exceed 32 MiB gets fresh pages each time, and
 the kernel zero-fills them one page fault at a time: the quick suite's LSTM and transformer (56-59
-MB of temporaries) took 15,000-20,000 page faults a step, and keeping the memory made zoo's LSTM
-step 1.12x (quick) and 1.18x (full suite) faster (``benchmarks/README.md``, "The allocator"). With mmap off, trimming off and one arena, freed
-blocks stay in the heap and the next step reuses them, as PyTorch's caching allocator does on a
-GPU. The cost: the process keeps its peak heap until it exits (a training run's peak recurs every
-step).
+MB of temporaries) took 15,000-20,000 page faults a step. With mmap off, trimming off and one
+arena, freed blocks stay in the heap and the next step reuses them, as PyTorch's caching
+allocator does on a GPU: zoo's LSTM step got 1.12x (quick suite) and 1.18x (full suite) faster
+(``benchmarks/README.md``, "The allocator"). The cost: the process keeps its peak heap until it
+exits (a training run's peak recurs every step).
 
 ``zoo`` and ``zoo bench`` call :func:`keep_freed_memory` at start, so the PyTorch peers, in the
 bench's process, run with it too; ``ZOO_MALLOC_DEFAULTS=0`` leaves glibc's defaults. Importing zoo

@@ -6,12 +6,12 @@ the autoencoder's step 1.45x slower (two scalar reductions took a quarter of the
 convolutions DCGAN's 1.13-1.2x slower, while its dots help the transformer; keeping only the dots
 changed no loss by more than float rounding (first-step loss within 3e-6). Measured again on
 2026-12-06 (AMD EPYC): YNNPACK's reductions sum over leading axes (bias gradients, batch-norm
-statistics) 2-8x faster than XLA's own and make DCGAN's quick step 1.12x faster, but a fused
+statistics) 1.7-8x faster than XLA's own and make DCGAN's quick step 1.12x faster, but a fused
 sum over a trailing axis of 1-3 (an image loss over (B, 28, 28, 1)) is 2-8x slower, and they
 return wrong sums (jax#39103, reproduced: 1065369600 where the sum is 2**30), so they stay off.
-``zoo`` and
-``zoo bench`` set it where JAX starts; an ``XLA_FLAGS`` that already names the option wins, and
-``ZOO_XLA_DEFAULTS=0`` leaves XLA's defaults. Importing zoo as a library sets nothing.
+``zoo`` and ``zoo bench`` set it where JAX starts; an ``XLA_FLAGS`` that already names the
+option wins, and ``ZOO_XLA_DEFAULTS=0`` leaves XLA's defaults. Importing zoo as a library sets
+nothing.
 """
 
 from __future__ import annotations
