@@ -174,6 +174,16 @@ MUTATIONS = (
     M("layers: adjoint convolution padded one too few on the left", "zoo/models/layers.py",
       "left = k - 1 - same_transpose_padding(k, s)", "left = k - 2 - same_transpose_padding(k, s)",
       ("tests/test_layers.py",)),
+    # ---- BatchNorm with its sums over rows as matmuls (zoo/models/layers.py)
+    M("layers: a broadcast's gradient is not summed over its rows", "zoo/models/layers.py",
+      "lambda rows, _, g: (row_sum(g),))", "lambda rows, _, g: (g[..., 0, :] * rows,))",
+      ("tests/test_layers.py",)),
+    M("layers: BatchNorm's statistics not averaged over the pmap axis", "zoo/models/layers.py",
+      "mean, mean2 = jax.lax.pmean((mean, mean2), self.axis_name)", "pass",
+      ("tests/test_layers.py::test_batch_norm_averages_statistics_over_its_axis_under_pmap",)),
+    M("layers: BatchNorm's variance about zero, not the mean", "zoo/models/layers.py",
+      "var = jnp.maximum(0.0, mean2 - mean ** 2)", "var = mean2",
+      ("tests/test_layers.py",)),
     # ---- query-blocked causal attention (zoo/models/transformer.py)
     M("transformer: a query block's mask hides each query's own key", "zoo/models/transformer.py",
       "mask = jnp.arange(end)[None, :] <= (i * size", "mask = jnp.arange(end)[None, :] < (i * size",

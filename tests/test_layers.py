@@ -1,4 +1,4 @@
-"""zoo's transposed convolution equals flax's ConvTranspose: same params, outputs, grads."""
+"""zoo's layers equal flax's: ConvTranspose and BatchNorm, the same params, outputs and grads."""
 
 import jax
 import jax.numpy as jnp
@@ -74,3 +74,100 @@ def test_dcgan_generator_keeps_its_parameter_tree():
     gen = jax.tree.map(lambda x: x.shape, params["generator"])
     assert gen["deconv_0"] == {"kernel": (4, 4, 16, 8)}
     assert gen["out"] == {"kernel": (4, 4, 8, 1), "bias": (1,)}
+
+
+# ---- BatchNorm ----------------------------------------------------------------------------------
+
+BN = dict(momentum=0.9, epsilon=1e-5)
+
+
+def _bn_pair(**kw):
+    return nn.BatchNorm(**BN, **kw), layers.BatchNorm(**BN, **kw)
+
+
+def test_row_sum_and_row_broadcast_are_each_others_gradient():
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 37, 5))
+    np.testing.assert_allclose(layers.row_sum(x), x.sum(-2), rtol=1e-6, atol=1e-5)
+    w = jax.random.normal(jax.random.PRNGKey(1), (3, 5))
+    np.testing.assert_array_equal(layers.row_broadcast(w, 37), jnp.broadcast_to(w[:, None], x.shape))
+    g = jax.grad(lambda x: jnp.vdot(layers.row_sum(x), w))(x)
+    np.testing.assert_array_equal(g, jnp.broadcast_to(w[:, None], x.shape))
+    g = jax.grad(lambda w: jnp.vdot(layers.row_broadcast(w, 37), x))(w)
+    np.testing.assert_allclose(g, x.sum(-2), rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(16, 7, 7, 6), (32, 12)])
+def test_batch_norm_equals_flax_batch_norm(shape):
+    # Off-centre, unequal-scale channels, so the mean, the variance and their gradients all matter.
+    x = (jax.random.normal(jax.random.PRNGKey(0), shape) * jnp.arange(1, shape[-1] + 1)
+         + jnp.linspace(-3, 3, shape[-1]))
+    reference, ours = _bn_pair(use_running_average=False)
+    variables = reference.init(jax.random.PRNGKey(1), x)
+    for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(ours.init(jax.random.PRNGKey(1), x))):
+        np.testing.assert_array_equal(a, b)  # same tree, same initial values
+    c = shape[-1]
+    variables = {"params": {"scale": 1 + jax.random.normal(jax.random.PRNGKey(2), (c,)),
+                            "bias": jax.random.normal(jax.random.PRNGKey(3), (c,))},
+                 "batch_stats": {"mean": jnp.linspace(-1, 1, c), "var": jnp.linspace(0.5, 2, c)}}
+    want, want_stats = reference.apply(variables, x, mutable=["batch_stats"])
+    got, got_stats = ours.apply(variables, x, mutable=["batch_stats"])
+    # The same float32 math summed in another order: ~1e-6 relative.
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(want_stats), jax.tree.leaves(got_stats)):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+    assert float(jnp.abs(want_stats["batch_stats"]["mean"] - variables["batch_stats"]["mean"]).max()) > 0.1
+    loss = lambda m: lambda p, x: jnp.sum(jnp.sin(m.apply({**variables, "params": p}, x,
+                                                         mutable=["batch_stats"])[0]))
+    want_g = jax.grad(loss(reference), argnums=(0, 1))(variables["params"], x)
+    got_g = jax.grad(loss(ours), argnums=(0, 1))(variables["params"], x)
+    for a, b in zip(jax.tree.leaves(want_g), jax.tree.leaves(got_g)):
+        np.testing.assert_allclose(b, a, atol=1e-4 * float(jnp.max(jnp.abs(a))))
+    # Evaluation: the running averages, not the batch's statistics.
+    reference, ours = _bn_pair(use_running_average=True)
+    np.testing.assert_allclose(ours.apply(variables, x), reference.apply(variables, x),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_batch_norm_second_derivatives_equal_flax():
+    # WGAN-GP differentiates D's input gradient again, through every batch norm.
+    x = jax.random.normal(jax.random.PRNGKey(0), (8, 4, 4, 3)) * 2 + 1
+    reference, ours = _bn_pair(use_running_average=False)
+    variables = reference.init(jax.random.PRNGKey(1), x)
+    params = {"scale": jnp.array([1.5, 0.5, -1.0]), "bias": jnp.array([0.1, -0.2, 0.3])}
+
+    def penalty(m):
+        def f(p, x):
+            out = lambda x: jnp.sum(jnp.tanh(m.apply({**variables, "params": p}, x,
+                                                     mutable=["batch_stats"])[0]) ** 2)
+            return jnp.sum(jax.grad(out)(x) ** 2)
+        return jax.grad(f)
+
+    for a, b in zip(jax.tree.leaves(penalty(reference)(params, x)),
+                    jax.tree.leaves(penalty(ours)(params, x))):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(a))))
+
+
+def test_batch_norm_in_bfloat16_computes_its_statistics_in_float32():
+    x = (jax.random.normal(jax.random.PRNGKey(0), (64, 5)) * 3 + 100).astype(jnp.bfloat16)
+    reference, ours = _bn_pair(use_running_average=False)
+    variables = reference.init(jax.random.PRNGKey(1), x)
+    want, _ = reference.apply(variables, x, mutable=["batch_stats"])
+    got, _ = ours.apply(variables, x, mutable=["batch_stats"])
+    assert got.dtype == want.dtype == jnp.float32
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_batch_norm_averages_statistics_over_its_axis_under_pmap():
+    n = jax.local_device_count()
+    x = jax.random.normal(jax.random.PRNGKey(0), (n, 4, 3)) * jnp.arange(n)[:, None, None]
+    whole_batch = layers.BatchNorm(**BN)
+    for model in _bn_pair(use_running_average=False, axis_name="batch"):
+        variables = jax.jit(model.init)(jax.random.PRNGKey(1), x[0])
+        y, stats = jax.pmap(lambda x: model.apply(variables, x, mutable=["batch_stats"]),
+                            axis_name="batch")(x)
+        global_y, global_stats = whole_batch.apply(variables, x.reshape(-1, 3),
+                                                   mutable=["batch_stats"])
+        # Each device normalises with the whole global batch's statistics.
+        np.testing.assert_allclose(y.reshape(-1, 3), global_y, rtol=1e-5, atol=1e-5)
+        for a, b in zip(jax.tree.leaves(global_stats), jax.tree.leaves(stats)):
+            np.testing.assert_allclose(b[0], a, rtol=1e-5, atol=1e-5)

@@ -12,8 +12,9 @@ discriminator, each with its own optimizer. Architectures:
 * ``mlp``: Goodfellow et al. (2014) style, 100-d noise -> 256 -> 784 tanh, against 784 -> 256 -> 1.
 * ``mlp`` with ``g_hidden=(256, 512, 1024)``, ``d_hidden=(512, 256)``: the deeper MLP GAN.
 * ``dcgan``: Radford et al. (2016): transposed 4x4 stride-2 convolutions (with strided
-  convolutions as their gradients, :mod:`zoo.models.layers`) with BatchNorm and ReLU in G,
-  strided convolutions with BatchNorm and LeakyReLU(0.2) in D; 28x28 (7 -> 14 -> 28) and
+  convolutions as their gradients, :mod:`zoo.models.layers`) with BatchNorm (flax's, its sums as
+  matmuls on CPU: :mod:`zoo.models.layers`) and ReLU in G, strided convolutions with BatchNorm
+  and LeakyReLU(0.2) in D; 28x28 (7 -> 14 -> 28) and
   32x32 (4 -> 8 -> 16 -> 32) images, or any base * 2^n with base <= 7 and n >= 2.
 * ``num_classes > 0``: a class-conditional GAN (Mirza & Osindero 2014): a label embedding is
   concatenated to G's noise; D uses a projection (Miyato & Koyama 2018) or concatenation.
@@ -44,7 +45,7 @@ from zoo.core import settings
 from zoo.core.family import Family, ImageSampler
 from zoo.core.parallel import sync_axis
 from zoo.core.step import Update
-from zoo.models.layers import ConvTranspose
+from zoo.models.layers import BatchNorm, ConvTranspose
 
 LOSSES = ("minimax", "non_saturating", "hinge", "wasserstein")
 CONDITIONINGS = ("projection", "concat")
@@ -133,8 +134,8 @@ class DCGANGenerator(nn.Module):
         chex.assert_shape(z, (None, self.latent_dim))
         base, n = dcgan_base(self.image_shape[0])
         axis = sync_axis()
-        bn = lambda name: nn.BatchNorm(use_running_average=not train, axis_name=axis, name=name,
-                                       **BN)
+        bn = lambda name: BatchNorm(use_running_average=not train, axis_name=axis, name=name,
+                                    **BN)
         h = z
         if self.num_classes:
             h = jnp.concatenate([h, _embed(self.num_classes, self.embed_dim, y)], -1)
@@ -173,8 +174,8 @@ class DCGANDiscriminator(nn.Module):
             h = nn.Conv(self.features * 2 ** i, (4, 4), strides=2, use_bias=i == 0,
                         name=f"conv_{i}")(h)
             if i > 0:
-                h = nn.BatchNorm(use_running_average=not train, axis_name=axis, name=f"bn_{i}",
-                                 **BN)(h)
+                h = BatchNorm(use_running_average=not train, axis_name=axis, name=f"bn_{i}",
+                              **BN)(h)
             h = nn.leaky_relu(h, 0.2)
         return _output(h.reshape(h.shape[0], -1), y, self.num_classes, self.conditioning)
 

@@ -1,5 +1,5 @@
 """Layers the image families share: a transposed convolution whose gradients are strided
-convolutions.
+convolutions, and a BatchNorm whose sums over rows are matmuls on CPU.
 
 ``nn.ConvTranspose(features, kernel, strides=s)`` (SAME padding) is ``lax.conv_transpose``: a
 stride-1 convolution over the input dilated with s - 1 zeros between pixels. Its forward pass and
@@ -20,6 +20,15 @@ reverse-mode derivatives (any order) but no forward mode (``jax.jvp``), which zo
 Padding, per spatial axis: lax's SAME transposed convolution pads the dilated input by
 ``(p, k + s - 2 - p)``; the strided convolution it is the adjoint of pads its input by
 ``(k - 1 - p, k - s - (k - 1 - p))``.
+
+Normalization: a batch norm's statistics are per-channel sums over every row of a (rows,
+channels) view of its input, and so are their gradients and the gradients of every per-channel
+value broadcast back over the rows (mean, scale, bias). XLA:CPU runs such a sum over a major axis
+as a scalar loop (a ``reduce-window`` over row blocks); written as ``ones(1, rows) @ x`` the same
+sum is a matmul, far faster. :func:`row_sum` and :func:`row_broadcast` are that sum and that
+broadcast, each the other's gradient, and :class:`BatchNorm` is flax's (the same params,
+statistics and numbers up to float32 summation order) built on them. Off CPU they are plain sums
+and broadcasts: other backends reduce well, and the layer is then computed as flax computes it.
 """
 
 from __future__ import annotations
@@ -96,3 +105,69 @@ class ConvTranspose(nn.Module):
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         y = conv_transpose(x, kernel, tuple(self.strides))
         return y if bias is None else y + bias
+
+
+# ---- normalization ------------------------------------------------------------------------------
+
+def _sum_as_matmul() -> bool:
+    return jax.default_backend() == "cpu"
+
+
+@jax.custom_vjp
+def row_sum(x: jax.Array) -> jax.Array:
+    """``x.sum(-2)`` for ``x`` of shape (..., rows, channels): on CPU as ``ones(1, rows) @ x``
+    (batched over the leading axes); its gradient is :func:`row_broadcast`."""
+    if not _sum_as_matmul():
+        return x.sum(-2)
+    ones = jnp.ones((*x.shape[:-2], 1, x.shape[-2]), x.dtype)
+    return jnp.matmul(ones, x, precision=jax.lax.Precision.HIGHEST)[..., 0, :]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def row_broadcast(v: jax.Array, rows: int) -> jax.Array:
+    """(..., channels) -> (..., rows, channels), each row a copy of ``v``; its gradient is
+    :func:`row_sum`, so a broadcast's transpose is a matmul too."""
+    return jnp.broadcast_to(v[..., None, :], (*v.shape[:-1], rows, v.shape[-1]))
+
+
+row_sum.defvjp(lambda x: (row_sum(x), x.shape[-2]),
+               lambda rows, g: (row_broadcast(g, rows),))
+row_broadcast.defvjp(lambda v, rows: (row_broadcast(v, rows), None),
+                     lambda rows, _, g: (row_sum(g),))
+
+
+class BatchNorm(nn.Module):
+    """``nn.BatchNorm`` over the last axis (its params, ``batch_stats``, running averages and
+    ``axis_name`` averaging; float32 statistics with the fast variance, as flax's defaults), its
+    sums over rows as matmuls on CPU (module docstring). The output is float32, as flax's is for
+    float32 params."""
+
+    use_running_average: bool = False
+    axis_name: str | None = None
+    momentum: float = 0.99
+    epsilon: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
+        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+        rows = x.astype(jnp.promote_types(x.dtype, jnp.float32)).reshape(-1, c)
+        n = rows.shape[0]
+        if self.use_running_average:
+            mean, var = ra_mean.value, ra_var.value
+        else:
+            mean, mean2 = row_sum(rows) / n, row_sum(rows * rows) / n
+            if self.axis_name is not None and not self.is_initializing():
+                mean, mean2 = jax.lax.pmean((mean, mean2), self.axis_name)
+            var = jnp.maximum(0.0, mean2 - mean ** 2)
+            if not self.is_initializing():
+                ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+                ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+        multiplier = jax.lax.rsqrt(var + self.epsilon) * scale   # flax's order of operations
+        # The bias gradient stays an XLA reduction: through row_broadcast it measured no faster.
+        y = (rows - row_broadcast(mean, n)) * row_broadcast(multiplier, n) + bias
+        return y.reshape(x.shape)
+
