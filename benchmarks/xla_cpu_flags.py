@@ -40,6 +40,14 @@ SETTINGS = {
     # zoo's default with 512-bit vectors for XLA's own loops (256 is XLA's preference on x86).
     "dot-only-vec512": {YNN: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT",
                         "xla_cpu_prefer_vector_width": 512},
+    # zoo's default with XLA:CPU's scheduling and emitter switches flipped, one at a time.
+    **{f"dot-only-{name}": {YNN: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT", flag: value}
+       for name, flag, value in [
+           ("concurrency-scheduler", "xla_cpu_enable_concurrency_optimized_scheduler", True),
+           ("no-concurrency-scheduler", "xla_cpu_enable_concurrency_optimized_scheduler", False),
+           ("tiling-propagation", "xla_cpu_experimental_enable_tiling_propagation", True),
+           ("no-fusion-emitters", "xla_cpu_use_fusion_emitters", False),
+       ]},
 }
 
 
