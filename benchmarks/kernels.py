@@ -17,6 +17,8 @@ Groups:
   (x @ W, dy @ W^T, x^T @ dy) and causal attention (zoo's query blocks and one
   ``jax.nn.dot_product_attention`` call against ``F.scaled_dot_product_attention``, forward,
   and backward to q, k and v).
+- ``unet``: the full U-Net's 3x3 stride-1 convolutions (``mnist`` preset, batch 64) at 28, 14
+  and 7 pixels, against ``F.conv2d``.
 
     python benchmarks/kernels.py --group dcgan --out benchmarks/results/DIR
 """
@@ -89,6 +91,9 @@ def _to_torch(kind: str):
     if kind == "conv":      # HWIO -> OIHW
         oihw = lambda k: k.transpose(3, 2, 0, 1)
         return lambda x, k: F.conv2d(x, k, stride=2, padding=1), (nchw, oihw)
+    if kind == "conv3":     # the U-Net's 3x3 stride-1 SAME convolution
+        return (lambda x, k: F.conv2d(x, k, stride=1, padding=1),
+                (nchw, lambda k: k.transpose(3, 2, 0, 1)))
     if kind == "deconv":    # HWIO -> IOHW (flipped: lax's transposed kernel is not torch's)
         return (lambda x, k: F.conv_transpose2d(x, k, stride=2, padding=1),
                 (nchw, lambda k: k[::-1, ::-1].transpose(2, 3, 0, 1)))
@@ -128,7 +133,17 @@ def ops(group: str) -> list[dict]:
             dict(name=f"causal attention (16 x {h} heads x {t} x {c // h})",
                  shapes=[(16, t, h, c // h)] * 3, zoo=causal_attention, torch="attention",
                  grads={"dqkv": (0, 1, 2)}, alternatives={"one block": one_block})]
-    raise ValueError(f"unknown group {group!r}; choose dcgan or transformer")
+    if group == "unet":
+        # The full suite's U-Net (`mnist` preset, batch 64): its 3x3 stride-1 convolutions at
+        # 28, 14 and 7 pixels, ResBlock convolutions and the up path's, whose inputs are
+        # concatenated with a skip.
+        conv3 = lambda x, k: lax.conv_general_dilated(x, k, (1, 1), "SAME",
+                                                      dimension_numbers=NHWC)
+        return [dict(name=f"3x3 conv {i}->{o} at {s}x{s}", shapes=[(64, s, s, i), (3, 3, i, o)],
+                     zoo=conv3, torch="conv3", grads=CONV_GRADS)
+                for s, i, o in [(28, 32, 32), (28, 96, 32), (14, 64, 64), (14, 128, 64),
+                                (7, 64, 64), (7, 128, 64)]]
+    raise ValueError(f"unknown group {group!r}; choose dcgan, transformer or unet")
 
 
 def jax_parts(fn, args: list, dy: jax.Array, grads: dict) -> dict:
@@ -191,7 +206,7 @@ def measure(op: dict, steps: int, rounds: int, rng: np.random.Generator) -> dict
 
 def main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("--group", choices=("dcgan", "transformer"), default="dcgan")
+    p.add_argument("--group", choices=("dcgan", "transformer", "unet"), default="dcgan")
     p.add_argument("--steps", type=int, default=10, help="timed calls per round and part")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--out", required=True)
