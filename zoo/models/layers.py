@@ -25,9 +25,10 @@ Normalization: a batch norm's statistics are per-channel sums over every row of 
 channels) view of its input, and so are their gradients and the gradients of the per-channel
 values broadcast back over the rows (the mean, the multiplier). XLA:CPU runs such a sum over a
 major axis as a scalar loop (a ``reduce-window`` over row blocks); written as
-``ones(1, rows) @ x`` the same sum is a matmul, far faster (DCGAN's full step 1.02-1.06x). :func:`row_sum` and :func:`row_broadcast` are that sum and that
-broadcast, each the other's gradient, and :class:`BatchNorm` is flax's (the same params,
-statistics and numbers up to float32 summation order) built on them. Off CPU they are plain sums
+``ones(1, rows) @ x`` the same sum is a matmul, far faster (DCGAN's full step 1.02-1.06x).
+:func:`row_sum` and :func:`row_broadcast` are that sum and that broadcast, each the other's
+gradient, and :class:`BatchNorm` is flax's (the same params, statistics and numbers up to
+float32 summation order) built on them. Off CPU they are plain sums
 and broadcasts: other backends reduce well, and the layer is then computed as flax computes it.
 """
 
@@ -170,4 +171,3 @@ class BatchNorm(nn.Module):
         # The bias gradient stays an XLA reduction: through row_broadcast it measured no faster.
         y = (rows - row_broadcast(mean, n)) * row_broadcast(multiplier, n) + bias
         return y.reshape(x.shape)
-
