@@ -34,12 +34,12 @@ def test_conv_transpose_equals_flax_conv_transpose(k, s, h, w):
     # Unit-scale weights and bias, so every tap and phase matters.
     params = {"params": {"kernel": jax.random.normal(jax.random.PRNGKey(2), (*k, 5, 4)),
                          "bias": jax.random.normal(jax.random.PRNGKey(3), (4,))}}
-    want, got = reference.apply(params, x), ours.apply(params, x)
+    want, got = jax.jit(reference.apply)(params, x), jax.jit(ours.apply)(params, x)
     assert got.shape == want.shape == (3, h * s[0], w * s[1], 4)
     np.testing.assert_array_equal(got, want)  # the forward pass is lax's own op
     loss = lambda m: lambda p, x: jnp.sum(jnp.sin(m.apply(p, x)))
-    want_g = jax.grad(loss(reference), argnums=(0, 1))(params, x)
-    got_g = jax.grad(loss(ours), argnums=(0, 1))(params, x)
+    want_g = jax.jit(jax.grad(loss(reference), argnums=(0, 1)))(params, x)
+    got_g = jax.jit(jax.grad(loss(ours), argnums=(0, 1)))(params, x)
     # The kernel gradient sums the same float32 products in another order: ~1e-6 relative.
     for a, b in zip(jax.tree.leaves(want_g), jax.tree.leaves(got_g)):
         scale = float(jnp.max(jnp.abs(a)))
