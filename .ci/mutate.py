@@ -184,6 +184,18 @@ MUTATIONS = (
     M("layers: BatchNorm's variance about zero, not the mean", "zoo/models/layers.py",
       "var = jnp.maximum(0.0, mean2 - mean ** 2)", "var = mean2",
       ("tests/test_layers.py",)),
+    # ---- Dense with its bias gradient from the kernel gradient's matmul (zoo/models/layers.py)
+    M("layers: Dense's bias gradient read from the kernel gradient's first row",
+      "zoo/models/layers.py", "d[:-1].astype(kernel.dtype), d[-1].astype(kernel.dtype)",
+      "d[1:].astype(kernel.dtype), d[0].astype(kernel.dtype)",
+      ("tests/test_layers.py",)),
+    M("layers: Dense's input gradient through the kernel untransposed", "zoo/models/layers.py",
+      "dx = _contract_last(dy, kernel, 1, precision)",
+      "dx = _contract_last(dy, kernel.reshape(kernel.shape[::-1]), 0, precision)",
+      ("tests/test_layers.py",)),
+    M("layers: Dense falls back to flax's on CPU too", "zoo/models/layers.py",
+      "if not (self.use_bias and _sum_as_matmul() and", "if not (self.use_bias and False and",
+      ("tests/test_layers.py::test_dense_without_bias_or_with_its_own_dot_general_is_flaxs",)),
     # ---- query-blocked causal attention (zoo/models/transformer.py)
     M("transformer: a query block's mask hides each query's own key", "zoo/models/transformer.py",
       "mask = jnp.arange(end)[None, :] <= (i * size", "mask = jnp.arange(end)[None, :] < (i * size",

@@ -1,4 +1,4 @@
-"""zoo's layers equal flax's: ConvTranspose and BatchNorm, the same params, outputs and grads."""
+"""zoo's layers equal flax's: ConvTranspose, BatchNorm and Dense, the same params, outputs and grads."""
 
 import jax
 import jax.numpy as jnp
@@ -175,3 +175,64 @@ def test_batch_norm_averages_statistics_over_its_axis_under_pmap():
         np.testing.assert_allclose(y.reshape(-1, 3), global_y, rtol=1e-5, atol=1e-5)
         for a, b in zip(jax.tree.leaves(global_stats), jax.tree.leaves(stats)):
             np.testing.assert_allclose(b[0], a, rtol=1e-5, atol=1e-5)
+
+
+def _close(got, want, tol):
+    """Tree leaves equal to ``tol`` of each leaf's largest entry (summation order differs)."""
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_allclose(np.asarray(b, np.float32), np.asarray(a, np.float32),
+                                   atol=tol * float(jnp.max(jnp.abs(a.astype(jnp.float32)))))
+
+
+@pytest.mark.parametrize("shape", [(6, 5), (2, 3, 5)])
+def test_dense_equals_flax_dense(shape):
+    x = jax.random.normal(jax.random.PRNGKey(0), shape)
+    init = dict(kernel_init=nn.initializers.normal(0.5), bias_init=nn.initializers.normal(0.5))
+    reference, ours = nn.Dense(4, **init), layers.Dense(4, **init)
+    params = reference.init(jax.random.PRNGKey(1), x)
+    # The same tree and initial values: a checkpoint of one is a checkpoint of the other.
+    assert jax.tree.structure(ours.init(jax.random.PRNGKey(1), x)) == jax.tree.structure(params)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ours.init(jax.random.PRNGKey(1), x))):
+        np.testing.assert_array_equal(a, b)
+    want, got = jax.jit(reference.apply)(params, x), jax.jit(ours.apply)(params, x)
+    np.testing.assert_array_equal(got, want)  # the same dot and bias add
+    loss = lambda m: lambda p, x: jnp.sum(jnp.sin(3 * m.apply(p, x)))
+    grads = lambda m: jax.jit(jax.grad(loss(m), argnums=(0, 1)))(params, x)
+    _close(grads(ours), grads(reference), 1e-6)  # the bias sum in another order
+
+
+def test_dense_second_derivatives_and_bfloat16_equal_flax():
+    # A gradient penalty differentiates the input gradient again, through the custom backward.
+    x = jax.random.normal(jax.random.PRNGKey(0), (8, 5))
+    reference, ours = nn.Dense(3), layers.Dense(3)
+    params = reference.init(jax.random.PRNGKey(1), x)
+    params = jax.tree.map(lambda p: p + 0.3, params)  # a non-zero bias
+
+    def penalty(m):
+        out = lambda p, x: jnp.sum(jnp.tanh(m.apply(p, x)) ** 2)
+        return jax.jit(jax.grad(lambda p, x: jnp.sum(jax.grad(out, argnums=1)(p, x) ** 2)))
+
+    _close(penalty(ours)(params, x), penalty(reference)(params, x), 1e-5)
+    # bfloat16 compute on float32 params: bfloat16 outputs, float32 gradients, 8 bits of mantissa.
+    reference, ours = nn.Dense(3, dtype=jnp.bfloat16), layers.Dense(3, dtype=jnp.bfloat16)
+    got, want = ours.apply(params, x), reference.apply(params, x)
+    assert got.dtype == want.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
+    loss = lambda m: lambda p: jnp.sum(jnp.sin(m.apply(p, x).astype(jnp.float32)))
+    _close(jax.grad(loss(ours))(params), jax.grad(loss(reference))(params), 2e-2)
+
+
+def test_dense_without_bias_or_with_its_own_dot_general_is_flaxs():
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 5))
+    for kwargs in ({"use_bias": False}, {"dot_general": jax.lax.dot_general}):
+        ours = layers.Dense(3, **kwargs)
+        params = ours.init(jax.random.PRNGKey(1), x)
+        jaxpr = str(jax.make_jaxpr(jax.grad(lambda p: jnp.sum(ours.apply(p, x))))(params))
+        assert "custom_vjp" not in jaxpr
+        np.testing.assert_array_equal(ours.apply(params, x),
+                                      nn.Dense(3, **kwargs).apply(params, x))
+    # With a bias, on CPU, the custom backward is the one taken.
+    ours = layers.Dense(3)
+    params = ours.init(jax.random.PRNGKey(1), x)
+    assert "custom_vjp" in str(jax.make_jaxpr(jax.grad(lambda p: jnp.sum(ours.apply(p, x))))(params))

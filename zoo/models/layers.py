@@ -1,5 +1,5 @@
-"""Layers the image families share: a transposed convolution whose gradients are strided
-convolutions, and a BatchNorm whose sums over rows are matmuls on CPU.
+"""Layers the families share: a transposed convolution whose gradients are strided convolutions,
+and a BatchNorm and a Dense whose sums over rows are matmuls on CPU.
 
 ``nn.ConvTranspose(features, kernel, strides=s)`` (SAME padding) is ``lax.conv_transpose``: a
 stride-1 convolution over the input dilated with s - 1 zeros between pixels. Its forward pass and
@@ -30,6 +30,13 @@ major axis as a scalar loop (a ``reduce-window`` over row blocks); written as
 gradient, and :class:`BatchNorm` is flax's (the same params, statistics and numbers up to
 float32 summation order) built on them. Off CPU they are plain sums
 and broadcasts: other backends reduce well, and the layer is then computed as flax computes it.
+
+Dense: a Dense layer's bias gradient is the same kind of sum, of dy over its rows. On CPU,
+:func:`dense` takes it from the kernel gradient's own matmul, ``[x, 1]^T @ dy``: one more row of
+output for the price of a ones column, where XLA:CPU would run a reduce-window loop beside the
+matmul (the quick transformer's step 1.15x faster, the full one 1.13x, the LSTM 1.11x / 1.03x;
+the MLPs' steps, with fewer rows per bias, unchanged). :class:`Dense` is ``nn.Dense`` computed
+with it.
 """
 
 from __future__ import annotations
@@ -108,7 +115,7 @@ class ConvTranspose(nn.Module):
         return y if bias is None else y + bias
 
 
-# ---- normalization ------------------------------------------------------------------------------
+# ---- sums over rows as matmuls (normalization, Dense) ------------------------------------------
 
 def _sum_as_matmul() -> bool:
     return jax.default_backend() == "cpu"
@@ -171,3 +178,51 @@ class BatchNorm(nn.Module):
         # The bias gradient stays an XLA reduction: through row_broadcast it measured no faster.
         y = (rows - row_broadcast(mean, n)) * row_broadcast(multiplier, n) + bias
         return y.reshape(x.shape)
+
+
+# ---- dense ----------------------------------------------------------------------------------------
+
+def _contract_last(a: jax.Array, b: jax.Array, b_axis: int, precision) -> jax.Array:
+    """``a``'s last axis contracted with ``b``'s axis ``b_axis`` (b is 2-D)."""
+    return jax.lax.dot_general(a, b, (((a.ndim - 1,), (b_axis,)), ((), ())), precision=precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def dense(x: jax.Array, kernel: jax.Array, bias: jax.Array, precision=None) -> jax.Array:
+    """``x @ kernel + bias`` over ``x``'s last axis, as ``nn.Dense`` computes it; its backward
+    takes the kernel and bias gradients from one matmul, ``[x, 1]^T @ dy`` (module docstring)."""
+    return _contract_last(x, kernel, 0, precision) + bias
+
+
+def _dense_fwd(x, kernel, bias, precision):
+    return dense(x, kernel, bias, precision), (x, kernel)
+
+
+def _dense_bwd(precision, residuals, dy):
+    x, kernel = residuals
+    x_rows, dy_rows = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])
+    with_ones = jnp.concatenate([x_rows, jnp.ones((x_rows.shape[0], 1), x.dtype)], axis=1)
+    d = jnp.matmul(with_ones.T, dy_rows, precision=precision,
+                   preferred_element_type=jnp.promote_types(dy.dtype, jnp.float32))
+    dx = _contract_last(dy, kernel, 1, precision)
+    return dx.astype(x.dtype), d[:-1].astype(kernel.dtype), d[-1].astype(kernel.dtype)
+
+
+dense.defvjp(_dense_fwd, _dense_bwd)
+
+
+class Dense(nn.Dense):
+    """``nn.Dense`` (every field, its params, initialisers and outputs) computed with
+    :func:`dense` on CPU when it has a bias; otherwise flax's own. Checkpoints move between the
+    two. A ``jax.custom_vjp``: reverse-mode derivatives of any order, no forward mode."""
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        if not (self.use_bias and _sum_as_matmul() and self.dot_general is None
+                and self.dot_general_cls is None):
+            return super().__call__(inputs)
+        kernel = self.param("kernel", self.kernel_init, (jnp.shape(inputs)[-1], self.features),
+                            self.param_dtype)
+        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+        inputs, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+        return dense(inputs, kernel, bias, self.precision)

@@ -3,7 +3,8 @@
 Embedding, a stack of LSTM layers (:class:`LSTMLayer`: flax's ``OptimizedLSTMCell`` with its
 parameters and gates, run over the whole sequence), dropout on the non-recurrent connections only
 (Zaremba et al.: embedding output, between layers, before the softmax), and a softmax output that
-is tied to the embedding or not.
+is tied to the embedding or not (untied, a :class:`zoo.models.layers.Dense`: flax's, with the bias
+gradient taken from the kernel gradient's matmul on CPU).
 
 Why not ``nn.RNN(OptimizedLSTMCell)``: differentiated through a scan, every time step adds its own
 small outer product to the weight gradients (B rows each) and projects its own input. The layer
@@ -35,6 +36,7 @@ from zoo.core import dtypes, settings
 from zoo.core.family import Family
 from zoo.core.step import PER_EXAMPLE, Update
 from zoo.models.language import check_unit, lm_metrics
+from zoo.models.layers import Dense
 
 Carry = list  # per layer: (c, h), each (B, hidden_size)
 
@@ -202,8 +204,8 @@ class LSTMLM(nn.Module):
         if self.tie_embeddings:
             logits = embed.attend(x)
         else:
-            logits = nn.Dense(self.vocab_size, dtype=self.dtype, kernel_init=init, bias_init=init,
-                              name="out")(x)
+            logits = Dense(self.vocab_size, dtype=self.dtype, kernel_init=init, bias_init=init,
+                           name="out")(x)
         return logits.astype(jnp.float32), new_carry
 
     # The TextDecoder capability (zoo.core.family): what zoo.generate drives.

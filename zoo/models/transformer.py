@@ -4,9 +4,10 @@ Pre-LayerNorm blocks, learned position embeddings, a GELU (tanh) MLP, output pro
 token embedding, causal self-attention through ``jax.nn.dot_product_attention(is_causal=True)``
 (cuDNN flash attention on GPUs where it supports the shape, XLA elsewhere). Parameter names follow
 Hugging Face's GPT-2 (``wte``, ``wpe``, ``h_{i}/attn/c_attn``, ...), so :mod:`zoo.convert_gpt2`
-loads real GPT-2 checkpoints. Dropout is on the embeddings and the residual branches;
-``dot_product_attention`` has no attention-probability dropout, so GPT-2's ``attn_pdrop`` is not
-applied.
+loads real GPT-2 checkpoints. The Dense layers are :class:`zoo.models.layers.Dense`: flax's, with
+the bias gradient taken from the kernel gradient's matmul on CPU. Dropout is on the embeddings and
+the residual branches; ``dot_product_attention`` has no attention-probability dropout, so GPT-2's
+``attn_pdrop`` is not applied.
 
 ``GPT.decode`` runs tokens against a key/value cache (:func:`init_cache`) for incremental
 generation (:mod:`zoo.generate`): each row writes its new keys and values at its own position.
@@ -26,6 +27,7 @@ from zoo.core import dtypes
 from zoo.core.family import Family
 from zoo.core.step import Update
 from zoo.models.language import check_unit, lm_metrics
+from zoo.models.layers import Dense
 
 PRESETS = {
     # name: (n_layer, n_head, n_embd, block_size); GPT-2 sizes use GPT-2's 50257-token vocabulary.
@@ -88,7 +90,7 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         H = self.n_head
         init = nn.initializers.normal(0.02)
-        qkv = nn.Dense(3 * C, dtype=self.dtype, kernel_init=init, name="c_attn")(x)
+        qkv = Dense(3 * C, dtype=self.dtype, kernel_init=init, name="c_attn")(x)
         q, k, v = (a.reshape(B, T, H, C // H) for a in jnp.split(qkv, 3, axis=-1))
         if cache is None:
             y = causal_attention(q, k, v, self.attention_impl)
@@ -103,7 +105,7 @@ class CausalSelfAttention(nn.Module):
             y = jax.nn.dot_product_attention(q, cache["k"].astype(q.dtype),
                                              cache["v"].astype(q.dtype), mask=mask[:, None])
         proj_init = nn.initializers.normal(0.02 / math.sqrt(2 * self.n_layer))
-        y = nn.Dense(C, dtype=self.dtype, kernel_init=proj_init, name="c_proj")(y.reshape(B, T, C))
+        y = Dense(C, dtype=self.dtype, kernel_init=proj_init, name="c_proj")(y.reshape(B, T, C))
         return nn.Dropout(self.dropout)(y, deterministic=deterministic), cache
 
 
@@ -115,11 +117,11 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x, deterministic: bool):
         C = x.shape[-1]
-        h = nn.Dense(4 * C, dtype=self.dtype, kernel_init=nn.initializers.normal(0.02),
-                     name="c_fc")(x)
+        h = Dense(4 * C, dtype=self.dtype, kernel_init=nn.initializers.normal(0.02),
+                  name="c_fc")(x)
         h = nn.gelu(h, approximate=True)  # GPT-2's "gelu_new"
         proj_init = nn.initializers.normal(0.02 / math.sqrt(2 * self.n_layer))
-        h = nn.Dense(C, dtype=self.dtype, kernel_init=proj_init, name="c_proj")(h)
+        h = Dense(C, dtype=self.dtype, kernel_init=proj_init, name="c_proj")(h)
         return nn.Dropout(self.dropout)(h, deterministic=deterministic)
 
 
