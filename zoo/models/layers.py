@@ -34,9 +34,11 @@ and broadcasts: other backends reduce well, and the layer is then computed as fl
 Dense: a Dense layer's bias gradient is the same kind of sum, of dy over its rows. On CPU,
 :func:`dense` takes it from the kernel gradient's own matmul, ``[x, 1]^T @ dy``: one more row of
 output for the price of a ones column, where XLA:CPU would run a reduce-window loop beside the
-matmul (the quick transformer's step 1.15x faster, the full one 1.13x, the LSTM 1.11x / 1.03x;
-the MLPs' steps, with fewer rows per bias, unchanged). :class:`Dense` is ``nn.Dense`` computed
-with it.
+matmul (the quick transformer's step 1.14-1.16x faster, the full one 1.06-1.13x, the LSTM's
+1.08-1.10x / 1.04x). :class:`Dense` is ``nn.Dense`` computed with it; the MLP families keep
+flax's, since with their 128-256 rows per bias their steps did not change. Like
+:func:`conv_transpose` it is a ``jax.custom_vjp`` on CPU: reverse mode of any order, no forward
+mode (``jax.jvp``, ``jax.hessian``) through a model that uses it, which zoo does not need.
 """
 
 from __future__ import annotations
@@ -115,7 +117,7 @@ class ConvTranspose(nn.Module):
         return y if bias is None else y + bias
 
 
-# ---- sums over rows as matmuls (normalization, Dense) ------------------------------------------
+# ---- sums over rows as matmuls (normalization, Dense) -------------------------------------------
 
 def _sum_as_matmul() -> bool:
     return jax.default_backend() == "cpu"
@@ -180,7 +182,7 @@ class BatchNorm(nn.Module):
         return y.reshape(x.shape)
 
 
-# ---- dense ----------------------------------------------------------------------------------------
+# ---- dense --------------------------------------------------------------------------------------
 
 def _contract_last(a: jax.Array, b: jax.Array, b_axis: int, precision) -> jax.Array:
     """``a``'s last axis contracted with ``b``'s axis ``b_axis`` (b is 2-D)."""
@@ -195,17 +197,17 @@ def dense(x: jax.Array, kernel: jax.Array, bias: jax.Array, precision=None) -> j
 
 
 def _dense_fwd(x, kernel, bias, precision):
-    return dense(x, kernel, bias, precision), (x, kernel)
+    return dense(x, kernel, bias, precision), (x, kernel, bias)
 
 
 def _dense_bwd(precision, residuals, dy):
-    x, kernel = residuals
+    x, kernel, bias = residuals
     x_rows, dy_rows = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])
     with_ones = jnp.concatenate([x_rows, jnp.ones((x_rows.shape[0], 1), x.dtype)], axis=1)
     d = jnp.matmul(with_ones.T, dy_rows, precision=precision,
                    preferred_element_type=jnp.promote_types(dy.dtype, jnp.float32))
     dx = _contract_last(dy, kernel, 1, precision)
-    return dx.astype(x.dtype), d[:-1].astype(kernel.dtype), d[-1].astype(kernel.dtype)
+    return dx.astype(x.dtype), d[:-1].astype(kernel.dtype), d[-1].astype(bias.dtype)
 
 
 dense.defvjp(_dense_fwd, _dense_bwd)
@@ -214,7 +216,9 @@ dense.defvjp(_dense_fwd, _dense_bwd)
 class Dense(nn.Dense):
     """``nn.Dense`` (every field, its params, initialisers and outputs) computed with
     :func:`dense` on CPU when it has a bias; otherwise flax's own. Checkpoints move between the
-    two. A ``jax.custom_vjp``: reverse-mode derivatives of any order, no forward mode."""
+    two. On CPU, reverse-mode derivatives of any order, no forward mode (module docstring).
+    The fallback calls flax's ``__call__`` from this one, so ``capture_intermediates`` records
+    a fallback layer's output twice."""
 
     @nn.compact
     def __call__(self, inputs: jax.Array) -> jax.Array:
