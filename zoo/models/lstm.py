@@ -4,7 +4,7 @@ Embedding, a stack of LSTM layers (:class:`LSTMLayer`: flax's ``OptimizedLSTMCel
 parameters and gates, run over the whole sequence), dropout on the non-recurrent connections only
 (Zaremba et al.: embedding output, between layers, before the softmax), and a softmax output that
 is tied to the embedding or not (untied, a :class:`zoo.models.layers.Dense`: flax's, with the bias
-gradient taken from the kernel gradient's matmul on CPU).
+gradient taken from the kernel gradient's matmul on CPU, so no forward-mode derivatives there).
 
 Why not ``nn.RNN(OptimizedLSTMCell)``: differentiated through a scan, every time step adds its own
 small outer product to the weight gradients (B rows each) and projects its own input. The layer

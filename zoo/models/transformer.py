@@ -5,9 +5,9 @@ token embedding, causal self-attention through ``jax.nn.dot_product_attention(is
 (cuDNN flash attention on GPUs where it supports the shape, XLA elsewhere). Parameter names follow
 Hugging Face's GPT-2 (``wte``, ``wpe``, ``h_{i}/attn/c_attn``, ...), so :mod:`zoo.convert_gpt2`
 loads real GPT-2 checkpoints. The Dense layers are :class:`zoo.models.layers.Dense`: flax's, with
-the bias gradient taken from the kernel gradient's matmul on CPU. Dropout is on the embeddings and
-the residual branches; ``dot_product_attention`` has no attention-probability dropout, so GPT-2's
-``attn_pdrop`` is not applied.
+the bias gradient taken from the kernel gradient's matmul on CPU (so no forward-mode derivatives
+there). Dropout is on the embeddings and the residual branches; ``dot_product_attention`` has no
+attention-probability dropout, so GPT-2's ``attn_pdrop`` is not applied.
 
 ``GPT.decode`` runs tokens against a key/value cache (:func:`init_cache`) for incremental
 generation (:mod:`zoo.generate`): each row writes its new keys and values at its own position.
