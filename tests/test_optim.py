@@ -62,7 +62,7 @@ def test_clipping_wraps_the_optimizer_and_names_are_checked():
     tx = optim.make_optimizer(dict(name="sgd", learning_rate=1.0, grad_clip_norm=1.0))
     params = {"w": np.zeros(4, np.float32)}
     updates, _ = tx.update({"w": np.full(4, 10.0, np.float32)}, tx.init(params), params)
-    np.testing.assert_allclose(optax.global_norm(updates), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(optax.tree.norm(updates), 1.0, rtol=1e-6)
     with pytest.raises(ValueError, match="unknown optimizer 'adagrad'; choose one of adam"):
         optim.make_optimizer(dict(name="adagrad"))
     with pytest.raises(ValueError, match="unknown learning-rate schedule 'step'; choose one of"):

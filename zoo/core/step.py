@@ -336,7 +336,7 @@ def make_train_step(
                 delta, opt_state[p] = state.tx[p].update(grads, opt_state[p], params[p])
                 params[p] = optax.apply_updates(params[p], delta)
             metrics.update({update.prefix + k: v for k, v in m.items()})
-            metrics[update.prefix + "grad_norm"] = optax.global_norm(grads)
+            metrics[update.prefix + "grad_norm"] = optax.tree.norm(grads)
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                                   model_state=model_state)
         if ema_decay:
