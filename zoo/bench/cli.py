@@ -56,8 +56,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true",
                    help="profile each case's step: zoo's top XLA ops (jax.profiler trace) and the "
                         "PyTorch peer's top aten ops (torch.profiler), with their shares")
-    p.add_argument("--log-every", type=int, default=10,
-                   help="--loop: steps between the loop's logs (its timing points)")
+    p.add_argument("--log-every", type=int, default=None,
+                   help="--loop: steps between the loop's logs (its timing points); default: "
+                        "about a second of steps at the step alone's speed")
     p.add_argument("--out", default=None,
                    help="output folder (default bench_results/<platform>-<UTC time>)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -187,7 +188,7 @@ def main(argv: Sequence[str]) -> int:
         strategies, peers, sweep = ("mesh",), (), ()
     if args.compile_only:
         return _compile_only(args, strategies, argv)
-    if args.log_every < 1:
+    if args.log_every is not None and args.log_every < 1:
         raise SystemExit(f"zoo bench: --log-every={args.log_every} must be >= 1")
     if args.loop:
         return _loop(args, strategies, steps, warmup, argv)

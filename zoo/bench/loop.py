@@ -51,19 +51,39 @@ def time_loop(case: Case, strategy: str = "single", *, intervals: int = 5,
             "loss_last": result.history[-1].get("loss") if result.history else None}
 
 
+# With no --log-every, each timed interval of the loop, and the step alone on each side of it,
+# lasts about this long: 10 steps of a 5 ms step are at the mercy of one scheduler hiccup.
+INTERVAL_S = 1.0
+
+
+def steps_per_interval(step_s: float, interval_s: float = INTERVAL_S) -> int:
+    """The steps that take about ``interval_s`` at ``step_s`` seconds each, from 10 to 1,000."""
+    return int(min(1000, max(10, round(interval_s / step_s))))
+
+
 def loop_case(case: Case, strategy: str = "single", *, warmup: int = 3, steps: int = 20,
-              intervals: int = 5, log_every: int = 10, log=print) -> dict[str, Any]:
+              intervals: int = 5, log_every: int | None = None, log=print) -> dict[str, Any]:
     """One record: the step alone (timed before and after the loop, so drift in the machine's
-    speed falls on both) and the loop, with ``loop_over_step`` (throughput ratio)."""
+    speed falls on both) and the loop, with ``loop_over_step`` (throughput ratio).
+
+    ``log_every``, the loop's steps per timed interval, defaults to
+    :func:`steps_per_interval` of the step alone's speed; the step alone is then timed for at
+    least that many steps on each side of the loop."""
     log(f"  {case.name}: compiling the step alone")
     runner = ZooRunner(case, strategy)
     chrono = timing.Chrono()
     for _ in range(warmup):
         runner.step()
-    chrono.time(runner.step, steps // 2)
+    before = max(1, steps // 2)
+    after = max(0, steps - before)
+    chrono.time(runner.step, before)
+    if log_every is None:
+        log_every = steps_per_interval(chrono.stats()["median"])
+        chrono.time(runner.step, max(0, log_every - before))
+        after = max(after, log_every)
     log(f"  {case.name}: the training loop, {(intervals + 1) * log_every} steps")
     loop = time_loop(case, strategy, intervals=intervals, log_every=log_every)
-    chrono.time(runner.step, steps - steps // 2)
+    chrono.time(runner.step, after)
     step = chrono.stats()
     ratio = step["median"] / loop["step_s"]["median"]
     log(f"  {case.name}: step {step['median'] * 1e3:.2f} ms, loop "
