@@ -34,6 +34,10 @@ SETTINGS = {
     "no-conv": {YNN: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"},
     "dot-only": {YNN: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"},
     "no-ynnpack": {YNN: ""},
+    # YNNPACK's dot fusions that take in their elementwise neighbours, and its elementwise fusions.
+    "ynn-dot-fusion": {YNN: "LIBRARY_FUSION_TYPE_DOT"},
+    "ynn-dot-eltwise": {YNN: "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_ELTWISE"},
+    "dot-only-eltwise": {YNN: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_ELTWISE"},
     "onednn-dot": {**ONEDNN, "xla_cpu_experimental_onednn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"},
     "onednn-dot-eltwise": {**ONEDNN, "xla_cpu_experimental_onednn_fusion_type":
                            "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_ELTWISE"},
