@@ -1,7 +1,9 @@
 """``zoo bench --loop``: each case's real training loop beside its step alone.
 
 The step alone is :class:`zoo.bench.zoo_runner.ZooRunner`'s: one compiled step on a batch already
-on the device, timed to completion. The loop is :func:`zoo.train.train` itself on the case's config
+on the device, each run to completion, timed in intervals of as many steps as the loop logs
+after (wall time over steps, as the loop's are: a median of single steps would leave out the
+hiccups the loop's intervals include). The loop is :func:`zoo.train.train` itself on the case's config
 with synthetic data: the iterator, the batch checks and placement, the NaN check and logging, all
 of it. Its speed is read from the times of its logged steps (``TrainResult.log_times``), leaving
 out the first interval (which compiles). ``loop / step`` is the loop's throughput over the step's:
@@ -10,7 +12,9 @@ out the first interval (which compiles). ``loop / step`` is the loop's throughpu
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import math
+import time
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -61,30 +65,41 @@ def steps_per_interval(step_s: float, interval_s: float = INTERVAL_S) -> int:
     return int(min(1000, max(10, round(interval_s / step_s))))
 
 
+def interval_times(step: Callable[[], Any], intervals: int, steps: int) -> list[float]:
+    """Seconds per step of each of ``intervals`` runs of ``steps`` calls of ``step``: wall time
+    over steps, as the loop's intervals are timed (hiccups included, as in a throughput)."""
+    times = []
+    for _ in range(intervals):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        times.append((time.perf_counter() - t0) / steps)
+    return times
+
+
 def loop_case(case: Case, strategy: str = "single", *, warmup: int = 3, steps: int = 20,
               intervals: int = 5, log_every: int | None = None, log=print) -> dict[str, Any]:
     """One record: the step alone (timed before and after the loop, so drift in the machine's
     speed falls on both) and the loop, with ``loop_over_step`` (throughput ratio).
 
-    ``log_every``, the loop's steps per timed interval, defaults to
-    :func:`steps_per_interval` of the step alone's speed; the step alone is then timed for at
-    least that many steps on each side of the loop."""
+    Both are timed the same way, in intervals of ``log_every`` steps (the loop's between two
+    logs): seconds per step of each interval, the median interval. The step alone runs at least
+    ``steps`` steps, at least one interval on each side of the loop. ``log_every`` defaults to
+    :func:`steps_per_interval` of the step alone's median over ``steps // 2`` probe steps."""
     log(f"  {case.name}: compiling the step alone")
     runner = ZooRunner(case, strategy)
-    chrono = timing.Chrono()
     for _ in range(warmup):
         runner.step()
-    before = max(1, steps // 2)
-    after = max(0, steps - before)
-    chrono.time(runner.step, before)
     if log_every is None:
-        log_every = steps_per_interval(chrono.stats()["median"])
-        chrono.time(runner.step, max(0, log_every - before))
-        after = max(after, log_every)
+        probe = timing.Chrono()
+        probe.time(runner.step, max(1, steps // 2))
+        log_every = steps_per_interval(probe.stats()["median"])
+    per_side = max(1, math.ceil(steps / 2 / log_every))
+    step_times = interval_times(runner.step, per_side, log_every)
     log(f"  {case.name}: the training loop, {(intervals + 1) * log_every} steps")
     loop = time_loop(case, strategy, intervals=intervals, log_every=log_every)
-    chrono.time(runner.step, after)
-    step = chrono.stats()
+    step_times += interval_times(runner.step, per_side, log_every)
+    step = timing.time_stats(step_times)
     ratio = step["median"] / loop["step_s"]["median"]
     log(f"  {case.name}: step {step['median'] * 1e3:.2f} ms, loop "
         f"{loop['step_s']['median'] * 1e3:.2f} ms/step: loop/step {ratio:.3f}")
