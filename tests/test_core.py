@@ -159,6 +159,32 @@ def test_train_step_compiles_once_over_ten_steps(name, options):
     assert int(strategy.to_host(state.step)) == 10
 
 
+def test_single_on_cpu_hands_the_step_host_arrays_with_the_same_results():
+    """On CPU the single strategy leaves a batch as host arrays (the compiled step's dispatch
+    wraps them; benchmarks/README.md): one compile over the steps, and the same params, bit for
+    bit, as the same steps on device-placed batches."""
+    strategy = parallel.make_strategy("single")
+    batches = _batches(3)
+    assert isinstance(strategy.place_batch(batches[0])["image"], np.ndarray)
+    family = _ae()
+    params, _ = family.init(jax.random.PRNGKey(0), batches[0])
+    results = []
+    for placed in (False, True):
+        state = strategy.place_state(TrainState.create(
+            params=params, tx={"model": optax.adam(1e-3)}, seed=0))
+        step = compiled.compile_train_step(family.objective, strategy,
+                                           batch_spec=family.batch_spec)
+        put = (lambda b: jax.device_put(b, strategy.device)) if placed else (lambda b: b)
+        state, _ = step(state, put(batches[0]), placed=placed)
+        with compiled.CompileCounter() as compiles:
+            for b in batches[1:]:
+                state, _ = step(state, put(b), placed=placed)
+            jax.block_until_ready(state)
+        assert compiles.count == 0
+        results.append(strategy.to_host(state.params))
+    _assert_trees_close(results[0], results[1], rtol=0, atol=0)
+
+
 def test_compile_counter_sees_a_recompile():
     # The counter used above must be able to fail: a new input shape compiles again.
     f = jax.jit(lambda x: x * 2)
