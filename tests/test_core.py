@@ -165,7 +165,8 @@ def test_single_on_cpu_hands_the_step_host_arrays_with_the_same_results():
     bit, as the same steps on device-placed batches."""
     strategy = parallel.make_strategy("single")
     batches = _batches(3)
-    assert isinstance(strategy.place_batch(batches[0])["image"], np.ndarray)
+    on_cpu = jax.default_backend() == "cpu"
+    assert isinstance(strategy.place_batch(batches[0])["image"], np.ndarray) == on_cpu
     family = _ae()
     params, _ = family.init(jax.random.PRNGKey(0), batches[0])
     results = []

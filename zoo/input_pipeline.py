@@ -58,7 +58,8 @@ class RunData:
 
 
 class DevicePrefetch:
-    """Batches placed on the device ``depth`` steps ahead (as ``flax.jax_utils.prefetch_to_device``).
+    """Batches placed ``depth`` steps ahead, as ``flax.jax_utils.prefetch_to_device`` (on CPU the
+    single strategy's placed batch is the checked host arrays).
 
     ``next()`` gives the oldest placed batch and places one more, so a batch's transfer is issued
     while earlier steps still run (the steps are dispatched asynchronously). ``state()`` is the

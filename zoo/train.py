@@ -390,7 +390,7 @@ def _train(config, workdir: Path | None, log: Callable[[str], None],
                     "train.nonfinite=skip")
         return {k: float(v) for k, v in host[-1].items()}
 
-    # The next two batches are on the device before each step is dispatched (double buffering);
+    # The next two batches are placed before each step is dispatched (double buffering);
     # with steps dispatched asynchronously nothing here waits for a step, except the metrics of
     # the steps that log, save or evaluate.
     batches = input_pipeline.DevicePrefetch(it, run.train_step.place_batch, depth=2) \

@@ -1,13 +1,13 @@
 """``zoo bench --loop``: each case's real training loop beside its step alone.
 
-The step alone is :class:`zoo.bench.zoo_runner.ZooRunner`'s: one compiled step on a batch already
-on the device, each run to completion, timed in intervals of as many steps as the loop logs
-after (wall time over steps, as the loop's are: a median of single steps would leave out the
-hiccups the loop's intervals include). The loop is :func:`zoo.train.train` itself on the case's config
-with synthetic data: the iterator, the batch checks and placement, the NaN check and logging, all
-of it. Its speed is read from the times of its logged steps (``TrainResult.log_times``), leaving
-out the first interval (which compiles). ``loop / step`` is the loop's throughput over the step's:
-1.0 means the loop adds nothing.
+The step alone is :class:`zoo.bench.zoo_runner.ZooRunner`'s: one compiled step on a batch placed
+once (by the strategy, as the loop places each), each run to completion, timed in intervals of as
+many steps as the loop logs after (wall time over steps, as the loop's are: a median of single
+steps would leave out the hiccups the loop's intervals include). The loop is
+:func:`zoo.train.train` itself on the case's config with synthetic data: the iterator, the batch
+checks and placement, the NaN check and logging, all of it. Its speed is read from the times of its
+logged steps (``TrainResult.log_times``), leaving out the first interval (which compiles).
+``loop / step`` is the loop's throughput over the step's: 1.0 means the loop adds nothing.
 """
 
 from __future__ import annotations

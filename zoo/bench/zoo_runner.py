@@ -1,6 +1,7 @@
 """zoo's side of a case: the case's config built into a compiled train step the way ``zoo train``
 builds it (:func:`zoo.build.initial_state`, :func:`zoo.build.compile_steps`,
-:func:`zoo.core.parallel.strategy_from_config`), on a synthetic batch already on the device."""
+:func:`zoo.core.parallel.strategy_from_config`), on a synthetic batch placed once by the strategy
+(on the device; on CPU the single strategy's is host arrays, which each call hands over)."""
 
 from __future__ import annotations
 

@@ -155,10 +155,10 @@ class Single(Strategy):
 
     def place_batch(self, batch):
         if self.device.platform == "cpu":
-            # The host arrays as they are: the compiled step's C++ dispatch takes them (without a
-            # copy where aligned, as device_put does) for ~30 us a batch, where device_put's
-            # Python costs ~130 us, which on CPU comes out of the step's own cores (the quick
-            # classifier's training loop 1.12x faster; benchmarks/README.md).
+            # The host arrays as they are: the compiled step's C++ dispatch takes them for ~20 us
+            # more a call, where device_put's Python costs ~130 us a batch, which on CPU comes
+            # out of the step's own cores (the quick classifier's training loop 1.12x faster;
+            # benchmarks/README.md).
             return jax.tree.map(np.asarray, batch)
         return jax.device_put(batch, self.device)
 
