@@ -19,6 +19,11 @@ Groups:
   and backward to q, k and v).
 - ``unet``: the full U-Net's 3x3 stride-1 convolutions (``mnist`` preset, batch 64) at 28, 14
   and 7 pixels, against ``F.conv2d``.
+- ``autoencoder``: the Hinton autoencoder's eight Dense matmuls (batch 256), x @ W, dy @ W^T
+  and x^T @ dy.
+- ``lstm``: the Zaremba medium LSTM's parts: one LSTM layer (zoo's ``lstm_sequence``, forward
+  and backward, against the fused ``torch.lstm`` that ``nn.LSTM`` calls), the 10,000-word
+  softmax's matmul and its cross-entropy.
 
     python benchmarks/kernels.py --group dcgan --out benchmarks/results/DIR
 """
@@ -38,13 +43,16 @@ xla_flags.apply_cpu_defaults()  # the XLA:CPU options zoo's commands run with, b
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+import optax  # noqa: E402
 from jax import lax  # noqa: E402
 
 from zoo.bench import timing  # noqa: E402
 from zoo.models.layers import NHWC, conv_transpose  # noqa: E402
+from zoo.models.lstm import lstm_sequence  # noqa: E402
 from zoo.models.transformer import causal_attention  # noqa: E402
 
 CONV_GRADS = {"dx": (0,), "dk": (1,)}
+GROUPS = ("dcgan", "transformer", "unet", "autoencoder", "lstm")
 
 
 def conv_s2(x: jax.Array, k: jax.Array) -> jax.Array:
@@ -102,6 +110,18 @@ def _to_torch(kind: str):
     if kind == "attention":  # (B, T, H, D) -> (B, H, T, D)
         to = lambda a: a.transpose(0, 2, 1, 3)
         return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True), (to, to, to)
+    if kind == "lstm":  # one layer, gates i, f, g, o as zoo's; torch's kernels are (4H, in)
+        def lstm(x, w_ih, w_hh, b):
+            zeros = x.new_zeros(1, x.shape[1], w_hh.shape[1])  # (layers, B, H)
+            return torch.lstm(x, (zeros, zeros), [w_ih, w_hh, b, torch.zeros_like(b)],
+                              True, 1, 0.0, True, False, False)[0]
+        same, t = (lambda a: a), (lambda a: a.T)
+        return lstm, (same, t, t, same)
+    if kind == "xent":  # per-row softmax cross-entropy against the labels row % classes
+        def xent(logits):
+            labels = torch.arange(logits.shape[0]) % logits.shape[1]
+            return F.cross_entropy(logits, labels, reduction="none")
+        return xent, (lambda a: a,)
     raise ValueError(kind)
 
 
@@ -133,6 +153,33 @@ def ops(group: str) -> list[dict]:
             dict(name=f"causal attention (16 x {h} heads x {t} x {c // h})",
                  shapes=[(16, t, h, c // h)] * 3, zoo=causal_attention, torch="attention",
                  grads={"dqkv": (0, 1, 2)}, alternatives={"one block": one_block})]
+    if group == "autoencoder":
+        # The full suite's Hinton autoencoder (batch 256): its eight Dense layers' matmuls.
+        widths = [784, 1000, 500, 250, 30]
+        widths = widths + widths[-2::-1]
+        return [dict(name=f"Dense {k}x{n}", shapes=[(256, k), (k, n)], zoo=jnp.matmul,
+                     torch="matmul", grads={"dx": (0,), "dw": (1,)})
+                for k, n in zip(widths, widths[1:])]
+    if group == "lstm":
+        # The full suite's Zaremba medium LSTM (2 x 650, 35 steps, batch 20, 10,000 words): one
+        # layer (zoo's lstm_sequence against torch's fused LSTM), the softmax's matmul and its
+        # cross-entropy.
+        t, b, h, v = 35, 20, 650, 10_000
+        def layer(x, w_i, w_h, bias):
+            zeros = jnp.zeros((x.shape[1], w_h.shape[0]), x.dtype)
+            return lstm_sequence(x, zeros, zeros, w_i, w_h, bias)[1]
+        def xent(logits):
+            labels = jnp.arange(logits.shape[0]) % logits.shape[1]
+            return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        return [
+            dict(name=f"LSTM layer ({t} steps x {b}, {h} -> {h})",
+                 shapes=[(t, b, h), (h, 4 * h), (h, 4 * h), (4 * h,)], zoo=layer, torch="lstm",
+                 grads={"d(x, w_i, w_h, b)": (0, 1, 2, 3)}),
+            dict(name=f"softmax Dense {h}x{v}", shapes=[(t * b, h), (h, v)], zoo=jnp.matmul,
+                 torch="matmul", grads={"dx": (0,), "dw": (1,)}),
+            dict(name=f"cross-entropy ({t * b} x {v})", shapes=[(t * b, v)], zoo=xent,
+                 torch="xent", grads={"dlogits": (0,)}),
+        ]
     if group == "unet":
         # The full suite's U-Net (`mnist` preset, batch 64): its 3x3 stride-1 convolutions at
         # 28, 14 and 7 pixels, ResBlock convolutions and the up path's, whose inputs are
@@ -143,22 +190,26 @@ def ops(group: str) -> list[dict]:
                      zoo=conv3, torch="conv3", grads=CONV_GRADS)
                 for s, i, o in [(28, 32, 32), (28, 96, 32), (14, 64, 64), (14, 128, 64),
                                 (7, 64, 64), (7, 128, 64)]]
-    raise ValueError(f"unknown group {group!r}; choose dcgan, transformer or unet")
+    raise ValueError(f"unknown group {group!r}; choose one of {', '.join(GROUPS)}")
 
 
 def jax_parts(fn, args: list, dy: jax.Array, grads: dict) -> dict:
-    """Callables that run fn's forward and each gradient of ``grads`` (each blocks)."""
+    """Callables that run fn's forward and each gradient of ``grads`` (each blocks).
+
+    A gradient part runs the backward alone, from the residuals one forward saved (``jax.vjp``'s
+    function, a pytree, handed to a jitted call), as ``torch.autograd.grad(..., retain_graph=True)``
+    does on the other side. A jitted ``vjp`` would run the forward again inside every gradient
+    call wherever the backward needs its values (attention's probabilities, an LSTM's gates)."""
     parts = {"fwd": jax.jit(fn)}
+    apply = jax.jit(lambda vjp_fn, dy: vjp_fn(dy))
+    calls = {"fwd": lambda: jax.block_until_ready(parts["fwd"](*args))}
     for name, argnums in grads.items():
-        def grad(*a, argnums=argnums):
-            *inputs, dy = a
+        def with_vjp(*inputs, argnums=argnums):
             return jax.vjp(lambda *w: fn(*[w[argnums.index(i)] if i in argnums else x
                                            for i, x in enumerate(inputs)]),
-                           *[inputs[i] for i in argnums])[1](dy)
-        parts[name] = jax.jit(grad)
-    calls = {"fwd": lambda: jax.block_until_ready(parts["fwd"](*args))}
-    for name in grads:
-        calls[name] = lambda f=parts[name]: jax.block_until_ready(f(*args, dy))
+                           *[inputs[i] for i in argnums])[1]
+        vjp_fn = jax.jit(with_vjp)(*args)
+        calls[name] = lambda v=vjp_fn: jax.block_until_ready(apply(v, dy))
     return calls
 
 
@@ -188,7 +239,9 @@ def measure(op: dict, steps: int, rounds: int, rng: np.random.Generator) -> dict
     contenders = {"xla": jax_parts(op["zoo"], args, dy, op["grads"])}
     contenders["torch"], _, y_torch = torch_parts(op["torch"], args, dy, op["grads"])
     # Same op on both sides: the outputs agree (torch's back in zoo's layout).
-    back = {"matmul": lambda y: y, "attention": lambda y: y.transpose(0, 2, 1, 3)}.get(
+    same = lambda y: y
+    back = {"matmul": same, "lstm": same, "xent": same,
+            "attention": lambda y: y.transpose(0, 2, 1, 3)}.get(
         op["torch"], lambda y: y.transpose(0, 2, 3, 1))(y_torch)
     scale = float(jnp.abs(y).max())
     np.testing.assert_allclose(back, y, atol=1e-4 * scale, rtol=1e-4)
@@ -206,7 +259,7 @@ def measure(op: dict, steps: int, rounds: int, rng: np.random.Generator) -> dict
 
 def main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("--group", choices=("dcgan", "transformer", "unet"), default="dcgan")
+    p.add_argument("--group", choices=GROUPS, default="dcgan")
     p.add_argument("--steps", type=int, default=10, help="timed calls per round and part")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--out", required=True)
