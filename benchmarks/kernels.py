@@ -198,11 +198,10 @@ def jax_parts(fn, args: list, dy: jax.Array, grads: dict) -> dict:
 
     A gradient part runs the backward alone, from the residuals one forward saved (``jax.vjp``'s
     function, a pytree, handed to a jitted call), as ``torch.autograd.grad(..., retain_graph=True)``
-    does on the other side. A jitted ``vjp`` would run the forward again inside every gradient
-    call wherever the backward needs its values (attention's probabilities, an LSTM's gates)."""
-    parts = {"fwd": jax.jit(fn)}
-    apply = jax.jit(lambda vjp_fn, dy: vjp_fn(dy))
-    calls = {"fwd": lambda: jax.block_until_ready(parts["fwd"](*args))}
+    does on the other side. A jitted ``vjp`` would run again, in every gradient call, the part of
+    the forward the backward needs (attention's probabilities, an LSTM's gates)."""
+    forward, apply = jax.jit(fn), jax.jit(lambda vjp_fn, dy: vjp_fn(dy))
+    calls = {"fwd": lambda: jax.block_until_ready(forward(*args))}
     for name, argnums in grads.items():
         def with_vjp(*inputs, argnums=argnums):
             return jax.vjp(lambda *w: fn(*[w[argnums.index(i)] if i in argnums else x
