@@ -11,7 +11,10 @@ is ``--xla_cpu_experimental_ynn_fusion_type=`` (none); ``no-conv`` and ``dot-onl
 default) leave out YNNPACK's convolutions, and its convolutions and reductions. ``--xla_cpu_use_onednn``
 alone changes nothing (no HLO is given to oneDNN); with ``xla_cpu_experimental_onednn_fusion_type``
 it runs the dots (``onednn-dot``) and also elementwise ops (``onednn-dot-eltwise``) through oneDNN,
-with YNNPACK off. ``--settings`` picks some of them (``default`` is always measured).
+with YNNPACK off. The ``dot-only-*`` settings flip one more XLA:CPU switch each (vector
+width, scheduler, emitters, Eigen's threads, copy insertion, YNNPACK's elementwise fusions);
+``dot-only-again`` repeats ``dot-only``'s options, so two identical executables show the
+method's noise. ``--settings`` picks some of them (``default`` is always measured).
 
     python benchmarks/xla_cpu_flags.py --suite quick --out benchmarks/results/DIR
 """
@@ -33,6 +36,8 @@ SETTINGS = {
     "no-reduce": {YNN: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"},
     "no-conv": {YNN: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"},
     "dot-only": {YNN: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"},
+    # The same options again: what two identical executables measure apart (the method's noise).
+    "dot-only-again": {YNN: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"},
     "no-ynnpack": {YNN: ""},
     # YNNPACK's dot fusions that take in their elementwise neighbours, and its elementwise fusions.
     "ynn-dot-fusion": {YNN: "LIBRARY_FUSION_TYPE_DOT"},
@@ -51,6 +56,9 @@ SETTINGS = {
            ("no-concurrency-scheduler", "xla_cpu_enable_concurrency_optimized_scheduler", False),
            ("tiling-propagation", "xla_cpu_experimental_enable_tiling_propagation", True),
            ("no-fusion-emitters", "xla_cpu_use_fusion_emitters", False),
+           ("single-thread-eigen", "xla_cpu_multi_thread_eigen", False),
+           ("memory-scheduler", "xla_cpu_scheduler_type", "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"),
+           ("region-analysis", "xla_cpu_copy_insertion_use_region_analysis", True),
        ]},
 }
 
