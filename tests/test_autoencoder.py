@@ -2,11 +2,10 @@
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
-from zoo import train
+from zoo import build, train
 from zoo.models import autoencoder
 
 
@@ -64,3 +63,9 @@ def test_trains_on_synthetic_data_with_conv_and_bf16(tmp_path):
     result = train.train(config, None, log=lambda s: None)
     assert result.history[-1]["loss"] < result.history[0]["loss"]
     assert np.isfinite(result.eval_metrics["loss"])
+    # The convolutions ran in bfloat16 (the params stay float32).
+    run = build.build(config)
+    hlo = run.train_step.compiled.lower(run.strategy.place_state(run.template),
+                                        next(run.data.train)).as_text()
+    convolutions = [line for line in hlo.splitlines() if "stablehlo.convolution" in line]
+    assert convolutions and all("bf16" in line for line in convolutions)

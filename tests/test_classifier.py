@@ -6,6 +6,7 @@ import time
 import jax
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from zoo import eval_quality, models
@@ -54,6 +55,20 @@ def test_family_builds_trains_and_exposes_features(arch, cfg, feat_dim):
     # The eval metrics are those of these logits.
     want_acc = np.mean(logits.argmax(-1) == batch["label"])
     assert float(ev["accuracy"]) == pytest.approx(want_acc)
+    # Its objective trains it: Adam steps on this batch fit its four labels.
+    tx = optax.adam(1e-2)
+
+    @jax.jit
+    def step(params, opt_state, rng):
+        grads = jax.grad(lambda p: loss_fn(p, model_state, batch, rng)[0])(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    opt_state = tx.init(params)
+    for i in range(30):
+        params, opt_state = step(params, opt_state, jax.random.PRNGKey(10 + i))
+    trained = eval_fn(params, model_state, batch, jax.random.PRNGKey(2))
+    assert float(trained["loss"]) < 0.5 * float(ev["loss"]) and float(trained["accuracy"]) == 1.0
 
 
 def test_dropout_is_on_in_training_only():
@@ -64,6 +79,9 @@ def test_dropout_is_on_in_training_only():
     a = float(loss_fn(params, ms, batch, jax.random.PRNGKey(1))[0])
     b = float(loss_fn(params, ms, batch, jax.random.PRNGKey(2))[0])
     assert a != b
+    eval_fn = jax.jit(family.eval_metrics)  # evaluation ignores its rng: no masks
+    assert (float(eval_fn(params, ms, batch, jax.random.PRNGKey(1))["loss"])
+            == float(eval_fn(params, ms, batch, jax.random.PRNGKey(2))["loss"]))
 
 
 def test_unknown_arch_is_an_error():

@@ -290,11 +290,17 @@ def test_mixed_precision_keeps_float32_params():
 
 
 def test_remat_gives_the_same_step():
-    plain, _, _ = _train("single", {}, steps=2)
-    remat, _, _ = _train("single", {}, steps=2, remat=True)
-    per_layer, _, _ = _train("single", {}, family=_ae(remat=True), steps=2)
+    plain, _, plain_step = _train("single", {}, steps=2)
+    remat, _, remat_step = _train("single", {}, steps=2, remat=True)
+    per_layer, _, per_layer_step = _train("single", {}, family=_ae(remat=True), steps=2)
     _assert_trees_close(remat.params, plain.params, rtol=1e-6, atol=1e-7)
     _assert_trees_close(per_layer.params, plain.params, rtol=1e-6, atol=1e-7)
+    # ...and remat is really there: jax.checkpoint lowers its saved inputs through an
+    # optimization barrier, which the plain step has none of.
+    barriers = lambda step, state: step.compiled.lower(state, _batches(1)[0]).as_text().count(
+        "optimization_barrier")
+    assert barriers(plain_step, plain) == 0
+    assert barriers(remat_step, remat) > 0 and barriers(per_layer_step, per_layer) > 0
 
 
 def test_gradient_clipping_through_optax():
@@ -308,8 +314,6 @@ def test_gradient_clipping_through_optax():
 
 def test_two_players_update_in_order():
     # A two-player objective: player "a" moves first; "b" then sees a's *new* params.
-    seen = {}
-
     def loss_a(params, model_state, batch, rng):
         return jnp.sum((params["a"] - 1.0) ** 2), {"a": params["a"][0]}, model_state
 
@@ -572,15 +576,17 @@ def test_a_users_batchnorm_dropout_model_agrees_under_every_strategy(rate):
     x = np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32)
     batch = {"x": x, "y": np.sin(x).sum(1, keepdims=True)}
     variables = model.init(jax.random.PRNGKey(0), x[:2], False)
-    results = {}
+    results, first_stats = {}, {}
     for name, options in (("single", {}), ("pmap", {}), ("mesh", {"data": 4, "fsdp": 2})):
         strategy = zoo.make_strategy(name, **options)
         state = strategy.place_state(zoo.TrainState.create(
             params=variables["params"], tx=optax.adam(1e-2),
             model_state={"batch_stats": variables["batch_stats"]}, seed=0))
         step = zoo.compile_train_step(loss_fn, strategy)
-        for _ in range(5):
+        for i in range(5):
             state, _ = step(state, batch)
+            if i == 0:
+                first_stats[name] = strategy.to_host(state.model_state)
         results[name] = strategy.to_host((state.params, state.model_state))
     close = lambda a, b: jax.tree.map(
         lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6), a, b)
@@ -591,6 +597,9 @@ def test_a_users_batchnorm_dropout_model_agrees_under_every_strategy(rate):
         diffs = [np.abs(u - v).max() for u, v in zip(jax.tree.leaves(results["pmap"]),
                                                      jax.tree.leaves(results["single"]))]
         assert max(diffs) > 1e-4  # pmap's per-device masks: the documented difference
+        # BatchNorm comes before dropout, so the first step's statistics, from the same params,
+        # are the global batch's under pmap too: its devices' BatchNorms are synced.
+        close(first_stats["pmap"], first_stats["single"])
 
 
 def test_loss_contract_and_a_missing_model_state_are_named():

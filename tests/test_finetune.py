@@ -8,14 +8,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+import torch
+import transformers
 
 from configs_loader import load_config
 from zoo import build, checkpoint, cli, convert_gpt2, finetune, models, train
 from zoo.core import lora
 from zoo.core import params as params_lib
-
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
 
 ARCH = dict(family="transformer", preset="tiny", block_size=32, n_layer=2, n_head=2, n_embd=32)
 

@@ -228,10 +228,12 @@ def test_without_carried_state_it_trains_on_random_windows_or_rows():
                         "vocab_size": 0, "unit": ""}
         config.data.update(dataset="synthetic", seq_len=8, batch_size=8, eval_batch_size=8,
                            synthetic_size=2000, batching=batching)
-        config.train.update(steps=4, log_every=2, sample_tokens=0)
+        config.train.update(steps=40, log_every=5, sample_tokens=0)
+        config.optimizer.learning_rate = 0.02
         result = train.train(config, None, log=lambda s: None)
         assert "reset" not in result.family.batch_spec
-        assert np.isfinite(result.history[-1]["loss"])
+        losses = [h["loss"] for h in result.history]  # from ln(64) = 4.16 down towards the
+        assert losses[-1] < losses[0] - 0.3, losses   # synthetic text's noise entropy
 
 
 def test_the_lstm_layer_is_flaxs_optimized_lstm_cell_in_values_and_gradients():

@@ -184,4 +184,5 @@ def test_generation_speed_counts_samples_and_tokens():
     out = M.generation_speed(lambda: calls.append(1) or np.zeros(3), num_samples=8,
                              tokens_per_sample=100, warmup=1, repeats=3)
     assert len(calls) == 4
+    assert out["samples_per_s"] == pytest.approx(8 / out["seconds_per_call"])
     assert out["tokens_per_s"] == pytest.approx(100 * out["samples_per_s"])

@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 
-from configs_loader import CONFIGS
 from test_text_pipeline import TRANSFORMER, _config
 from test_tokenizers import _train_bpe
 from zoo import cli, text_data, token_files, train

@@ -85,6 +85,11 @@ def test_remat_and_bfloat16_agree_with_float32(tiny):
         loss(base, p), loss(bf16, p)))(params)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g32, g_remat)
     assert abs(float(l16) - float(l32)) < 0.05
+    assert float(l16) != float(l32)  # the bf16 model did compute in bf16
+    # remat is really there: jax.checkpoint lowers through optimization barriers.
+    barriers = lambda model: jax.jit(jax.grad(lambda q: loss(model, q))).lower(
+        params).as_text().count("optimization_barrier")
+    assert barriers(base) == 0 and barriers(remat) > 0
 
 
 def _train(strategy, family, params, batches):

@@ -1,9 +1,9 @@
 import sys
 from zoo.core import xla_flags; xla_flags.apply_cpu_defaults()
 from zoo.core import host_memory; host_memory.keep_freed_memory()
-import jax, jax.numpy as jnp
+import jax.numpy as jnp
 from jax import lax
-from zoo.models import lstm as LS, language
+from zoo.models import lstm as LS
 from zoo.bench import catalog, timing
 from zoo.bench.zoo_runner import ZooRunner
 
