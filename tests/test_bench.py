@@ -179,9 +179,23 @@ def test_peer_has_the_zoo_models_parameter_count(case, suite):
         assert any(not bool((a == b).all()) for a, b in zip(after, before))
 
 
-def test_bench_main_rejects_unknown_strategy():
-    with pytest.raises(SystemExit):
-        bench_main(["--strategies", "nope"])
+@pytest.mark.parametrize("argv, says", [
+    (["--strategies", "nope"], "unknown strategy 'nope'; choose single, pmap, mesh"),
+    (["--cases", "nosuch"], "--cases: unknown case(s) nosuch in the tiny suite; choose from"),
+    (["--sweep-cases", "nope"], "--sweep-cases: unknown case(s) nope"),
+    (["--out", __file__], "is a file; give a folder"),
+    (["--torch-threads", "xyz"], "give a number of threads, or auto"),
+    (["--sweep", "1,0"], "argument --sweep: 0 must be >= 1"),
+    (["--rounds", "0"], "argument --rounds: 0 must be >= 1"),
+])
+def test_bench_main_refuses_bad_options_in_one_line_before_running(argv, says, capsys):
+    try:
+        rc = bench_main(["--suite", "tiny", *argv])
+    except SystemExit as e:  # argparse's own refusals
+        rc = e.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and says in err[-1] and "Traceback" not in "\n".join(err), err
+    assert len(err) == 1 or err[0].startswith("usage: zoo bench")
 
 
 def test_bench_main_writes_json_markdown_and_command(tmp_path, capsys):

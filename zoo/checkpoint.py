@@ -97,18 +97,28 @@ class Checkpointer:
         self.manager.close()
 
     def _check_shapes(self, step: int, template: TrainState) -> None:
-        """Refuses a readable checkpoint whose arrays have other shapes than this run's: the
-        config changed (model sizes; the batch size, for per-example state), which no older
-        checkpoint of the run mends. Unreadable metadata is left to the restore to report."""
+        """Refuses a readable checkpoint whose arrays are not this run's (other arrays: another
+        family, layers or optimizer; other shapes: model sizes, or the batch size for
+        per-example state): the config changed, which no older checkpoint of the run mends.
+        Unreadable or incomplete metadata is left to the restore to report as damage."""
         try:
             metadata = self.manager.item_metadata(step)["state"]
         except Exception:  # noqa: BLE001
             return
-        saved = jax.tree_util.tree_flatten_with_path(metadata)[0]
-        saved = {jax.tree_util.keystr(p): tuple(m.shape) for p, m in saved if m is not None}
-        for p, x in jax.tree_util.tree_flatten_with_path(_state_dict(template))[0]:
-            key = jax.tree_util.keystr(p)
-            if key in saved and saved[key] != tuple(np.shape(x)):
+        flat = jax.tree_util.tree_flatten_with_path(metadata, is_leaf=lambda m: m is None)[0]
+        saved = {_path(p): tuple(m.shape) for p, m in flat if m is not None}
+        own = jax.tree_util.tree_flatten_with_path(_state_dict(template))[0]
+        own = {_path(p): x for p, x in own}
+        if not saved or {_path(p) for p, m in flat if m is None} & own.keys():
+            return  # metadata lost, or without some arrays' entries: the restore decides
+        if saved.keys() != own.keys():  # another model or optimizer: no older checkpoint mends it
+            raise CheckpointError(
+                f"the checkpoint at step {step} in {self.directory} holds another state than "
+                f"this run's ({_tree_difference(saved, own)}): the config changed since it was "
+                "saved (family, layers or optimizer). Resume with the saved config, or use a new "
+                "workdir")
+        for key, x in own.items():
+            if saved[key] != tuple(np.shape(x)):
                 raise CheckpointError(
                     f"the checkpoint at step {step} in {self.directory} holds {key} of shape "
                     f"{saved[key]}, this run's is {tuple(np.shape(x))}: the config changed since "
@@ -193,6 +203,24 @@ class Checkpointer:
             return strategy.place_state(state), dict(restored.extra), s
         raise CheckpointError(f"no checkpoint in {self.directory} could be restored:\n  "
                               + "\n  ".join(errors))
+
+
+def _path(keys) -> str:
+    """A leaf's path as ``a/b/0``, however its tree spells the steps (a saved checkpoint's
+    metadata holds an optimizer state's named tuples as dicts)."""
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in keys)
+
+
+def _tree_difference(saved: Mapping, own: Mapping) -> str:
+    """What two flat trees (path -> leaf) differ in, shortly: a few paths each side lacks."""
+    parts = []
+    for what, keys in (("saved only", saved.keys() - own.keys()),
+                       ("this run's only", own.keys() - saved.keys())):
+        if keys:
+            shown = ", ".join(sorted(keys)[:2]) + (f" and {len(keys) - 2} more" if len(keys) > 2
+                                                   else "")
+            parts.append(f"{what}: {shown}")
+    return "; ".join(parts)
 
 
 def find_checkpoints(path: str | Path) -> Path | None:
@@ -323,6 +351,7 @@ def load_run(path: str | Path, step: int | None = None,
     params, ema = state["params"], state.get("ema_params")
     model_state = {p: state.get("model_state", {}).get(p, {}) for p in params}
     family = models.make_family(config["model"])
+    _check_params_fit(family, params, f"the checkpoint at step {s} in {ckpt_dir}")
     if family.inference_params is not None:  # LoRA: read back as the plain merged model
         params = jax.tree.map(np.asarray, family.plain_params(params))
         ema = None if ema is None else jax.tree.map(np.asarray, family.plain_params(ema))
@@ -356,11 +385,32 @@ def save_run(run_dir: str | Path, model_config: Mapping, params, model_state, *,
     return run_dir
 
 
+def _abstract_variables(family: Family) -> tuple[dict, dict]:
+    """The shapes of ``family.init``'s params and model state (nothing allocated)."""
+    dummy = jax.tree.map(lambda s: np.zeros((2, *s.shape), s.dtype), family.batch_spec)
+    return jax.eval_shape(family.init, jax.random.PRNGKey(0), dummy)
+
+
+def _check_params_fit(family: Family, params: Mapping, where: str) -> None:
+    """Refuses params that are not those of the model the saved config builds (an edited or
+    damaged config): with missing or extra layers a model would run on part of them."""
+    flat = lambda tree: {_path(p): tuple(np.shape(x))
+                         for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    saved, own = flat(params), flat(_abstract_variables(family)[0])
+    if saved.keys() != own.keys():
+        raise CheckpointError(f"{where} holds params of another model than its saved config "
+                              f"builds ({_tree_difference(saved, own)}); the config was changed "
+                              "or is damaged")
+    for key, shape in own.items():
+        if saved[key] != shape:
+            raise CheckpointError(f"{where} holds {key} of shape {saved[key]}, but its saved "
+                                  f"config builds {shape}; the config was changed or is damaged")
+
+
 def _load_saved_variables(run_dir: Path) -> LoadedRun:
     meta = json.loads((run_dir / CONFIG_FILE).read_text())
     family = models.make_family(meta["model"])
-    dummy = jax.tree.map(lambda s: np.zeros((2, *s.shape), s.dtype), family.batch_spec)
-    params, model_state = jax.eval_shape(family.init, jax.random.PRNGKey(0), dummy)  # shapes only
+    params, model_state = _abstract_variables(family)
     variables = serialization.from_bytes({"params": params, "model_state": model_state},
                                          (run_dir / VARIABLES_FILE).read_bytes())
     return LoadedRun(meta, family, variables["params"], variables["model_state"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -18,13 +19,33 @@ def _one_line(e: BaseException, limit: int = 400) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+def _from_orbax(tb) -> bool:
+    while tb is not None:
+        if "/orbax/" in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
+
+
 def _quiet_unraisable(unraisable, _default=sys.unraisablehook) -> None:
-    """Drops the "Event loop is closed" errors orbax's tensorstore reads leave behind when they
-    fail on a damaged checkpoint (after zoo has reported it in one line); shows anything else."""
+    """Drops what orbax's tensorstore reads leave behind when they fail on a damaged checkpoint
+    (after zoo has reported it in one line): "Event loop is closed", and the read errors of the
+    array reads it abandoned. Shows anything else."""
     exc = unraisable.exc_value
     if isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc):
         return
+    if _from_orbax(unraisable.exc_traceback):
+        return
     _default(unraisable)
+
+
+class _QuietAbandonedReads(logging.Filter):
+    """asyncio's "exception was never retrieved": zoo runs no asyncio of its own, so these are
+    the reads of a damaged checkpoint that orbax gave up on, after zoo has said which checkpoint
+    it could not read."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "exception was never retrieved" not in record.getMessage()
 
 
 # Subcommands import what they run when they run: `zoo --help` and `zoo bench` (which sets up
@@ -315,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     host_memory.keep_freed_memory()  # before the first large allocation
     if os.environ.get(DEBUG_ENV, "") in ("", "0"):
         sys.unraisablehook = _quiet_unraisable
+        logging.getLogger("asyncio").addFilter(_QuietAbandonedReads())
     if argv and argv[0] == "bench":  # its own parser; must run before JAX starts a backend
         from zoo.bench import bench_main
         return bench_main(argv[1:])

@@ -62,10 +62,22 @@ def load_config_file(path: str | Path):
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"config file {str(path)!r} not found")
-    module = _load_module(path.absolute(), {})
+    try:
+        module = _load_module(path.absolute(), {})
+    except Exception as e:  # noqa: BLE001 -- a user's file: say which and why, in one line
+        raise ValueError(f"config file {str(path)!r} could not be run as Python "
+                         f"({type(e).__name__}: {e})") from None
     if not hasattr(module, "get_config"):
         raise ValueError(f"config file {str(path)!r} defines no get_config()")
-    return module.get_config()
+    try:
+        config = module.get_config()
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(f"get_config() in {str(path)!r} failed "
+                         f"({type(e).__name__}: {e})") from None
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ValueError(f"get_config() in {str(path)!r} returned {type(config).__name__}; it "
+                         "must return an ml_collections.ConfigDict (as configs/*.py do)")
+    return config
 
 
 def dotted_keys(config, prefix: str = "") -> list[str]:

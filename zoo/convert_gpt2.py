@@ -120,8 +120,19 @@ def load(path: str | os.PathLike, dtype: str = "float32") -> tuple[dict, dict]:
     if not config_file.exists():
         raise ValueError(f"{path} has no config.json; a GPT-2 folder is what save_pretrained "
                          "writes")
-    model_config = model_config_from_hf(json.loads(config_file.read_text()), dtype)
-    params = convert_state_dict(read_state_dict(path), model_config["n_layer"])
+    try:
+        hf = json.loads(config_file.read_text())
+        model_config = model_config_from_hf(hf, dtype)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # damaged or foreign: say which
+        raise ValueError(f"{config_file} is not a GPT-2 config.json ({type(e).__name__}: "
+                         f"{e})") from None
+    try:
+        params = convert_state_dict(read_state_dict(path), model_config["n_layer"])
+    except ValueError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- damaged weights, or not the config's model
+        raise ValueError(f"the weights in {path} do not load as its config.json's GPT-2 "
+                         f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
     return model_config, _to_jax(params)
 
 

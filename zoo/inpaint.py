@@ -89,6 +89,7 @@ def inpaint_main(path: str, out_dir: str, *, mask: str = "center", num_images: i
         raise ValueError(f"unknown mask {mask!r}; choose one of {', '.join(MASKS)}")
     if num_images < 1:
         raise ValueError(f"--images must be >= 1, got {num_images}")
+    sample.check_out_dir(out_dir)
     run = checkpoint.load_run(path)
     den = run.family.require("denoiser", "inpaint (it is not a diffusion model)")
     den.check("ddim", sampling_steps, guidance)

@@ -335,6 +335,9 @@ def with_sampling(family: Family, *, sampler: str | None = None, steps: int | No
                                      "steps, eta, guidance)")
     sampler = sampler or "ddim"
     den.check(sampler, steps, guidance)
+    if eta is not None and not 0.0 <= eta <= 1.0:
+        raise ValueError(f"--eta={eta} must be in [0, 1] (0: deterministic DDIM, 1: DDPM's "
+                         "noise)")
     if sampler == "ddpm":
         steps = den.schedule.num_steps
     den = dataclasses.replace(den, sampling_steps=steps or den.sampling_steps,
@@ -386,6 +389,12 @@ def run_test_split(run: checkpoint.LoadedRun, dataset: str | None = None, *,
                               download_dir=download_dir or run_data.download_dir or None)
 
 
+def check_out_dir(out_dir: str | Path) -> None:
+    """Refuses an ``--out`` that is a file before any model is loaded or run."""
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise ValueError(f"--out {out_dir} is a file; give a folder (it is created if missing)")
+
+
 def sample_main(path: str, out_dir: str, *, seed: int = 0, data: Mapping | None = None,
                 dataset: str | None = None, tfds_data_dir: str | None = None,
                 download_dir: str | None = None, sampler: str | None = None,
@@ -401,6 +410,7 @@ def sample_main(path: str, out_dir: str, *, seed: int = 0, data: Mapping | None 
     ``guidance`` (:func:`with_sampling`), from its EMA weights where it has them.
     ``options`` go to :func:`write_samples`.
     """
+    check_out_dir(out_dir)
     run = checkpoint.load_run(path)
     family = with_sampling(run.family, sampler=sampler, steps=sampling_steps, eta=eta,
                            guidance=guidance)

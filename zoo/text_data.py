@@ -213,7 +213,14 @@ def prepare_token_files(out: str | os.PathLike, *, text_file: str | os.PathLike 
         path = Path(text_file)
         if not path.is_file():
             raise ValueError(f"text file {path} not found")
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path} is not UTF-8 text (byte {e.start} is not); prepare-text "
+                             "reads a UTF-8 text file") from None
+        if len(text) < 2:
+            raise ValueError(f"{path} holds {len(text)} characters; prepare-text needs a text "
+                             "to split into a train and a validation part")
         cut = int((1 - val_fraction) * len(text))
         splits = {"train": text[:cut], "validation": text[cut:]}
         name = data.tokenizer or "char"

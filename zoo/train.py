@@ -28,6 +28,7 @@ from jax.experimental import multihost_utils
 from zoo import build as build_lib
 from zoo import evaluate as evaluate_lib
 from zoo import finetune, input_pipeline
+from zoo import tokenizers as tok
 from zoo.checkpoint import TOKENIZER_FILE, CheckpointError, Checkpointer
 from zoo.core import parallel
 from zoo.core import params as params_lib
@@ -165,6 +166,10 @@ class WorkdirBusyError(ValueError):
     """Another ``zoo train`` process holds the workdir."""
 
 
+# The folders zoo train writes in its workdir (and moves damaged checkpoints to).
+WORKDIR_FOLDERS = ("checkpoints", "checkpoints.damaged", "samples", "tensorboard")
+
+
 class WorkdirLock:
     """``workdir/train.lock`` (this process's PID and host) for as long as it trains.
 
@@ -183,9 +188,10 @@ class WorkdirLock:
 
     def _holder(self) -> dict:
         try:
-            return json.loads(self.path.read_text())
+            holder = json.loads(self.path.read_text())
         except (OSError, ValueError):
             return {}
+        return holder if isinstance(holder, dict) else {}  # not a lock zoo wrote: stale
 
     def _alive(self, holder: dict) -> bool:
         if holder.get("host") != socket.gethostname():
@@ -204,6 +210,10 @@ class WorkdirLock:
         if self.workdir.exists() and not self.workdir.is_dir():
             raise ValueError(f"--workdir {self.workdir} is a file; give a folder (it is created "
                              "if missing)")
+        for name in WORKDIR_FOLDERS:  # found before training, not at the first save
+            if (self.workdir / name).exists() and not (self.workdir / name).is_dir():
+                raise ValueError(f"{self.workdir / name} is a file, where zoo train keeps a "
+                                 "folder; move it away or use another --workdir")
         try:
             self.workdir.mkdir(parents=True, exist_ok=True)
             for _ in range(2):
@@ -238,7 +248,7 @@ def _drop_rows_after(path: Path, step: int) -> None:
     """Rewrites ``metrics.jsonl`` without the rows of steps after ``step`` (and any line a kill
     cut short), through a temporary file renamed over it."""
     kept = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():  # damaged lines are dropped
         try:
             if int(json.loads(line)["step"]) <= step:
                 kept.append(line)
@@ -259,9 +269,11 @@ def _saved_tokenizer(workdir: Path | None, log: Callable[[str], None]) -> dict |
         return None
     file = workdir / TOKENIZER_FILE
     try:
-        return json.loads(file.read_text())
-    except (OSError, ValueError):  # missing (an image run has none) or damaged
-        pass
+        saved = json.loads(file.read_text())
+        tok.from_config(saved)  # a tokenizer zoo can build, not just JSON
+        return saved
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # missing (an image run
+        pass                                                            # has none) or damaged
     reader = Checkpointer(ckpts)
     try:
         extra = reader.read_extra(log=log)

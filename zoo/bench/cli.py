@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import os
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -17,6 +18,32 @@ from zoo.bench import catalog, hardware
 
 def _csv(s: str) -> tuple[str, ...]:
     return tuple(x for x in s.split(",") if x)
+
+
+def _count(least: int):
+    """An argparse type: an integer >= ``least``."""
+    def parse(s: str) -> int:
+        try:
+            n = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{s!r} is not a whole number") from None
+        if n < least:
+            raise argparse.ArgumentTypeError(f"{n} must be >= {least}")
+        return n
+    return parse
+
+
+def _threads_or_auto(s: str) -> int | str:
+    if s == "auto":
+        return s
+    try:
+        return _count(1)(s)
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(f"{e}; give a number of threads, or auto") from None
+
+
+def _device_counts(s: str) -> tuple[int, ...]:
+    return tuple(_count(1)(x) for x in _csv(s))
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -31,19 +58,20 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--peers", type=_csv, default=None,
                    help="PyTorch modes: eager,compile ('' or none: no peers)")
     p.add_argument("--torch-compile", action="store_true", help="add torch.compile to the peers")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=_count(1), default=None,
                    help="CPU cores for both zoo and the peers (the process is pinned to its first "
                         "N cores; the peers get N threads); default: all cores")
-    p.add_argument("--torch-threads", default=None,
+    p.add_argument("--torch-threads", type=_threads_or_auto, default=None,
                    help="CPU threads for the peers only: a number, or auto (the faster of all "
                         "cores and 1, timed per peer); default: as --threads")
-    p.add_argument("--sweep", type=lambda s: tuple(int(x) for x in _csv(s)), default=None,
+    p.add_argument("--sweep", type=_device_counts, default=None,
                    help="device counts to sweep, e.g. 1,2,4,8 ('' : none)")
     p.add_argument("--sweep-strategies", type=_csv, default=("pmap", "mesh"))
     p.add_argument("--sweep-cases", type=_csv, default=None)
-    p.add_argument("--steps", type=int, default=None, help="timed steps per contender (>= 20)")
-    p.add_argument("--warmup", type=int, default=None)
-    p.add_argument("--rounds", type=int, default=4, help="alternating rounds")
+    p.add_argument("--steps", type=_count(1), default=None,
+                   help="timed steps per contender (20 or more for a steady median)")
+    p.add_argument("--warmup", type=_count(0), default=None)
+    p.add_argument("--rounds", type=_count(1), default=4, help="alternating rounds")
     p.add_argument("--no-peak", action="store_true", help="skip the measured matmul peak")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--compile-only", action="store_true",
@@ -56,7 +84,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true",
                    help="profile each case's step: zoo's top XLA ops (jax.profiler trace) and the "
                         "PyTorch peer's top aten ops (torch.profiler), with their shares")
-    p.add_argument("--log-every", type=int, default=None,
+    p.add_argument("--log-every", type=_count(1), default=None,
                    help="--loop: steps between the loop's logs (its timing points); default: "
                         "about a second of steps at the step alone's speed")
     p.add_argument("--out", default=None,
@@ -68,11 +96,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def _torch_threads(args) -> int | str:
-    if args.torch_threads == "auto":
-        return "auto"
-    if args.torch_threads:
-        return int(args.torch_threads)
-    return args.threads or hardware.cores()
+    return args.torch_threads or args.threads or hardware.cores()
 
 
 def _write_results(args, argv, kind: str, stem: str, body: dict, table: str) -> int:
@@ -142,6 +166,25 @@ def _profile(args, strategies, steps, warmup, peers, argv) -> int:
     return _write_results(args, argv, "profile", "profile", {"profiles": profiles}, table)
 
 
+def _bad_input(args, strategies, peers, sweep_cases) -> str | None:
+    """What is wrong with the options, if anything, found before any case is built."""
+    for s in strategies + tuple(args.sweep_strategies):
+        if s not in ("single", "pmap", "mesh"):
+            return f"unknown strategy {s!r}; choose single, pmap, mesh"
+    for m in peers:
+        if m not in ("eager", "compile"):
+            return f"unknown peer mode {m!r}; choose eager, compile"
+    known = [c.name for c in catalog.case_table(args.suite)]
+    for option, names in (("--cases", args.cases or ()), ("--sweep-cases", sweep_cases or ())):
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            return (f"{option}: unknown case(s) {', '.join(unknown)} in the {args.suite} suite; "
+                    f"choose from {', '.join(known)}")
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        return f"--out {args.out} is a file; give a folder (it is created if missing)"
+    return None
+
+
 def main(argv: Sequence[str]) -> int:
     """``zoo bench [options]`` (also ``python -m zoo.bench``); returns the exit status."""
     # On a GPU the PyTorch peers share the device: JAX must not grab 75% of its memory up front.
@@ -165,7 +208,8 @@ def main(argv: Sequence[str]) -> int:
     try:  # before anything touches a device
         distributed.join(distributed.cluster_from(args))
     except ValueError as e:
-        raise SystemExit(f"zoo bench: {e}") from None
+        print(f"zoo bench: error: {e}", file=sys.stderr)
+        return 2
     strategies, peers, sweep, sweep_cases, steps, warmup = catalog.SUITE_DEFAULTS[args.suite]
     strategies = args.strategies or strategies
     peers = tuple(x for x in (args.peers if args.peers is not None else peers) if x != "none")
@@ -175,12 +219,10 @@ def main(argv: Sequence[str]) -> int:
     sweep_cases = args.sweep_cases or sweep_cases
     steps = args.steps or steps
     warmup = args.warmup if args.warmup is not None else warmup
-    for s in strategies + tuple(args.sweep_strategies):
-        if s not in ("single", "pmap", "mesh"):
-            raise SystemExit(f"zoo bench: unknown strategy {s!r}; choose single, pmap, mesh")
-    for m in peers:
-        if m not in ("eager", "compile"):
-            raise SystemExit(f"zoo bench: unknown peer mode {m!r}; choose eager, compile")
+    problem = _bad_input(args, strategies, peers, sweep_cases)
+    if problem:  # before any case is built: one line, exit 2
+        print(f"zoo bench: error: {problem}", file=sys.stderr)
+        return 2
     import jax
     if jax.process_count() > 1:
         # Across processes only the mesh spans every device; the peers and the device sweep
@@ -188,8 +230,6 @@ def main(argv: Sequence[str]) -> int:
         strategies, peers, sweep = ("mesh",), (), ()
     if args.compile_only:
         return _compile_only(args, strategies, argv)
-    if args.log_every is not None and args.log_every < 1:
-        raise SystemExit(f"zoo bench: --log-every={args.log_every} must be >= 1")
     if args.loop:
         return _loop(args, strategies, steps, warmup, argv)
     if args.profile:

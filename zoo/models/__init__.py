@@ -18,6 +18,30 @@ FAMILIES = {
 }
 
 
+# Model-config keys that are sizes in every family that has them: positive whole numbers (a
+# tuple of them for layer widths). An image is (height, width, channels). (latent_dim is each
+# family's own check: what it means differs.)
+SIZE_KEYS = ("hidden", "features", "hidden_size", "num_layers", "n_layer", "n_head", "n_embd",
+             "block_size", "base_channels", "dense")
+
+
+def _check_sizes(model_config) -> None:
+    """Zero, negative or malformed sizes, named before any model is built."""
+    for key in SIZE_KEYS:
+        value = model_config.get(key, None)
+        if value is None or value == "":
+            continue
+        sizes = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes):
+            raise ValueError(f"model.{key}={value!r}: sizes must be whole numbers > 0")
+    shape = model_config.get("image_shape", None)
+    if shape is not None and not (
+            isinstance(shape, (tuple, list)) and len(shape) == 3
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape)):
+        raise ValueError(f"model.image_shape={shape!r} must be (height, width, channels), "
+                         "whole numbers > 0")
+
+
 def make_family(model_config, *, adapters: bool = True) -> Family:
     """The family named by ``model_config.family``, built from the rest of the config; with
     ``model.lora_rank > 0`` trained through LoRA adapters (:mod:`zoo.core.lora`) unless
@@ -25,6 +49,7 @@ def make_family(model_config, *, adapters: bool = True) -> Family:
     name = model_config.get("family")
     if name not in FAMILIES:
         raise ValueError(f"unknown model family {name!r}; known: {', '.join(sorted(FAMILIES))}")
+    _check_sizes(model_config)
     lora_settings = lora.LoraSettings.from_model_config(model_config)
     family = importlib.import_module(FAMILIES[name]).make_family(model_config)
     if adapters and lora_settings.rank:

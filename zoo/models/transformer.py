@@ -223,6 +223,9 @@ def init_cache(model: GPT, batch_size: int, max_len: int | None = None, dtype=No
     return [{"k": zeros(), "v": zeros()} for _ in range(model.n_layer)]
 
 
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")  # jax.nn.dot_product_attention's
+
+
 def model_kwargs(config) -> dict:
     """GPT's constructor arguments from a model config (``preset`` then explicit keys)."""
     preset = config.get("preset", None)
@@ -239,6 +242,12 @@ def model_kwargs(config) -> dict:
         raise ValueError("the transformer needs model.vocab_size (the tokenizer's vocabulary)")
     kw["dtype"] = dtypes.dtype(config.get("dtype", "float32"), "model.dtype")
     kw["attention_impl"] = kw.get("attention_impl") or None
+    if kw["attention_impl"] not in (None, *ATTENTION_IMPLEMENTATIONS):
+        raise ValueError(f"unknown model.attention_impl {kw['attention_impl']!r}; choose one of "
+                         f"{', '.join(ATTENTION_IMPLEMENTATIONS)}, or leave it empty (JAX "
+                         "chooses)")
+    if not 0.0 <= float(kw.get("dropout", 0.0)) < 1.0:
+        raise ValueError(f"model.dropout={kw['dropout']} must be in [0, 1)")
     return kw
 
 
