@@ -86,6 +86,12 @@ def _cases(root):
         (["sample", ae, "--out", file], 2, "is a file; give a folder"),
         (["prepare-text", "--text", str(root / "binary.dat"), "--out", str(root / "t2")], 2,
          "is not UTF-8 text"),
+        ([*train_ae, "--config.optimizer.learning_rate=-1"], 2,
+         "optimizer.learning_rate=-1.0 must be >= 0.0"),
+        (["eval", ae, "--iwae-k", "5"], 2, "cannot report an IWAE-k likelihood"),
+        (["eval", ae, "--sampling-steps", "10"], 2, "cannot take --sampling-steps or --guidance"),
+        (["eval", ae, "--num-samples", "0"], 2, "--num-samples=0 must be >= 1"),
+        (["list", "--configs", file], 2, "is not a folder"),
     ]
 
 

@@ -425,6 +425,20 @@ def evaluate_checkpoint(path: str | Path, *, config=None, overrides: list[str] =
     :func:`load_classifier`). Returns the results and writes them to ``eval.json`` in the run
     directory."""
     judge = None
+    if quality and num_samples < 1:
+        raise ValueError(f"--num-samples={num_samples} must be >= 1")
+    if iwae_k < 0:
+        raise ValueError(f"--iwae-k={iwae_k} must be >= 0 (0: no IWAE-k likelihood)")
+    if quality and (iwae_k or sampling_steps or guidances):  # options the run must be able to take
+        run_config = evaluate.saved_config(path, step, log=log) if config is None else config
+        family = make_family(config_lib.apply_overrides(run_config, overrides).model)
+        if iwae_k:
+            family.require("log_likelihood", "report an IWAE-k likelihood (--iwae-k)")
+        if sampling_steps or guidances:
+            den = family.require("denoiser", "take --sampling-steps or --guidance")
+            for steps in (list(sampling_steps) or [None]):
+                for w in (list(guidances) or [None]):
+                    den.check("ddim", steps, w)
     if quality and classifier is not None:  # a judge that does not fit is refused before compiling
         run_config = evaluate.saved_config(path, step, log=log) if config is None else config
         run_config = config_lib.apply_overrides(run_config, overrides)

@@ -138,6 +138,9 @@ MINIMUMS = {
     "DataSettings": {"batch_size": 1, "eval_batch_size": 0, "synthetic_size": 1,
                      "synthetic_vocab": 2, "seq_len": 0},
     "ParallelSettings": {"fsdp": 1},
+    # Negative rates, momentum, decay, clipping norms or warm-up mean nothing an optimizer does.
+    "OptimizerSettings": {"learning_rate": 0.0, "momentum": 0.0, "weight_decay": 0.0,
+                          "grad_clip_norm": 0.0, "warmup_steps": 0, "eps": 0.0},
     "TrainSettings": {"steps": 1, "log_every": 1, "eval_every": 0, "checkpoint_every": 0,
                       "keep_checkpoints": 1, "grad_accum_steps": 1, "sample_tokens": 0},
 }
