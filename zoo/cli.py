@@ -119,9 +119,6 @@ def _list(args, overrides) -> int:
 
     from zoo import models
 
-    if args.configs and not Path(args.configs).is_dir():
-        raise ValueError(f"--configs {args.configs} is not a folder; give the folder of config "
-                         "files (*.py)")
     print("model families:")
     for name in sorted(models.FAMILIES):
         print(f"  {name}")

@@ -25,8 +25,9 @@ SIZE_KEYS = ("hidden", "features", "hidden_size", "num_layers", "n_layer", "n_he
              "block_size", "base_channels", "dense")
 
 
-def _check_sizes(model_config) -> None:
-    """Zero, negative or malformed sizes, named before any model is built."""
+def _check_shared_keys(model_config) -> None:
+    """Zero, negative or malformed sizes (and a dropout rate outside [0, 1)), named before any
+    model is built."""
     for key in SIZE_KEYS:
         value = model_config.get(key, None)
         if value is None or value == "":
@@ -34,6 +35,10 @@ def _check_sizes(model_config) -> None:
         sizes = tuple(value) if isinstance(value, (tuple, list)) else (value,)
         if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes):
             raise ValueError(f"model.{key}={value!r}: sizes must be whole numbers > 0")
+    dropout = model_config.get("dropout", None)
+    if dropout not in (None, "") and not (isinstance(dropout, (int, float))
+                                          and not isinstance(dropout, bool) and 0 <= dropout < 1):
+        raise ValueError(f"model.dropout={dropout!r} must be a rate in [0, 1)")
     shape = model_config.get("image_shape", None)
     if shape is not None and not (
             isinstance(shape, (tuple, list)) and len(shape) == 3
@@ -49,7 +54,7 @@ def make_family(model_config, *, adapters: bool = True) -> Family:
     name = model_config.get("family")
     if name not in FAMILIES:
         raise ValueError(f"unknown model family {name!r}; known: {', '.join(sorted(FAMILIES))}")
-    _check_sizes(model_config)
+    _check_shared_keys(model_config)
     lora_settings = lora.LoraSettings.from_model_config(model_config)
     family = importlib.import_module(FAMILIES[name]).make_family(model_config)
     if adapters and lora_settings.rank:

@@ -246,8 +246,6 @@ def model_kwargs(config) -> dict:
         raise ValueError(f"unknown model.attention_impl {kw['attention_impl']!r}; choose one of "
                          f"{', '.join(ATTENTION_IMPLEMENTATIONS)}, or leave it empty (JAX "
                          "chooses)")
-    if not 0.0 <= float(kw.get("dropout", 0.0)) < 1.0:
-        raise ValueError(f"model.dropout={kw['dropout']} must be in [0, 1)")
     return kw
 
 
