@@ -43,6 +43,14 @@ def runs(tmp_path_factory):
         f.write_bytes(b"")  # leaves orbax's async reads failing at shutdown too
     (root / "a_file").write_text("not a folder")
     (root / "binary.dat").write_bytes(bytes(range(256)) * 4)
+    # The ae run with its saved config edited to another model: its params no longer fit it.
+    import json
+    import shutil
+    shutil.copytree(root / "ae", root / "edited")
+    for record in (root / "edited" / "checkpoints").glob("*/extra/metadata"):
+        extra = json.loads(record.read_text())
+        extra["config"]["model"]["hidden"] = [16, 8]
+        record.write_text(json.dumps(extra))
     (root / "checkpoints_a_file").mkdir()
     (root / "checkpoints_a_file" / "checkpoints").write_text("not a folder")
     return root
@@ -84,6 +92,8 @@ def _cases(root):
           "--config.data.dataset=synthetic", "--config.model.attention_impl=flash9"], 2,
          "unknown model.attention_impl 'flash9'; choose one of xla, cudnn"),
         (["sample", ae, "--out", file], 2, "is a file; give a folder"),
+        (["export", str(root / "edited"), "--out", str(root / "edited.msgpack")], 2,
+         "holds params of another model than its saved config builds"),
         (["prepare-text", "--text", str(root / "binary.dat"), "--out", str(root / "t2")], 2,
          "is not UTF-8 text"),
         ([*train_ae, "--config.optimizer.learning_rate=-1"], 2,
@@ -125,18 +135,19 @@ def test_zoo_debug_shows_the_traceback(runs):
 
 
 def test_a_damaged_array_file_is_reported_in_one_line_not_a_flood(tmp_path):
-    # orbax abandons the reads of a truncated array file: their errors, and asyncio's "exception
-    # was never retrieved" for them, must not follow zoo's own line about the checkpoint.
-    train.train(apply_overrides(load_config("autoencoder_mnist"),
-                                [*SMALL, "--config.train.steps=2",
-                                 "--config.train.checkpoint_every=1"]), tmp_path / "run",
-                log=lambda s: None)
+    # orbax abandons the reads of an array file overwritten with garbage: their errors, and
+    # asyncio's "exception was never retrieved" for them, must not follow zoo's own lines about
+    # the checkpoint. Without zoo's filters they came in 2 of 3 runs (64 to 1,044 lines): when
+    # the reads are abandoned depends on timing.
+    train.train(apply_overrides(load_config("vae_mnist"),
+                                ["--config.data.dataset=synthetic", "--config.train.steps=2",
+                                 "--config.parallel.strategy=single"]),
+                tmp_path / "run", log=lambda s: None)
     arrays = [f for f in (tmp_path / "run" / "checkpoints" / "2").rglob("*")
               if f.is_file() and "ocdbt.process" in str(f) and "/d/" in str(f)]
     largest = max(arrays, key=lambda f: f.stat().st_size)
-    with open(largest, "r+b") as f:
-        f.truncate(largest.stat().st_size // 2)
+    largest.write_bytes(bytes(range(256)) * 4)  # the only checkpoint: nothing to fall back on
     done = _run(["export", str(tmp_path / "run"), "--out", str(tmp_path / "params.msgpack")])
     lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert done.returncode == 0 and (tmp_path / "params.msgpack").is_file(), done.stderr[-2000:]
-    assert len(lines) == 1 and "cannot be restored" in lines[0], lines[:20]
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert len(lines) <= 2 and "could be restored" in lines[-1], lines[:20]

@@ -120,10 +120,9 @@ def load(path: str | os.PathLike, dtype: str = "float32") -> tuple[dict, dict]:
     if not config_file.exists():
         raise ValueError(f"{path} has no config.json; a GPT-2 folder is what save_pretrained "
                          "writes")
-    try:
-        hf = json.loads(config_file.read_text())
-        model_config = model_config_from_hf(hf, dtype)
-    except (ValueError, KeyError, TypeError, AttributeError) as e:  # damaged or foreign: say which
+    try:  # damaged or foreign: say which file (unsupported options say so themselves)
+        model_config = model_config_from_hf(json.loads(config_file.read_text()), dtype)
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"{config_file} is not a GPT-2 config.json ({type(e).__name__}: "
                          f"{e})") from None
     try:

@@ -429,9 +429,11 @@ def evaluate_checkpoint(path: str | Path, *, config=None, overrides: list[str] =
         raise ValueError(f"--num-samples={num_samples} must be >= 1")
     if iwae_k < 0:
         raise ValueError(f"--iwae-k={iwae_k} must be >= 0 (0: no IWAE-k likelihood)")
-    if quality and (iwae_k or sampling_steps or guidances):  # options the run must be able to take
+    if quality and (iwae_k or sampling_steps or guidances or classifier is not None):
+        # Options the run must be able to take, refused before anything compiles.
         run_config = evaluate.saved_config(path, step, log=log) if config is None else config
-        family = make_family(config_lib.apply_overrides(run_config, overrides).model)
+        run_config = config_lib.apply_overrides(run_config, overrides)
+        family = make_family(run_config.model)
         if iwae_k:
             family.require("log_likelihood", "report an IWAE-k likelihood (--iwae-k)")
         if sampling_steps or guidances:
@@ -439,10 +441,8 @@ def evaluate_checkpoint(path: str | Path, *, config=None, overrides: list[str] =
             for steps in (list(sampling_steps) or [None]):
                 for w in (list(guidances) or [None]):
                     den.check("ddim", steps, w)
-    if quality and classifier is not None:  # a judge that does not fit is refused before compiling
-        run_config = evaluate.saved_config(path, step, log=log) if config is None else config
-        run_config = config_lib.apply_overrides(run_config, overrides)
-        sampler = make_family(run_config.model).image_sampler
+    if quality and classifier is not None:  # a judge that does not fit
+        sampler = family.image_sampler
         if sampler is None or not sampler.generates:
             raise ValueError(f"--classifier judges generated images, and the {run_config.model.family}"
                              f" run at {path} draws none")
