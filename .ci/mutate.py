@@ -202,8 +202,14 @@ MUTATIONS = (
       ("tests/test_layers.py::test_dense_without_bias_or_with_its_own_dot_general_is_flaxs",)),
     # ---- query-blocked causal attention (zoo/models/transformer.py)
     M("transformer: a query block's mask hides each query's own key", "zoo/models/transformer.py",
-      "mask = jnp.arange(end)[None, :] <= (i * size", "mask = jnp.arange(end)[None, :] < (i * size",
-      ("tests/test_transformer.py::test_query_blocked_causal_attention_is_jaxs_causal_attention",)),
+      "own = jnp.where(jnp.tril(jnp.ones((end - start,) * 2, bool)), own",
+      "own = jnp.where(jnp.tril(jnp.ones((end - start,) * 2, bool), -1), own",
+      ("tests/test_transformer.py::test_blocked_causal_attention_is_jaxs_causal_attention",)),
+    M("transformer: a query block's softmax not shared with its earlier keys",
+      "zoo/models/transformer.py",
+      "        total = sum(w.sum(-1, keepdims=True) for w, _ in weights)",
+      "        total = weights[0][0].sum(-1, keepdims=True)",
+      ("tests/test_transformer.py::test_blocked_causal_attention_is_jaxs_causal_attention",)),
     # ---- the process settings zoo's commands run with (zoo/core)
     M("host_memory: large blocks still mmapped", "zoo/core/host_memory.py",
       "((M_MMAP_MAX, 0),", "((M_MMAP_MAX, 65536),",

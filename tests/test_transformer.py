@@ -135,28 +135,42 @@ def test_flops_per_example_counts_every_matmul(cfg, batch):
     assert counted == pytest.approx(4 * family.flops_per_example, rel=1e-6)
 
 
-@pytest.mark.parametrize("blocks, T", [(4, 32), (8, 32), (3, 30), (5, 30), (4, 30)])
-def test_query_blocked_causal_attention_is_jaxs_causal_attention(blocks, T):
+@pytest.mark.parametrize("block, T", [(8, 32), (16, 32), (7, 30), (13, 30), (1, 5)])
+def test_blocked_causal_attention_is_jaxs_causal_attention(block, T):
     # The blocks skip only masked scores (weight exactly 0), so values and gradients are
-    # jax.nn.dot_product_attention's up to float32 summation order (4 blocks do not divide 30
-    # tokens: one call). Unit-scale q and k make the softmax far from uniform, so a block that
-    # sees a wrong key range shows.
+    # jax.nn.dot_product_attention's up to float32 rounding (7 and 13 do not divide 30: a shorter
+    # last block). Unit-scale q and k make the softmax far from uniform, so a block that sees a
+    # wrong key range, or a softmax that is not shared across its two parts, shows.
     q, k, v, dy = (jax.random.normal(jax.random.PRNGKey(i), (2, T, 3, 8)) for i in range(4))
     plain = jax.jit(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True))
-    blocked = jax.jit(lambda q, k, v: transformer.causal_attention(q, k, v, query_blocks=blocks))
+    blocked = jax.jit(lambda q, k, v: transformer.causal_attention(q, k, v, query_block=block))
     np.testing.assert_allclose(blocked(q, k, v), plain(q, k, v), rtol=1e-5, atol=1e-6)
     want = jax.vjp(plain, q, k, v)[1](dy)
     got = jax.vjp(blocked, q, k, v)[1](dy)
     for a, b in zip(want, got):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(a))))
+    # bfloat16 in, bfloat16 out, within bfloat16's rounding of jax's own bfloat16 attention.
+    half = [x.astype(jnp.bfloat16) for x in (q, k, v)]
+    got_half = blocked(*half)
+    assert got_half.dtype == jnp.bfloat16
+    np.testing.assert_allclose(got_half.astype(jnp.float32), plain(*half).astype(jnp.float32),
+                               atol=3e-2)
 
 
-def test_causal_attention_on_cpu_blocks_from_256_tokens_and_gives_the_same_numbers():
-    q, k, v = (jax.random.normal(jax.random.PRNGKey(i), (1, 256, 2, 8)) for i in range(3))
+def test_causal_attention_on_cpu_blocks_from_two_blocks_and_gives_the_same_numbers():
+    q, k, v = (jax.random.normal(jax.random.PRNGKey(i), (1, 1024, 2, 8)) for i in range(3))
     plain = jax.jit(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True))
     default = jax.jit(transformer.causal_attention)
-    # Each block is one dot_product_attention: two dot_generals (q k^T and p v) per block.
-    dots = lambda f, n: str(jax.make_jaxpr(f)(q[:, :n], k[:, :n], v[:, :n])).count("dot_general")
-    assert dots(transformer.causal_attention, 256) == 2 * transformer.CPU_QUERY_BLOCKS
-    assert dots(transformer.causal_attention, 128) == 2  # below CPU_BLOCKED_FROM: one call
-    np.testing.assert_allclose(default(q, k, v), plain(q, k, v), rtol=1e-5, atol=1e-6)
+    # n blocks: n own-block and n - 1 earlier-keys score products, as many products with v.
+    dots = lambda n, **kw: str(jax.make_jaxpr(lambda q, k, v: transformer.causal_attention(
+        q, k, v, **kw))(q[:, :n], k[:, :n], v[:, :n])).count("dot_general")
+    block = transformer.CPU_QUERY_BLOCK
+    assert dots(4 * block) == 2 * (2 * 4 - 1)
+    assert dots(2 * block) == 2 * (2 * 2 - 1)
+    assert dots(block) == 2  # one block: jax.nn.dot_product_attention
+    assert dots(4 * block, implementation="xla") == 2  # a named implementation is JAX's
+    # Long contexts: at most CPU_MAX_QUERY_BLOCKS blocks, each longer.
+    most = transformer.CPU_MAX_QUERY_BLOCKS
+    assert dots(2 * most * block) == 2 * (2 * most - 1)
+    np.testing.assert_allclose(default(q[:, :256], k[:, :256], v[:, :256]),
+                               plain(q[:, :256], k[:, :256], v[:, :256]), rtol=1e-5, atol=1e-6)

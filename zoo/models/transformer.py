@@ -15,6 +15,7 @@ generation (:mod:`zoo.generate`): each row writes its new keys and values at its
 
 from __future__ import annotations
 
+import functools
 import math
 
 import chex
@@ -41,41 +42,65 @@ PRESETS = {
 }
 
 
-# Causal attention on CPU in this many query blocks, for contexts of at least CPU_BLOCKED_FROM
-# tokens (see causal_attention); at 128 tokens blocks measured no faster, only longer to compile.
-CPU_QUERY_BLOCKS = 4
-CPU_BLOCKED_FROM = 256
+# Causal attention on CPU in blocks of this many queries (see causal_attention), at most
+# CPU_MAX_QUERY_BLOCKS blocks (longer blocks beyond that: each block is unrolled into the step).
+CPU_QUERY_BLOCK = 64
+CPU_MAX_QUERY_BLOCKS = 8
 
 
 def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: str | None = None,
-                     query_blocks: int | None = None) -> jax.Array:
-    """Causal self-attention of (B, T, heads, head_dim) q, k, v through
-    ``jax.nn.dot_product_attention``.
+                     query_block: int | None = None) -> jax.Array:
+    """Causal self-attention of (B, T, heads, head_dim) q, k, v.
 
-    XLA:CPU has no fused attention kernel: it computes the whole (T, T) score matrix, of which
-    the causal mask then discards nearly half. With ``query_blocks`` n > 1 the queries are split
-    into n blocks, each attending only to the keys up to its own last position, so most of that
-    part is never computed (the same numbers: the skipped scores are masked ones, whose weights
-    are exactly 0). The default is :data:`CPU_QUERY_BLOCKS` on CPU from :data:`CPU_BLOCKED_FROM`
-    tokens (nanoGPT's char model, 256 tokens: attention fwd+bwd 167 -> 108 ms per layer on 2
-    cores, ``benchmarks/kernels.py``) and 1 elsewhere, where JAX may pick a fused kernel
-    (cuDNN flash attention on GPUs).
+    Elsewhere than on CPU, and wherever ``implementation`` is named, this is
+    ``jax.nn.dot_product_attention`` (cuDNN flash attention on GPUs where it supports the shape).
+    XLA:CPU has no fused attention kernel: it computes the whole (T, T) score matrix, of which the
+    causal mask then discards nearly half. So on CPU, from two blocks of ``query_block`` queries
+    (:data:`CPU_QUERY_BLOCK` by default), :func:`blocked_causal_attention` computes only the
+    scores the mask keeps, up to whole blocks.
     """
     T = q.shape[1]
-    if query_blocks is None:
-        on_cpu = jax.default_backend() == "cpu" and implementation != "cudnn"
-        query_blocks = CPU_QUERY_BLOCKS if on_cpu and T >= CPU_BLOCKED_FROM else 1
-    if query_blocks <= 1 or T % query_blocks:
+    if query_block is None:
+        on_cpu = jax.default_backend() == "cpu" and implementation is None
+        query_block = max(CPU_QUERY_BLOCK, -(-T // CPU_MAX_QUERY_BLOCKS)) if on_cpu else T
+    if query_block >= T:
         return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=implementation)
-    size = T // query_blocks
+    return blocked_causal_attention(q, k, v, query_block)
+
+
+def blocked_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array,
+                             query_block: int) -> jax.Array:
+    """Causal attention computed a block of queries at a time, skipping the masked scores.
+
+    The queries of a block see every earlier key unmasked, and the keys of their own block
+    through a triangular mask; one softmax spans both (a shared row maximum and sum), so no
+    masked score beyond the block's own is computed. The same numbers as
+    ``jax.nn.dot_product_attention(..., is_causal=True)`` up to float32 rounding, from one layout
+    change to (B, heads, T, head_dim) instead of one per block. On 2 CPU cores, one layer's
+    attention at nanoGPT's char shape (256 tokens, 4 blocks) ran 0.80x PyTorch's flash attention
+    where ``jax.nn.dot_product_attention`` per block ran 0.45x (``benchmarks/README.md``).
+    """
+    T, D = q.shape[1], q.shape[-1]
+    q, k, v = (a.transpose(0, 2, 1, 3) for a in (q, k, v))
+    q = (q.astype(jnp.float32) / math.sqrt(D)).astype(q.dtype)
+    scores = lambda q, k: jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
     outs = []
-    for i in range(query_blocks):
-        end = (i + 1) * size
-        mask = jnp.arange(end)[None, :] <= (i * size + jnp.arange(size))[:, None]   # (size, end)
-        outs.append(jax.nn.dot_product_attention(q[:, i * size:end], k[:, :end], v[:, :end],
-                                                 mask=mask[None, None],
-                                                 implementation=implementation))
-    return jnp.concatenate(outs, axis=1)
+    for start in range(0, T, query_block):
+        end = min(start + query_block, T)
+        q_block = q[:, :, start:end]
+        own = scores(q_block, k[:, :, start:end])
+        own = jnp.where(jnp.tril(jnp.ones((end - start,) * 2, bool)), own, -jnp.inf)
+        parts = [(own, v[:, :, start:end])] + ([(scores(q_block, k[:, :, :start]), v[:, :, :start])]
+                                               if start else [])
+        # A shared maximum keeps exp in range; the softmax does not depend on it.
+        top = jax.lax.stop_gradient(
+            functools.reduce(jnp.maximum, [s.max(-1, keepdims=True) for s, _ in parts]))
+        weights = [(jnp.exp(s - top), v_part) for s, v_part in parts]
+        total = sum(w.sum(-1, keepdims=True) for w, _ in weights)
+        out = sum(jnp.einsum("bhqk,bhkd->bhqd", w.astype(v_part.dtype), v_part,
+                             preferred_element_type=jnp.float32) for w, v_part in weights)
+        outs.append((out / total).astype(q.dtype))
+    return jnp.concatenate(outs, axis=2).transpose(0, 2, 1, 3)
 
 
 class CausalSelfAttention(nn.Module):
@@ -83,7 +108,7 @@ class CausalSelfAttention(nn.Module):
     n_layer: int
     dropout: float = 0.0
     dtype: jnp.dtype = jnp.float32
-    attention_impl: str | None = None  # None: let JAX choose; "xla" or "cudnn" to force
+    attention_impl: str | None = None  # None: see causal_attention; "xla" or "cudnn" to force
 
     @nn.compact
     def __call__(self, x, deterministic: bool, cache=None, start=None):

@@ -1,0 +1,22 @@
+"""Compile time and memory_analysis of the transformer step, attention before and after."""
+import sys
+sys.path.insert(0, __import__("os").path.dirname(__file__))
+sys.argv = [sys.argv[0], "full", "1", "1"] if len(sys.argv) < 2 else sys.argv
+import importlib.util
+from pathlib import Path
+from zoo.core import xla_flags
+xla_flags.apply_cpu_defaults()
+import zoo.models.transformer as transformer
+from zoo.bench import catalog
+from zoo.bench.zoo_runner import ZooRunner
+spec = importlib.util.spec_from_file_location("zoo_transformer_before", Path(__file__).with_name("transformer_before.py"))
+before = sys.modules["zoo_transformer_before"] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(before)
+after = transformer.causal_attention
+for suite in ("quick", "full"):
+    case = next(c for c in catalog.case_table(suite) if c.name == "transformer")
+    for name, fn in (("before", before.causal_attention), ("after", after)):
+        transformer.causal_attention = fn
+        r = ZooRunner(case, "single")
+        m = r.memory
+        print(f"{suite} {name}: compile {r.compile_s:.1f} s, lower {r.lower_s:.1f} s, memory {m}")

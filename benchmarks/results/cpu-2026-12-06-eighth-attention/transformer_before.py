@@ -1,0 +1,296 @@
+"""GPT-2-style decoder-only transformer language model (Radford et al. 2019; nanoGPT's layout).
+
+Pre-LayerNorm blocks, learned position embeddings, a GELU (tanh) MLP, output projection tied to the
+token embedding, causal self-attention through ``jax.nn.dot_product_attention(is_causal=True)``
+(cuDNN flash attention on GPUs where it supports the shape, XLA elsewhere). Parameter names follow
+Hugging Face's GPT-2 (``wte``, ``wpe``, ``h_{i}/attn/c_attn``, ...), so :mod:`zoo.convert_gpt2`
+loads real GPT-2 checkpoints. The Dense layers are :class:`zoo.models.layers.Dense`: flax's, with
+the bias gradient taken from the kernel gradient's matmul on CPU (so no forward-mode derivatives
+there). Dropout is on the embeddings and the residual branches; ``dot_product_attention`` has no
+attention-probability dropout, so GPT-2's ``attn_pdrop`` is not applied.
+
+``GPT.decode`` runs tokens against a key/value cache (:func:`init_cache`) for incremental
+generation (:mod:`zoo.generate`): each row writes its new keys and values at its own position.
+"""
+
+from __future__ import annotations
+
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from zoo import flops
+from zoo.core import dtypes
+from zoo.core.family import Family
+from zoo.core.step import Update
+from zoo.models.language import check_unit, lm_metrics
+from zoo.models.layers import Dense
+
+PRESETS = {
+    # name: (n_layer, n_head, n_embd, block_size); GPT-2 sizes use GPT-2's 50257-token vocabulary.
+    "tiny": dict(n_layer=2, n_head=2, n_embd=64, block_size=64),
+    "small_char": dict(n_layer=4, n_head=4, n_embd=128, block_size=128),
+    "char": dict(n_layer=6, n_head=6, n_embd=384, block_size=256),  # nanoGPT shakespeare_char
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50257),  # 124M
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024, block_size=1024, vocab_size=50257),
+    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280, block_size=1024, vocab_size=50257),
+    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600, block_size=1024, vocab_size=50257),
+}
+
+
+# Causal attention on CPU in this many query blocks, for contexts of at least CPU_BLOCKED_FROM
+# tokens (see causal_attention); at 128 tokens blocks measured no faster, only longer to compile.
+CPU_QUERY_BLOCKS = 4
+CPU_BLOCKED_FROM = 256
+
+
+def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: str | None = None,
+                     query_blocks: int | None = None) -> jax.Array:
+    """Causal self-attention of (B, T, heads, head_dim) q, k, v through
+    ``jax.nn.dot_product_attention``.
+
+    XLA:CPU has no fused attention kernel: it computes the whole (T, T) score matrix, of which
+    the causal mask then discards nearly half. With ``query_blocks`` n > 1 the queries are split
+    into n blocks, each attending only to the keys up to its own last position, so most of that
+    part is never computed (the same numbers: the skipped scores are masked ones, whose weights
+    are exactly 0). The default is :data:`CPU_QUERY_BLOCKS` on CPU from :data:`CPU_BLOCKED_FROM`
+    tokens (nanoGPT's char model, 256 tokens: attention fwd+bwd 167 -> 108 ms per layer on 2
+    cores, ``benchmarks/kernels.py``) and 1 elsewhere, where JAX may pick a fused kernel
+    (cuDNN flash attention on GPUs).
+    """
+    T = q.shape[1]
+    if query_blocks is None:
+        on_cpu = jax.default_backend() == "cpu" and implementation != "cudnn"
+        query_blocks = CPU_QUERY_BLOCKS if on_cpu and T >= CPU_BLOCKED_FROM else 1
+    if query_blocks <= 1 or T % query_blocks:
+        return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=implementation)
+    size = T // query_blocks
+    outs = []
+    for i in range(query_blocks):
+        end = (i + 1) * size
+        mask = jnp.arange(end)[None, :] <= (i * size + jnp.arange(size))[:, None]   # (size, end)
+        outs.append(jax.nn.dot_product_attention(q[:, i * size:end], k[:, :end], v[:, :end],
+                                                 mask=mask[None, None],
+                                                 implementation=implementation))
+    return jnp.concatenate(outs, axis=1)
+
+
+class CausalSelfAttention(nn.Module):
+    n_head: int
+    n_layer: int
+    dropout: float = 0.0
+    dtype: jnp.dtype = jnp.float32
+    attention_impl: str | None = None  # None: let JAX choose; "xla" or "cudnn" to force
+
+    @nn.compact
+    def __call__(self, x, deterministic: bool, cache=None, start=None):
+        B, T, C = x.shape
+        H = self.n_head
+        init = nn.initializers.normal(0.02)
+        qkv = Dense(3 * C, dtype=self.dtype, kernel_init=init, name="c_attn")(x)
+        q, k, v = (a.reshape(B, T, H, C // H) for a in jnp.split(qkv, 3, axis=-1))
+        if cache is None:
+            y = causal_attention(q, k, v, self.attention_impl)
+        else:
+            # Row b's T new tokens sit at positions start[b] .. start[b]+T-1 of the cache.
+            write = jax.vmap(lambda c, new, s: jax.lax.dynamic_update_slice(c, new, (s, 0, 0)))
+            cache = {"k": write(cache["k"], k.astype(cache["k"].dtype), start),
+                     "v": write(cache["v"], v.astype(cache["v"].dtype), start)}
+            S = cache["k"].shape[1]
+            query_pos = start[:, None] + jnp.arange(T)                      # (B, T)
+            mask = jnp.arange(S)[None, None, :] <= query_pos[:, :, None]     # (B, T, S)
+            y = jax.nn.dot_product_attention(q, cache["k"].astype(q.dtype),
+                                             cache["v"].astype(q.dtype), mask=mask[:, None])
+        proj_init = nn.initializers.normal(0.02 / math.sqrt(2 * self.n_layer))
+        y = Dense(C, dtype=self.dtype, kernel_init=proj_init, name="c_proj")(y.reshape(B, T, C))
+        return nn.Dropout(self.dropout)(y, deterministic=deterministic), cache
+
+
+class MLP(nn.Module):
+    n_layer: int
+    dropout: float = 0.0
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, deterministic: bool):
+        C = x.shape[-1]
+        h = Dense(4 * C, dtype=self.dtype, kernel_init=nn.initializers.normal(0.02),
+                  name="c_fc")(x)
+        h = nn.gelu(h, approximate=True)  # GPT-2's "gelu_new"
+        proj_init = nn.initializers.normal(0.02 / math.sqrt(2 * self.n_layer))
+        h = Dense(C, dtype=self.dtype, kernel_init=proj_init, name="c_proj")(h)
+        return nn.Dropout(self.dropout)(h, deterministic=deterministic)
+
+
+class Block(nn.Module):
+    n_head: int
+    n_layer: int
+    dropout: float = 0.0
+    dtype: jnp.dtype = jnp.float32
+    attention_impl: str | None = None
+    layer_norm_eps: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x, deterministic: bool, cache=None, start=None):
+        ln = lambda name: nn.LayerNorm(self.layer_norm_eps, dtype=self.dtype, name=name)
+        y, cache = CausalSelfAttention(self.n_head, self.n_layer, self.dropout, self.dtype,
+                                       self.attention_impl, name="attn")(
+            ln("ln_1")(x), deterministic, cache, start)
+        x = x + y
+        mlp = MLP(self.n_layer, self.dropout, self.dtype, name="mlp")
+        x = x + mlp(ln("ln_2")(x), deterministic)
+        return x, cache
+
+
+class GPT(nn.Module):
+    """``GPT(...)(tokens (B, T)) -> logits (B, T, vocab)``, float32 logits."""
+
+    vocab_size: int
+    block_size: int = 256
+    n_layer: int = 6
+    n_head: int = 6
+    n_embd: int = 384
+    dropout: float = 0.0
+    dtype: jnp.dtype = jnp.float32
+    remat: bool = False
+    attention_impl: str | None = None
+    layer_norm_eps: float = 1e-5
+
+    def setup(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} does not divide into {self.n_head} heads")
+        init = nn.initializers.normal(0.02)
+        self.wte = nn.Embed(self.vocab_size, self.n_embd, embedding_init=init, dtype=self.dtype)
+        self.wpe = nn.Embed(self.block_size, self.n_embd, embedding_init=init, dtype=self.dtype)
+        # Rematerialise per block: the backward pass recomputes each block's activations.
+        block = nn.remat(Block, static_argnums=(2,)) if self.remat else Block
+        self.h = [block(self.n_head, self.n_layer, self.dropout, self.dtype, self.attention_impl,
+                        self.layer_norm_eps) for _ in range(self.n_layer)]
+        self.ln_f = nn.LayerNorm(self.layer_norm_eps, dtype=self.dtype)
+        self.drop = nn.Dropout(self.dropout)
+
+    def _check_length(self, T: int) -> None:
+        if T > self.block_size:
+            raise ValueError(f"sequence of {T} tokens exceeds the model's context of "
+                             f"{self.block_size}")
+
+    def _head(self, x):
+        return self.wte.attend(self.ln_f(x)).astype(jnp.float32)  # tied output embedding
+
+    def __call__(self, tokens: jax.Array, deterministic: bool = True) -> jax.Array:
+        chex.assert_rank(tokens, 2)
+        B, T = tokens.shape
+        self._check_length(T)
+        x = self.drop(self.wte(tokens) + self.wpe(jnp.arange(T)[None]), deterministic=deterministic)
+        for block in self.h:
+            x, _ = block(x, deterministic)
+        return self._head(x)
+
+    def decode(self, tokens: jax.Array, cache: list, start: jax.Array):
+        """Runs ``tokens`` (B, T) at positions ``start[b] + t`` against ``cache``; writes their keys
+        and values. Returns logits (B, T, vocab) and the new cache. No dropout."""
+        chex.assert_rank(tokens, 2)
+        B, T = tokens.shape
+        chex.assert_shape(start, (B,))
+        self._check_length(T)
+        x = self.wte(tokens) + self.wpe(start[:, None] + jnp.arange(T)[None])
+        new_cache = []
+        for block, layer_cache in zip(self.h, cache):
+            x, layer_cache = block(x, True, layer_cache, start)
+            new_cache.append(layer_cache)
+        return self._head(x), new_cache
+
+    # The TextDecoder capability (zoo.core.family): what zoo.generate drives.
+    @property
+    def context(self) -> int:
+        return self.block_size
+
+    def init_cache(self, batch_size: int) -> list:
+        return init_cache(self, batch_size)
+
+    def extend(self, tokens: jax.Array, cache: list, start: jax.Array, lengths: jax.Array):
+        return self.decode(tokens, cache, start)  # causal: padding after lengths is never read
+
+
+def init_cache(model: GPT, batch_size: int, max_len: int | None = None, dtype=None) -> list:
+    """An empty key/value cache: one ``{"k", "v"}`` of shape (B, max_len, heads, head_dim) per
+    layer; ``max_len`` defaults to the model's context."""
+    shape = (batch_size, max_len or model.block_size, model.n_head, model.n_embd // model.n_head)
+    zeros = lambda: jnp.zeros(shape, dtype or model.dtype)
+    return [{"k": zeros(), "v": zeros()} for _ in range(model.n_layer)]
+
+
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")  # jax.nn.dot_product_attention's
+
+
+def model_kwargs(config) -> dict:
+    """GPT's constructor arguments from a model config (``preset`` then explicit keys)."""
+    preset = config.get("preset", None)
+    if preset and preset not in PRESETS:
+        raise ValueError(f"unknown transformer preset {preset!r}; choose one of "
+                         f"{', '.join(PRESETS)}")
+    kw = dict(PRESETS.get(preset, PRESETS["tiny"]))
+    for key in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "dropout", "remat",
+                "attention_impl", "layer_norm_eps"):
+        value = config.get(key, None)
+        if value is not None and value != "":
+            kw[key] = value
+    if "vocab_size" not in kw:
+        raise ValueError("the transformer needs model.vocab_size (the tokenizer's vocabulary)")
+    kw["dtype"] = dtypes.dtype(config.get("dtype", "float32"), "model.dtype")
+    kw["attention_impl"] = kw.get("attention_impl") or None
+    if kw["attention_impl"] not in (None, *ATTENTION_IMPLEMENTATIONS):
+        raise ValueError(f"unknown model.attention_impl {kw['attention_impl']!r}; choose one of "
+                         f"{', '.join(ATTENTION_IMPLEMENTATIONS)}, or leave it empty (JAX "
+                         "chooses)")
+    return kw
+
+
+def make_model(config) -> GPT:
+    return GPT(**model_kwargs(config))
+
+
+def make_family(config) -> Family:
+    """The transformer LM family. Keys: preset, vocab_size, block_size, n_layer, n_head, n_embd,
+    dropout, dtype, remat, attention_impl, seq_len (default block_size), unit (char, word, token).
+    Batches: ``{"tokens": (B, seq_len + 1) int32}``."""
+    model = make_model(config)
+    seq_len = int(config.get("seq_len", None) or model.block_size)
+    if seq_len > model.block_size:
+        raise ValueError(f"seq_len={seq_len} exceeds the model's context of {model.block_size}")
+    unit = check_unit(config.get("unit", "char"))
+
+    def loss_fn(params, model_state, batch, rng):
+        tokens = batch["tokens"]
+        logits = model.apply({"params": params["model"]}, tokens[:, :-1], deterministic=False,
+                             rngs={"dropout": rng})
+        loss, metrics = lm_metrics(logits, tokens[:, 1:], unit)
+        return loss, metrics, model_state
+
+    def eval_metrics(params, model_state, batch, rng):
+        tokens = batch["tokens"]
+        logits = model.apply({"params": params["model"]}, tokens[:, :-1])
+        return lm_metrics(logits, tokens[:, 1:], unit)[1]
+
+    def init(rng, batch):
+        params = jax.jit(model.init)(rng, jnp.zeros((1, seq_len), jnp.int32))["params"]
+        return {"model": params}, {"model": {}}
+
+    per_token = flops.lm_train_flops_per_token(
+        hidden_dim=model.n_embd, intermediate_dim=4 * model.n_embd, num_layers=model.n_layer,
+        num_heads=model.n_head, seq_len=seq_len, vocab_size=model.vocab_size)
+    return Family(
+        name="transformer",
+        modules={"model": model},
+        init=init,
+        objective=(Update("model", loss_fn),),
+        eval_metrics=eval_metrics,
+        batch_spec={"tokens": jax.ShapeDtypeStruct((seq_len + 1,), jnp.int32)},
+        flops_per_example=float(seq_len * per_token),
+        text_decoder=model,
+        text_batching=("random", "the transformer trains on random windows ('stream' lays out "
+                                 "contiguous rows for an LSTM's carried state)"),
+    )
