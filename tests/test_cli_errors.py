@@ -92,6 +92,9 @@ def _cases(root):
           "--config.data.dataset=synthetic", "--config.model.attention_impl=flash9"], 2,
          "unknown model.attention_impl 'flash9'; choose one of xla, cudnn"),
         (["sample", ae, "--out", file], 2, "is a file; give a folder"),
+        # Refused from the dataset's known shape, before TFDS is asked for it (no network).
+        (["sample", ae, "--out", str(root / "png"), "--dataset", "cifar10"], 2,
+         "cifar10 images are (32, 32, 3); the run's model takes (28, 28, 1)"),
         (["export", str(root / "edited"), "--out", str(root / "edited.msgpack")], 2,
          "holds params of another model than its saved config builds"),
         (["prepare-text", "--text", str(root / "binary.dat"), "--out", str(root / "t2")], 2,
@@ -101,6 +104,8 @@ def _cases(root):
         (["eval", ae, "--iwae-k", "5"], 2, "cannot report an IWAE-k likelihood"),
         (["eval", ae, "--sampling-steps", "10"], 2, "cannot take --sampling-steps or --guidance"),
         (["eval", ae, "--num-samples", "0"], 2, "--num-samples=0 must be >= 1"),
+        (["eval", ae, "--split", "bogus", "--no-quality"], 2,
+         "unknown split 'bogus'; synthetic data has train, validation, test"),
     ]
 
 

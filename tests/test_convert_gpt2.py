@@ -100,3 +100,15 @@ def test_bad_checkpoints(hf_model, tmp_path):
     with pytest.raises(ValueError, match="scale_attn_by_inverse_layer_idx"):
         convert_gpt2.model_from_hf_config({"vocab_size": 10, "n_layer": 1, "n_head": 1,
                                            "n_embd": 8, "scale_attn_by_inverse_layer_idx": True})
+    # A config.json edited away from its weights (n_embd 48 -> 64): refused at load, naming the
+    # first tensor that does not fit, not inside the first forward pass.
+    import json
+    import shutil
+    edited = tmp_path / "edited"
+    shutil.copytree(path, edited)
+    hf = json.loads((edited / "config.json").read_text())
+    (edited / "config.json").write_text(json.dumps({**hf, "n_embd": 64}))
+    with pytest.raises(ValueError, match=r"do not fit its config.json: h_0/attn/c_attn/bias is "
+                                         r"\(144,\), the config's model has \(192,\)"):
+        convert_gpt2.load(edited)
+    assert convert_gpt2.load(path)[0]["n_embd"] == 48  # the unedited folder still loads

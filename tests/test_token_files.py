@@ -127,3 +127,42 @@ def test_bad_token_folders_are_named(shakespeare_tokens, tmp_path, capsys):
     assert cli.main(["prepare-text", "--text", str(tmp_path / "none.txt"), "--out",
                      str(tmp_path / "x")]) == 2
     assert "text file" in capsys.readouterr().err
+
+
+def test_token_ids_outside_the_vocabulary_are_refused(shakespeare_tokens, tmp_path, capsys):
+    # A stream whose third batch (8 rows x 17 ids) holds an id beyond the 65 characters: the
+    # first two batches come, the third is refused, before it reaches an embedding (where an
+    # out-of-range id gives NaN, not an error).
+    out, raw = shakespeare_tokens
+    ids = np.array(token_files.open_split(out, "train")[:8 * 200])
+    ids[2 * 16 + 5] = 65
+    for batching in ("stream", "random"):
+        data = {**raw, "batching": batching, "seq_len": 16, "batch_size": 1}
+        it = text_data.make_iterator(data, ids, vocab_size=65, with_reset=False)
+        with pytest.raises(ValueError, match="holds id 65, outside the tokenizer's vocabulary of "
+                                             "65"):
+            for _ in range(1000):
+                next(it)
+        assert max(it.state().values()) > 1  # batches came before the one refused
+    # uint32 ids beyond int32 do not wrap to a negative id that passes.
+    huge = np.full(40, 1 << 31, np.uint32)
+    with pytest.raises(ValueError, match="holds id -2147483648"):
+        next(text_data.make_iterator({**raw, "seq_len": 16, "batch_size": 1}, huge, vocab_size=65))
+    # Through the command: a train.bin of random bytes (its size and meta.json intact) is refused
+    # in one line, exit 2, before anything compiles; so is a val.bin, whose text is decoded.
+    for damaged_file in ("train.bin", "val.bin"):
+        folder = tmp_path / damaged_file
+        folder.mkdir()
+        for f in ("train.bin", "val.bin", "meta.json"):
+            (folder / f).write_bytes((out / f).read_bytes())
+        size = (folder / damaged_file).stat().st_size
+        (folder / damaged_file).write_bytes(np.random.default_rng(0).bytes(size))
+        code = cli.main(["train", "--config", "configs/transformer_char_cpu.py", "--workdir",
+                         str(tmp_path / f"run-{damaged_file}"), *TRANSFORMER,
+                         "--config.train.steps=2", "--config.data.dataset=tokens",
+                         f"--config.data.path={folder}"])
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert "outside the tokenizer's vocabulary of 65" in err and len(err.splitlines()) == 1
+        assert not (tmp_path / f"run-{damaged_file}" / "checkpoints").exists() or not any(
+            (tmp_path / f"run-{damaged_file}" / "checkpoints").iterdir())

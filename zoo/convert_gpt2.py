@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Mapping
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -132,7 +133,22 @@ def load(path: str | os.PathLike, dtype: str = "float32") -> tuple[dict, dict]:
     except Exception as e:  # noqa: BLE001 -- damaged weights, or not the config's model
         raise ValueError(f"the weights in {path} do not load as its config.json's GPT-2 "
                          f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    _check_shapes(model_config, params, path)
     return model_config, _to_jax(params)
+
+
+def _check_shapes(model_config: dict, params: Mapping, path: Path) -> None:
+    """Refuses weights whose shapes are not the ones ``config.json``'s model has (an edited
+    ``n_embd`` or vocabulary would otherwise fail inside the first forward pass)."""
+    model = transformer.make_model(model_config)
+    wanted = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                               jnp.zeros((1, 1), jnp.int32)))["params"]
+    for (key, want), (_, got) in zip(jax.tree_util.tree_leaves_with_path(wanted),
+                                     jax.tree_util.tree_leaves_with_path(params)):
+        if tuple(want.shape) != tuple(np.shape(got)):
+            name = "/".join(str(getattr(k, "key", k)) for k in key)
+            raise ValueError(f"the weights in {path} do not fit its config.json: {name} is "
+                             f"{tuple(np.shape(got))}, the config's model has {tuple(want.shape)}")
 
 
 def _to_jax(tree):

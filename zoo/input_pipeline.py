@@ -187,6 +187,9 @@ def load_images(data_config, family: Family, split: str, *, seed: int) -> Batch:
         if "image" not in family.batch_spec:
             raise ValueError(f"synthetic data for the {family.name} family needs a text data "
                              "section (data.seq_len, data.batching: configs/default.text_data)")
+        if split not in text_data.SPLITS:  # one eval set stands in for every split but train
+            raise ValueError(f"unknown split {split!r}; synthetic data has "
+                             f"{', '.join(text_data.SPLITS)}")
         shape = family.batch_spec["image"].shape
         n = data.synthetic_size
         arrays = data_lib.synthetic_images(n, shape, seed=seed + (split != "train"))
@@ -246,17 +249,18 @@ def make_run_data(data_config, family: Family, *, seed: int, train: bool = True,
     eval_tokens, eval_text = text_data.load_tokens_and_text(data_config, eval_split, tokenizer)
     _check_eval_rows(data_config, eval_split, len(eval_tokens), eval_size)
     with_reset = "reset" in family.batch_spec  # a model that carries its state across batches
+    options = dict(with_reset=with_reset, vocab_size=tokenizer.vocab_size)
     eval_iter = lambda: text_data.make_iterator(
-        data_config, eval_tokens, batch_size=eval_size, with_reset=with_reset).epoch_batches()
+        data_config, eval_tokens, batch_size=eval_size, **options).epoch_batches()
     it = None
     if train:
         train_tokens, _ = text_data.load_tokens(data_config, "train", tokenizer)
-        it = text_data.make_iterator(data_config, train_tokens, seed=seed, with_reset=with_reset)
+        it = text_data.make_iterator(data_config, train_tokens, seed=seed, **options)
         source = train_tokens
     else:
         source = eval_tokens
     # A whole global batch (every process's rows): per-example state is sized from it.
     example = next(text_data.make_iterator(data_config, source, seed=seed, process_index=0,
-                                           process_count=1, with_reset=with_reset))
+                                           process_count=1, **options))
     return RunData(it, eval_iter, eval_split, example, tokenizer, eval_text,
                    eval_batch_size=eval_size)

@@ -147,7 +147,7 @@ def load_text(data_config, split: str) -> str:
     if name == "tokens":
         tokenizer = make_tokenizer(data)
         ids = token_files.open_split(_token_folder(data), _check_split(split), tokenizer.vocab_size)
-        return tokenizer.decode(ids[:TOKEN_TEXT_LIMIT])
+        return tokenizer.decode(_checked(ids[:TOKEN_TEXT_LIMIT], tokenizer.vocab_size))
     if name == "synthetic":  # a fixed dataset: its splits differ by seed, not by the run's seed
         size, vocab = _synthetic(data)
         ids = synthetic_tokens(size, vocab, seed=SPLITS.index(_check_split(split)))
@@ -287,6 +287,18 @@ def _ids(tokens) -> np.ndarray:
     return np.asarray(tokens, np.int32)
 
 
+def _checked(ids: np.ndarray, vocab_size: int | None) -> np.ndarray:
+    """``ids`` as int32, refused if one is outside ``[0, vocab_size)`` (a damaged token file, or
+    one written with another tokenizer, would otherwise embed garbage: NaN, not an error)."""
+    ids = ids.astype(np.int32)
+    if vocab_size is not None and ids.size and (ids.max() >= vocab_size or ids.min() < 0):
+        bad = int(ids.max() if ids.max() >= vocab_size else ids.min())
+        raise ValueError(f"the token data holds id {bad}, outside the tokenizer's vocabulary of "
+                         f"{vocab_size} (ids 0 to {vocab_size - 1}): a damaged token file, or one "
+                         "written with another tokenizer; write it again with zoo prepare-text")
+    return ids
+
+
 def _local_rows(global_batch_size: int, process_index: int | None, process_count: int | None):
     index = jax.process_index() if process_index is None else process_index
     count = jax.process_count() if process_count is None else process_count
@@ -307,10 +319,10 @@ class StreamIterator:
     """
 
     def __init__(self, tokens: np.ndarray, global_batch_size: int, seq_len: int, *,
-                 with_reset: bool = True, process_index: int | None = None,
-                 process_count: int | None = None):
+                 with_reset: bool = True, vocab_size: int | None = None,
+                 process_index: int | None = None, process_count: int | None = None):
         tokens = _ids(tokens)
-        self.with_reset = with_reset
+        self.with_reset, self.vocab_size = with_reset, vocab_size
         row = len(tokens) // global_batch_size
         self.batches_per_epoch = (row - 1) // seq_len
         if self.batches_per_epoch < 1:
@@ -329,7 +341,7 @@ class StreamIterator:
 
     def _batch(self, j: int) -> dict[str, np.ndarray]:
         lo = j * self.seq_len
-        batch = {"tokens": self.rows[:, lo:lo + self.seq_len + 1].astype(np.int32)}
+        batch = {"tokens": _checked(self.rows[:, lo:lo + self.seq_len + 1], self.vocab_size)}
         if self.with_reset:
             batch["reset"] = np.full((len(self.rows),), int(j == 0), np.int32)
         return batch
@@ -357,8 +369,9 @@ class WindowIterator:
     """
 
     def __init__(self, tokens: np.ndarray, global_batch_size: int, seq_len: int, *, seed: int = 0,
-                 process_index: int | None = None, process_count: int | None = None):
-        self.tokens = _ids(tokens)
+                 vocab_size: int | None = None, process_index: int | None = None,
+                 process_count: int | None = None):
+        self.tokens, self.vocab_size = _ids(tokens), vocab_size
         if len(self.tokens) < seq_len + 2:
             raise ValueError(f"{len(self.tokens)} tokens are too few for windows of {seq_len + 1}")
         self.global_batch_size, self.seq_len, self.seed = global_batch_size, seq_len, seed
@@ -382,7 +395,8 @@ class WindowIterator:
         return {"tokens": self._windows(starts)}
 
     def _windows(self, starts: np.ndarray) -> np.ndarray:
-        return self.tokens[starts[:, None] + np.arange(self.seq_len + 1)].astype(np.int32)
+        return _checked(self.tokens[starts[:, None] + np.arange(self.seq_len + 1)],
+                        self.vocab_size)
 
     def epoch_batches(self) -> Iterator[dict[str, np.ndarray]]:
         """Non-overlapping windows in order, covering the split once (for evaluation)."""
@@ -404,13 +418,17 @@ def max_eval_rows(data_config, num_tokens: int) -> int:
 
 
 def make_iterator(data_config, tokens: np.ndarray, *, seed: int = 0, batch_size: int | None = None,
-                  with_reset: bool = True, **process) -> StreamIterator | WindowIterator:
+                  with_reset: bool = True, vocab_size: int | None = None,
+                  **process) -> StreamIterator | WindowIterator:
     """``data.batching``: ``stream`` (contiguous, TBPTT) or ``random`` windows; ``data.seq_len``.
-    ``with_reset``: stream batches carry ``reset`` (for a model that carries its state)."""
+    ``with_reset``: stream batches carry ``reset`` (for a model that carries its state).
+    ``vocab_size``: every batch's ids are checked to lie below it (a ValueError if not)."""
     data = _data(data_config)
     batching, batch_size, seq_len = data.batching, int(batch_size or data.batch_size), data.seq_len
     if batching == "stream":
-        return StreamIterator(tokens, batch_size, seq_len, with_reset=with_reset, **process)
+        return StreamIterator(tokens, batch_size, seq_len, with_reset=with_reset,
+                              vocab_size=vocab_size, **process)
     if batching == "random":
-        return WindowIterator(tokens, batch_size, seq_len, seed=seed, **process)
+        return WindowIterator(tokens, batch_size, seq_len, seed=seed, vocab_size=vocab_size,
+                              **process)
     raise ValueError(f"unknown batching {batching!r}; choose stream or random")
