@@ -1,17 +1,14 @@
-"""Compile time and memory_analysis of the transformer step, attention before and after."""
+"""Compile time and memory_analysis of the transformer step, attention before and after (run from
+the repository root)."""
 import sys
 sys.path.insert(0, __import__("os").path.dirname(__file__))
-sys.argv = [sys.argv[0], "full", "1", "1"] if len(sys.argv) < 2 else sys.argv
-import importlib.util
-from pathlib import Path
 from zoo.core import xla_flags
 xla_flags.apply_cpu_defaults()
 import zoo.models.transformer as transformer
 from zoo.bench import catalog
 from zoo.bench.zoo_runner import ZooRunner
-spec = importlib.util.spec_from_file_location("zoo_transformer_before", Path(__file__).with_name("transformer_before.py"))
-before = sys.modules["zoo_transformer_before"] = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(before)
+from attention_ab import transformer_before
+before = transformer_before()
 after = transformer.causal_attention
 for suite in ("quick", "full"):
     case = next(c for c in catalog.case_table(suite) if c.name == "transformer")
