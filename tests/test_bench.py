@@ -277,6 +277,8 @@ def test_compile_only_compiles_at_full_size_without_allocating(tmp_path, capsys)
     # bench_main set zoo's allocator setting (zoo.core.host_memory), where glibc has it.
     glibc = platform.libc_ver()[0] == "glibc" and os.environ.get("ZOO_MALLOC_DEFAULTS") != "0"
     assert saved["meta"]["malloc_keeps_freed_memory"] is glibc
+    # Over the tests' 8 forced CPU devices, dispatch stays asynchronous (zoo.core.host_memory).
+    assert saved["meta"]["cpu_async_dispatch"] is True
     assert "| lstm |" in capsys.readouterr().out
 
 

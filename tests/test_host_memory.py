@@ -92,7 +92,7 @@ def test_cpu_steps_run_on_the_calling_thread_only_on_one_cpu_device():
     assert host_memory.cpu_device_count(
         {"XLA_FLAGS": "--xla_force_host_platform_device_count=8 --x=1"}) == 8
     probe = ("import sys, jax; from zoo.core import host_memory; host_memory.keep_freed_memory();"
-             "print(jax.config.read('jax_cpu_enable_async_dispatch'), len(jax.devices()))")
+             "print(host_memory.cpu_async_dispatch(), len(jax.devices()))")
     base = {k: v for k, v in os.environ.items() if k not in ("ZOO_MALLOC_DEFAULTS", "XLA_FLAGS")}
     for flags, want in (("", "False 1"), ("--xla_force_host_platform_device_count=2", "True 2")):
         done = subprocess.run([sys.executable, "-c", probe], env={**base, "XLA_FLAGS": flags},

@@ -152,7 +152,7 @@ def environment() -> dict[str, Any]:
            "xla_flags": os.environ.get("XLA_FLAGS", ""),
            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
            "malloc_keeps_freed_memory": host_memory.applied,
-           "cpu_async_dispatch": jax.config.read("jax_cpu_enable_async_dispatch"),
+           "cpu_async_dispatch": host_memory.cpu_async_dispatch(),
            "load_average_1m": load_average()}
     try:
         import torch

@@ -37,6 +37,7 @@ import jax
 OPT_OUT_ENV = "ZOO_MALLOC_DEFAULTS"
 # mallopt(3) parameters (malloc.h).
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+ASYNC_DISPATCH = "jax_cpu_enable_async_dispatch"  # JAX's option; True is its default
 applied = False  # whether this process runs with the setting (benchmark records say so)
 
 
@@ -64,8 +65,19 @@ def keep_freed_memory(environ: Mapping[str, str] = os.environ) -> bool:
     results = [mallopt(param, value) for param, value in ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1))]
     applied = all(r == 1 for r in results)
     if applied and cpu_device_count(environ) == 1:  # the main heap, not a thread's arena
-        jax.config.update("jax_cpu_enable_async_dispatch", False)
+        try:
+            jax.config.update(ASYNC_DISPATCH, False)
+        except AttributeError:  # a JAX without the option: its own dispatch
+            pass
     return applied
+
+
+def cpu_async_dispatch() -> bool | None:
+    """Whether JAX dispatches CPU steps to a worker thread (None: this JAX has no such option)."""
+    try:
+        return bool(jax.config.read(ASYNC_DISPATCH))
+    except AttributeError:
+        return None
 
 
 def cpu_device_count(environ: Mapping[str, str] = os.environ) -> int:
