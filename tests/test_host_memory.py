@@ -50,7 +50,7 @@ def test_keep_freed_memory_stops_refaulting_a_large_block():
 
 # A jitted gradient whose temporaries (tanh(x @ w), 64 MiB, kept for the backward pass) reach a
 # worker thread's largest heap: XLA:CPU allocates them at every call. Prints whether the setting
-# is on, the temporaries' bytes and the page faults of the last three of seven calls.
+# is on, the temporaries' bytes and the page faults of each of five calls after three.
 STEP_PROBE = """
 import resource, sys
 from zoo.core import host_memory
@@ -59,30 +59,33 @@ import jax, jax.numpy as jnp
 x, w = jnp.ones((2048, 256)), jnp.full((256, 8192), 0.01)
 step = jax.jit(jax.grad(lambda w, x: jnp.tanh(x @ w).sum()))
 temp = step.lower(w, x).compile().memory_analysis().temp_size_in_bytes
-for _ in range(4):
+faults = []
+for _ in range(8):
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     step(w, x).block_until_ready()
-f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(3):
-    step(w, x).block_until_ready()
-print(kept, temp, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) // 3)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+print(kept, temp, *faults[3:])
 """
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_a_jitted_steps_temporaries_are_not_faulted_in_again_at_every_call():
     # Both halves of the setting count: without synchronous dispatch (the step's buffers then
-    # come from a worker thread's arena), or without mallopt, a call took 16,000-20,000 faults.
+    # come from a worker thread's arena), or without mallopt, every call took 16,000-20,000
+    # faults.
     base = {k: v for k, v in os.environ.items() if k not in ("ZOO_MALLOC_DEFAULTS", "XLA_FLAGS")}
-    faults = {}
+    fewest = {}
     for mode in ("default", "keep"):
         done = subprocess.run([sys.executable, "-c", STEP_PROBE, mode], env=base, text=True,
                               capture_output=True, check=True)
-        kept, temp, faults[mode] = done.stdout.split()
+        kept, temp, *faults = done.stdout.split()
         assert kept == str(mode == "keep") and int(temp) >= 64 << 20
+        fewest[mode] = min(int(f) for f in faults)
     # 64 MiB is 16,384 pages of 4 KiB (32 huge pages where the kernel backs it with them): by
-    # default the buffers are mapped afresh at every call; kept, 0-1,600 faults a call were seen
-    # (a worker thread's heap for the dot's scratch can still be given back and mapped again).
-    assert 4 * int(faults["keep"]) < int(faults["default"]) and int(faults["default"]) > 16, faults
+    # default the buffers are mapped afresh at every call. Kept, a call reuses them; now and then
+    # one still faults a few thousand pages, a worker thread's heap (the dot's scratch) given back
+    # and mapped again, so the test takes each mode's fewest.
+    assert 4 * fewest["keep"] < fewest["default"] and fewest["default"] > 16, fewest
 
 
 def test_cpu_steps_run_on_the_calling_thread_only_on_one_cpu_device():
