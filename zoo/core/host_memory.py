@@ -83,8 +83,9 @@ def cpu_async_dispatch() -> bool | None:
 def cpu_device_count(environ: Mapping[str, str] = os.environ) -> int:
     """The devices JAX's CPU platform will have: ``jax_num_cpu_devices``, else XLA's
     ``--xla_force_host_platform_device_count``, else 1."""
-    if jax.config.jax_num_cpu_devices > 0:
-        return jax.config.jax_num_cpu_devices
+    configured = getattr(jax.config, "jax_num_cpu_devices", -1)  # -1: not set (or no option)
+    if configured > 0:
+        return configured
     forced = re.findall(r"--xla_force_host_platform_device_count=(\d+)",
                         environ.get("XLA_FLAGS", ""))
     return int(forced[-1]) if forced else 1
