@@ -71,8 +71,8 @@ print(kept, temp, *faults[3:])
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_a_jitted_steps_temporaries_are_not_faulted_in_again_at_every_call():
     # Both halves of the setting count: without synchronous dispatch (the step's buffers then
-    # come from a worker thread's arena), or without mallopt, every call took 16,000-20,000
-    # faults.
+    # come from a worker thread's arena), or without mallopt, calls took 16,000-20,000 faults
+    # on average.
     base = {k: v for k, v in os.environ.items() if k not in ("ZOO_MALLOC_DEFAULTS", "XLA_FLAGS")}
     fewest = {}
     for mode in ("default", "keep"):
@@ -83,13 +83,13 @@ def test_a_jitted_steps_temporaries_are_not_faulted_in_again_at_every_call():
         fewest[mode] = min(int(f) for f in faults)
     # 64 MiB is 16,384 pages of 4 KiB (32 huge pages where the kernel backs it with them): by
     # default the buffers are mapped afresh at every call. Kept, a call reuses them; now and then
-    # one still faults a few thousand pages, a worker thread's heap (the dot's scratch) given back
-    # and mapped again, so the test takes each mode's fewest.
+    # one still faults thousands of pages (strace saw a heap grow again, a worker thread's among
+    # them), so the test takes each mode's fewest.
     assert 4 * fewest["keep"] < fewest["default"] and fewest["default"] > 16, fewest
 
 
 def test_cpu_steps_run_on_the_calling_thread_only_on_one_cpu_device():
-    # With several CPU devices synchronous dispatch made the LSTM's step 1.1-1.6x slower.
+    # With several CPU devices synchronous dispatch made the LSTM's step 1.1-1.2x slower.
     from zoo.core import host_memory
     assert host_memory.cpu_device_count({"XLA_FLAGS": ""}) == 1
     assert host_memory.cpu_device_count(

@@ -6,18 +6,20 @@ anew at every execution, so a step whose buffers exceed 32 MiB gets fresh pages 
 the kernel zero-fills them one page fault at a time: the quick suite's LSTM and transformer (56-59
 MB of temporaries) took 15,000-20,000 page faults a step. With mmap and trimming off, freed blocks
 stay in the heap and the next step reuses them, as PyTorch's caching allocator does on a GPU:
-zoo's LSTM step got 1.12x (quick suite) and 1.18x (full suite) faster (``benchmarks/README.md``,
-"The allocator"). The cost: the process keeps its peak heap until it exits (a training run's peak
+zoo's LSTM step got 1.12x (quick suite) and 1.18x (full suite) faster with the first form of this
+setting, which also limited glibc to one arena (``benchmarks/README.md``, "The allocator"). The
+cost: the process keeps its peak heap until it exits (a training run's peak
 recurs every step).
 
 A thread other than the main one allocates from an arena of its own, which grows in heaps of at
 most 64 MiB and maps anything larger afresh. JAX runs a CPU step on a worker thread unless its
 dispatch is synchronous, so the full transformer's 1.1 GB of temporaries would still be faulted
 in every step. Hence, on a single CPU device, steps run on the thread that calls them: their
-buffers come from the main heap, which grows without that limit. An earlier form limited glibc to
-one arena instead; every thread then took the same lock, and small steps ran 1.08-1.32x slower
-(``benchmarks/README.md``). With several CPU devices (forced, as tests and the bench's sweeps do)
-dispatch stays asynchronous: there the synchronous form made the LSTM's step 1.1-1.6x slower.
+buffers come from the main heap, which grows without that limit. The first form limited glibc to
+one arena instead; every thread then shared one arena's lock (4-10x the voluntary context
+switches), and small steps ran 1.08-1.32x slower (``benchmarks/README.md``). With several CPU
+devices (forced, as tests and the bench's sweeps do) dispatch stays asynchronous: there the
+synchronous form made the LSTM's step 1.1-1.2x slower than per-thread arenas alone.
 
 ``zoo`` and ``zoo bench`` call :func:`keep_freed_memory` at start, so the PyTorch peers, in the
 bench's process, run with it too; ``ZOO_MALLOC_DEFAULTS=0`` leaves glibc's and JAX's defaults.
