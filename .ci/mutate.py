@@ -217,6 +217,13 @@ MUTATIONS = (
     M("host_memory: steps still dispatched to a worker thread", "zoo/core/host_memory.py",
       "    if applied and cpu_device_count(environ) == 1:", "    if False:",
       ("tests/test_host_memory.py::test_a_jitted_steps_temporaries_are_not_faulted_in_again_at_every_call",)),
+    # ---- a checkpoint that cannot be written (zoo/checkpoint.py, zoo/cli.py)
+    M("checkpoint: a failed background save blamed on the next step", "zoo/checkpoint.py",
+      "        self.wait()  # orbax waits", "        pass  # orbax waits",
+      ("tests/test_cli_errors.py::test_a_checkpoint_that_cannot_be_written_is_one_line_and_the_run_resumes",)),
+    M("cli: orbax's save errors logged with their tracebacks", "zoo/cli.py",
+      '        logging.getLogger("absl").addFilter(_QuietOrbaxErrors())\n', "",
+      ("tests/test_cli_errors.py::test_a_checkpoint_that_cannot_be_written_is_one_line_and_the_run_resumes",)),
     M("xla_flags: YNNPACK's reductions on (jax#39103)", "zoo/core/xla_flags.py",
       '"INDIVIDUAL_DOT"}', '"INDIVIDUAL_DOT,REDUCE"}',
       ("tests/test_pipeline.py::test_zoos_xla_cpu_defaults_sum_exactly_where_ynnpack_reductions_do_not",)),

@@ -10,9 +10,12 @@ metric. If the newest checkpoint cannot be read, restore says so and falls back 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
+import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -38,6 +41,22 @@ def _state_dict(state: TrainState) -> dict[str, Any]:
 
 class CheckpointError(ValueError):
     """No checkpoint in a directory could be restored (a ValueError: the CLI reports it cleanly)."""
+
+
+class CheckpointSaveError(OSError):
+    """A checkpoint could not be written (a full disk, a folder made read-only); the checkpoints
+    saved before it are whole, so the run can resume from the newest of them."""
+
+
+def _write_failure(error: BaseException) -> str | None:
+    """What went wrong, if ``error`` is a failed write: the OS's words for tensorstore's
+    ``os_error_code`` (orbax's array writes), or an ``OSError``'s; None for any other error."""
+    code = re.search(r"os_error_code='?(\d+)", str(error))
+    if code:
+        return os.strerror(int(code.group(1)))
+    if isinstance(error, OSError):
+        return error.strerror or str(error)
+    return None
 
 
 class Checkpointer:
@@ -71,6 +90,7 @@ class Checkpointer:
             self.directory, options=options,
             item_handlers={"state": ocp.StandardCheckpointHandler(),
                            "extra": ocp.JsonCheckpointHandler()})
+        self._in_flight: int | None = None  # the step of a save not yet known to be on disk
 
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -82,19 +102,48 @@ class Checkpointer:
     def save(self, step: int, state: TrainState, strategy: parallel.Strategy, *,
              data_state: dict | None = None, config: dict | None = None,
              metrics: dict[str, float] | None = None) -> None:
-        """Starts saving ``state`` at ``step`` (async); :meth:`wait` blocks until it is on disk."""
+        """Starts saving ``state`` at ``step`` (async); :meth:`wait` blocks until it is on disk.
+
+        Raises :class:`CheckpointSaveError` if this save, or the one before it, could not be
+        written."""
+        self.wait()  # orbax waits for the previous save anyway; its failure is that step's
         canonical = strategy.canonical_state(state)
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(_state_dict(canonical)),
-            extra=ocp.args.JsonSave({"data": data_state or {}, "config": config or {}})),
-            metrics=metrics, force=True)
+        self._in_flight = step
+        with self._naming_write_failures():
+            self.manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(_state_dict(canonical)),
+                extra=ocp.args.JsonSave({"data": data_state or {}, "config": config or {}})),
+                metrics=metrics, force=True)
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Blocks until the save in flight is on disk; :class:`CheckpointSaveError` if it failed."""
+        with self._naming_write_failures():
+            self.manager.wait_until_finished()
+        self._in_flight = None
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        try:
+            self.wait()
+        finally:
+            self.manager.close()
+
+    @contextlib.contextmanager
+    def _naming_write_failures(self):
+        """A failed write of the save in flight becomes one sentence: which step, why, and which
+        checkpoint is still whole. (orbax's own messages name a temporary file and an array.)"""
+        try:
+            yield
+        except Exception as e:  # noqa: BLE001 -- only write failures are reworded
+            step, self._in_flight = self._in_flight, None
+            cause = _write_failure(e)
+            if step is None or cause is None:
+                raise
+            whole = sorted(s for s in _saved_steps(self.directory) if s != step)
+            kept = (f"the checkpoint of step {whole[-1]} is whole: make room and run again to "
+                    "resume from it" if whole else
+                    "no checkpoint was saved before it: make room and run again")
+            raise CheckpointSaveError(f"could not write the checkpoint of step {step} in "
+                                      f"{self.directory}: {cause}; {kept}") from e
 
     def _check_shapes(self, step: int, template: TrainState) -> None:
         """Refuses a readable checkpoint whose arrays are not this run's (other arrays: another

@@ -48,6 +48,16 @@ class _QuietAbandonedReads(logging.Filter):
         return "exception was never retrieved" not in record.getMessage()
 
 
+class _QuietOrbaxErrors(logging.Filter):
+    """orbax's errors, each logged with its traceback from the thread that met it (a failed save
+    logs the same write error four times): the failure reaches zoo too, which reports it in one
+    line (which checkpoint, why, which one is still whole). ``ZOO_DEBUG=1`` shows them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR
+                    and f"{os.sep}orbax{os.sep}" in record.pathname)
+
+
 # Subcommands import what they run when they run: `zoo --help` and `zoo bench` (which sets up
 # devices before JAX starts) stay fast.
 
@@ -337,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get(DEBUG_ENV, "") in ("", "0"):
         sys.unraisablehook = _quiet_unraisable
         logging.getLogger("asyncio").addFilter(_QuietAbandonedReads())
+        logging.getLogger("absl").addFilter(_QuietOrbaxErrors())
     if argv and argv[0] == "bench":  # its own parser; must run before JAX starts a backend
         from zoo.bench import bench_main
         return bench_main(argv[1:])
