@@ -59,6 +59,8 @@ SETTINGS = {
            ("single-thread-eigen", "xla_cpu_multi_thread_eigen", False),
            ("memory-scheduler", "xla_cpu_scheduler_type", "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"),
            ("region-analysis", "xla_cpu_copy_insertion_use_region_analysis", True),
+           # max/min without NaN propagation: lets LLVM vectorize max reductions (softmax)
+           ("fast-min-max", "xla_cpu_enable_fast_min_max", True),
        ]},
 }
 
