@@ -149,8 +149,8 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line_and_the_run_resumes(tmp
               if line.strip() and not line.startswith(("WARNING", "W1", "I1"))]
     assert full.returncode == 1 and "Traceback" not in full.stderr, full.stderr[-3000:]
     assert errors == [f"zoo train: error: could not write the checkpoint of step 4 in "
-                      f"{run / 'checkpoints'}: File too large; the checkpoint of step 2 is whole: "
-                      "make room and run again to resume from it"], errors[:20]
+                      f"{run / 'checkpoints'}: File too large; the checkpoint of step 2 is whole; "
+                      "once the folder can be written, running again resumes from it"], errors[:20]
     again = _run([*train_ae, "--config.train.steps=6", "--config.train.checkpoint_every=2"])
     assert again.returncode == 0, again.stderr[-2000:]
     assert "resuming from the checkpoint at step 2" in again.stdout

@@ -139,9 +139,9 @@ class Checkpointer:
             if step is None or cause is None:
                 raise
             whole = sorted(s for s in _saved_steps(self.directory) if s != step)
-            kept = (f"the checkpoint of step {whole[-1]} is whole: make room and run again to "
-                    "resume from it" if whole else
-                    "no checkpoint was saved before it: make room and run again")
+            kept = (f"the checkpoint of step {whole[-1]} is whole; once the folder can be "
+                    "written, running again resumes from it" if whole else
+                    "no checkpoint was saved before it")
             raise CheckpointSaveError(f"could not write the checkpoint of step {step} in "
                                       f"{self.directory}: {cause}; {kept}") from e
 

@@ -50,8 +50,9 @@ class _QuietAbandonedReads(logging.Filter):
 
 class _QuietOrbaxErrors(logging.Filter):
     """orbax's errors, each logged with its traceback from the thread that met it (a failed save
-    logs the same write error four times): the failure reaches zoo too, which reports it in one
-    line (which checkpoint, why, which one is still whole). ``ZOO_DEBUG=1`` shows them."""
+    logs the same write error four times). A failed save or restore also raises, and zoo reports
+    that in one line (which checkpoint, why, which one is still whole). ``ZOO_DEBUG=1`` shows
+    them."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not (record.levelno >= logging.ERROR
