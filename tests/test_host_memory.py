@@ -71,8 +71,8 @@ print(kept, temp, *faults[3:])
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_a_jitted_steps_temporaries_are_not_faulted_in_again_at_every_call():
     # Both halves of the setting count: without synchronous dispatch (the step's buffers then
-    # come from a worker thread's arena), or without mallopt, calls took 16,000-20,000 faults
-    # on average.
+    # come from a worker thread's arena), or without mallopt, calls took 16,000-23,000 faults
+    # each (the ninth and tenth sessions' runs).
     base = {k: v for k, v in os.environ.items() if k not in ("ZOO_MALLOC_DEFAULTS", "XLA_FLAGS")}
     fewest = {}
     for mode in ("default", "keep"):
