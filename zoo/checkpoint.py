@@ -14,12 +14,7 @@ import contextlib
 import dataclasses
 import json
 import logging
-import os
-import re
 import shutil
-import sys
-import threading
-import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -29,6 +24,7 @@ import orbax.checkpoint as ocp
 from flax import serialization
 
 from zoo import convert_gpt2, models
+from zoo.save_barrier import SaveBarrier, write_failure
 from zoo import tokenizers as tok
 from zoo.core import parallel
 from zoo.core.family import Family
@@ -49,77 +45,6 @@ class CheckpointError(ValueError):
 class CheckpointSaveError(OSError):
     """A checkpoint could not be written (a full disk, a folder made read-only); the checkpoints
     saved before it are whole, so the run can resume from the newest of them."""
-
-
-def _write_failure(error: BaseException) -> str | None:
-    """What went wrong, if ``error`` is a failed write: the OS's words for tensorstore's
-    ``os_error_code`` (orbax's array writes), or an ``OSError``'s; None for any other error."""
-    code = re.search(r"os_error_code='?(\d+)", str(error))
-    if code:
-        return os.strerror(int(code.group(1)))
-    if isinstance(error, OSError):
-        return error.strerror or str(error)
-    return None
-
-
-class PeerSaveError(OSError):
-    """Another process could not write its part of the checkpoint being saved."""
-
-
-class _SaveBarrier:
-    """orbax's barriers between processes (every process waits until all arrive), kept in
-    ``jax.distributed``'s key-value store, that stop waiting on every process as soon as one
-    process's save fails.
-
-    With orbax's own barriers a process whose write failed (a full disk) never reaches the barrier
-    after the writes, while the others wait there, and it waits at the next: every process hangs
-    until orbax's timeout (20 minutes a barrier). orbax's finalize thread reaches its last barrier
-    in a ``finally``, so a background thread that arrives while raising is a failed save: it
-    records why and does not wait; the others, waiting, read that and raise
-    :class:`PeerSaveError`.
-    """
-
-    # Shared by all instances: every process saves, and calls orbax's barriers, in the same
-    # order, so the n-th save (or the n-th call of a barrier key) is the same one on each.
-    _saves = 0
-    _calls: dict[str, int] = {}
-    _lock = threading.Lock()
-
-    def __init__(self):
-        self.client = ocp.multihost.get_jax_distributed_client()
-        self.save_id = 0  # the save in flight (one at a time: Checkpointer.save waits first)
-
-    def begin_save(self) -> None:
-        with self._lock:
-            self.save_id = _SaveBarrier._saves = _SaveBarrier._saves + 1
-
-    def _failures(self) -> str:
-        return f"zoo/checkpoint/save{self.save_id}/failed/"
-
-    def __call__(self, *, key: str, timeout_ms: int) -> None:
-        error = sys.exc_info()[1]
-        if error is not None and threading.current_thread() is not threading.main_thread():
-            if not isinstance(error, PeerSaveError):
-                reason = _write_failure(error) or f"{type(error).__name__}: {error}"
-                self.client.key_value_set(self._failures() + str(jax.process_index()), reason,
-                                          allow_overwrite=True)  # it may arrive twice
-            return
-        with self._lock:
-            n = self._calls[key] = self._calls.get(key, -1) + 1
-        arrived = f"zoo/barrier/{key}/{n}"
-        self.client.key_value_increment(arrived, 1)
-        deadline, poll_s = time.monotonic() + timeout_ms / 1000, 0.005
-        while int(self.client.key_value_try_get(arrived)) < jax.process_count():
-            failed = {int(k.rsplit("/", 1)[1]): why
-                      for k, why in self.client.key_value_dir_get(self._failures())}
-            if failed:
-                first = min(failed)
-                raise PeerSaveError(f"process {first} could not write its part: {failed[first]}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"waited {timeout_ms / 1000:g} s at {key} for the other "
-                                   "processes saving the checkpoint")
-            time.sleep(poll_s)
-            poll_s = min(2 * poll_s, 0.25)  # a long write is not polled hundreds of times a second
 
 
 class Checkpointer:
@@ -146,7 +71,7 @@ class Checkpointer:
             policies.append(ocp.checkpoint_managers.BestN(
                 get_metric_fn=lambda m: sign * float(m[best_metric]), n=1,
                 keep_checkpoints_without_metrics=False))
-        self._barrier = _SaveBarrier() if jax.process_count() > 1 else None
+        self._barrier = SaveBarrier() if jax.process_count() > 1 else None
         options = ocp.CheckpointManagerOptions(
             enable_async_checkpointing=async_save, create=True,
             preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
@@ -202,7 +127,7 @@ class Checkpointer:
             yield
         except Exception as e:  # noqa: BLE001 -- only write failures are reworded
             step, self._in_flight = self._in_flight, None
-            cause = _write_failure(e)
+            cause = write_failure(e)
             if step is None or cause is None:
                 raise
             whole = sorted(s for s in _saved_steps(self.directory) if s != step)
