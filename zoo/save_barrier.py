@@ -44,9 +44,11 @@ class SaveBarrier:
     """
 
     # Shared by all instances: every process saves, and calls orbax's barriers, in the same
-    # order, so the n-th save (or the n-th call of a barrier key) is the same one on each.
+    # order, so the n-th save, and the n-th call of a barrier key in it, is the same on each.
+    # (Counted per save: a failed save, whose processes left at different barriers, does not
+    # set the next save's counts apart.)
     _saves = 0
-    _calls: dict[str, int] = {}
+    _calls: dict[tuple[int, str], int] = {}
     _lock = threading.Lock()
 
     def __init__(self):
@@ -69,8 +71,8 @@ class SaveBarrier:
                                           allow_overwrite=True)  # it may arrive twice
             return
         with self._lock:
-            n = self._calls[key] = self._calls.get(key, -1) + 1
-        arrived = f"zoo/barrier/{key}/{n}"
+            n = self._calls[self.save_id, key] = self._calls.get((self.save_id, key), -1) + 1
+        arrived = f"zoo/barrier/save{self.save_id}/{key}/{n}"
         self.client.key_value_increment(arrived, 1)
         deadline, poll_s = time.monotonic() + timeout_ms / 1000, 0.005
         while int(self.client.key_value_try_get(arrived)) < jax.process_count():
