@@ -139,6 +139,25 @@ def test_a_save_one_process_cannot_write_stops_every_process_in_one_line(tmp_pat
         assert sorted(d.name for d in (run / "checkpoints").iterdir()) == ["2", "4", "6"]
 
 
+def test_an_error_on_process_0_alone_stops_both_processes_in_seconds(tmp_path):
+    # Process 0 writes the metrics; here it cannot (a folder sits at metrics.jsonl), while
+    # process 1 goes on to its first step's collective. Both used to wait 5 minutes (process 0
+    # at JAX's shutdown barrier, process 1 for process 0), then abort.
+    (tmp_path / "metrics.jsonl").mkdir()
+    procs = _zoo_train(tmp_path, 2, 1, "--config.train.steps=50")
+    try:
+        outs = [p.communicate(timeout=120)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    errors = [line for line in outs[0].splitlines() if line.startswith("zoo train: error")]
+    assert procs[0].returncode == 1 and "Traceback" not in outs[0], outs[0][-3000:]
+    assert errors == [f"zoo train: error: [Errno 21] Is a directory: "
+                      f"'{tmp_path / 'metrics.jsonl'}'"], outs[0][-3000:]
+    assert procs[1].returncode != 0  # ended by JAX: "another task died"
+    assert "step " not in outs[0]  # stopped before its first step
+
+
 def test_a_bad_process_id_and_a_dead_coordinator_are_one_line_in_bounded_time(tmp_path):
     # No cluster for --distributed auto to find, wherever the tests run.
     cluster_vars = ("SLURM_", "OMPI_", "PMI_", "KUBERNETES_", "TPU_", "CLOUD_TPU", "MEGASCALE")

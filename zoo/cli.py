@@ -372,7 +372,11 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(e, (ValueError, OSError, FloatingPointError)):
             print(f"zoo {args.command}: (an internal error: {type(e).__name__}; run with "
                   f"{DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
-        return 2 if isinstance(e, ValueError) else 1
+        code = 2 if isinstance(e, ValueError) else 1
+        if args.command in ("train", "eval"):
+            from zoo.core import distributed
+            distributed.leave_after_error(code)
+        return code
     except KeyboardInterrupt:  # outside training (which saves and returns on SIGINT)
         print(f"zoo {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -6,7 +6,8 @@ JAX's own cluster detection (SLURM, Open MPI, Kubernetes/GKE, Cloud TPU). :func:
 anything touches a device. On CPU the processes' collectives go through gloo, set here. A bad
 process id, or a coordinator that does not answer within ``--distributed-timeout`` seconds, is a
 ``ValueError`` naming it; :func:`check_agreement` refuses processes whose configs or local device
-counts differ, on every process, instead of a hang.
+counts differ, on every process, instead of a hang. :func:`leave_after_error` ends a process whose
+run failed without waiting for the others at JAX's shutdown barrier.
 """
 
 from __future__ import annotations
@@ -153,3 +154,43 @@ def check_agreement(config_json: str) -> None:
         differ = [i for i, d in enumerate(every) if d != every[0]]
         raise ValueError(f"process(es) {differ} run another config than process 0: give every "
                          "process the same config file and --config overrides")
+
+
+def leave_after_error(code: int, grace_s: float = 10.0) -> None:
+    """Ends this process of a multi-process run now, with exit status ``code`` (nothing with one
+    process). Call it after reporting an error that may be this process's alone (a full disk
+    under process 0's metrics, say).
+
+    A normal exit waits at ``jax.distributed``'s shutdown barrier for every process, up to 5
+    minutes, while the others wait for this one in their next collective; then JAX aborts them
+    all. Leaving without it, the others stop within seconds: JAX ends them ("another task died").
+    Processes that fail together (configs that disagree) wait up to ``grace_s`` for each other,
+    and process 0, which serves the run, leaves last: each reports its own error and exits with
+    its own status.
+    """
+    import sys
+    import time
+
+    from jax._src import distributed as jax_distributed  # its client: no public handle
+    state = jax_distributed.global_state
+    if state.client is None or state.num_processes in (None, 1):
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+
+    def wait_for(prefix: str, count: int, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while (len(state.client.key_value_dir_get(prefix)) < count
+               and time.monotonic() < deadline):
+            time.sleep(0.05)
+
+    try:
+        state.client.key_value_set(f"zoo/stopped/{state.process_id}", "")
+        wait_for("zoo/stopped/", state.num_processes, grace_s)
+        if state.process_id != 0:
+            state.client.key_value_set(f"zoo/left/{state.process_id}", "")
+        else:  # once process 0 is gone, JAX ends any process still running
+            wait_for("zoo/left/", state.num_processes - 1, 2.0)
+            time.sleep(0.5)  # from a process's "left" to its exit, a few lines of Python
+    finally:
+        os._exit(code)
