@@ -158,6 +158,29 @@ def test_an_error_on_process_0_alone_stops_both_processes_in_seconds(tmp_path):
     assert "step " not in outs[0]  # stopped before its first step
 
 
+@pytest.mark.slow  # ~45 s; the mid-run case above is the default one
+def test_an_error_on_process_0_alone_after_process_1_finished_lets_process_1_exit_0(tmp_path):
+    # zoo eval across two processes; process 0 cannot write eval.json. Process 1 has finished,
+    # so process 0 must not leave at once (JAX would abort process 1): both pass the shutdown
+    # barrier, each with its own status.
+    _finish(_zoo_train(tmp_path, 2, 1, "--config.train.steps=2"))
+    (tmp_path / "eval.json").mkdir()
+    port, env = _free_port(), {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    procs = [subprocess.Popen([sys.executable, "-m", "zoo.cli", "eval", str(tmp_path),
+                               "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
+                               "--process-id", str(i)], env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(2)]
+    try:
+        outs = [p.communicate(timeout=240)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    errors = [line for line in outs[0].splitlines() if line.startswith("zoo eval: error")]
+    assert procs[0].returncode == 1 and errors == [
+        f"zoo eval: error: [Errno 21] Is a directory: '{tmp_path / 'eval.json'}'"], outs[0][-3000:]
+    assert procs[1].returncode == 0, outs[1][-3000:]
+
+
 def test_a_bad_process_id_and_a_dead_coordinator_are_one_line_in_bounded_time(tmp_path):
     # No cluster for --distributed auto to find, wherever the tests run.
     cluster_vars = ("SLURM_", "OMPI_", "PMI_", "KUBERNETES_", "TPU_", "CLOUD_TPU", "MEGASCALE")

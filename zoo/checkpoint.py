@@ -24,11 +24,11 @@ import orbax.checkpoint as ocp
 from flax import serialization
 
 from zoo import convert_gpt2, models
-from zoo.save_barrier import SaveBarrier, write_failure
 from zoo import tokenizers as tok
 from zoo.core import parallel
 from zoo.core.family import Family
 from zoo.core.train_state import TrainState
+from zoo.save_barrier import SaveBarrier, write_failure
 
 _STATE_KEYS = ("step", "params", "opt_state", "model_state", "rng", "ema_params")
 

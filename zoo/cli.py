@@ -364,6 +364,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("train", "eval"):  # before anything touches a device
             from zoo.core import distributed
             distributed.join(distributed.cluster_from(args))
+            code = args.run(args, overrides)
+            distributed.mark_finished()
+            return code
         return args.run(args, overrides)
     except Exception as e:  # noqa: BLE001 -- one line for the user; the traceback on request
         if os.environ.get(DEBUG_ENV, "") not in ("", "0"):

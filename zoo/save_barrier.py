@@ -54,17 +54,19 @@ class SaveBarrier:
     def __init__(self):
         self.client = ocp.multihost.get_jax_distributed_client()
         self.save_id = 0  # the save in flight (one at a time: Checkpointer.save waits first)
+        self.saver = threading.current_thread()  # the thread that calls save, not orbax's
 
     def begin_save(self) -> None:
         with self._lock:
             self.save_id = SaveBarrier._saves = SaveBarrier._saves + 1
+        self.saver = threading.current_thread()
 
     def _failures(self) -> str:
         return f"zoo/checkpoint/save{self.save_id}/failed/"
 
     def __call__(self, *, key: str, timeout_ms: int) -> None:
         error = sys.exc_info()[1]
-        if error is not None and threading.current_thread() is not threading.main_thread():
+        if error is not None and threading.current_thread() is not self.saver:
             if not isinstance(error, PeerSaveError):
                 reason = write_failure(error) or f"{type(error).__name__}: {error}"
                 self.client.key_value_set(self._failures() + str(jax.process_index()), reason,

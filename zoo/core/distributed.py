@@ -156,41 +156,55 @@ def check_agreement(config_json: str) -> None:
                          "process the same config file and --config overrides")
 
 
-def leave_after_error(code: int, grace_s: float = 10.0) -> None:
-    """Ends this process of a multi-process run now, with exit status ``code`` (nothing with one
-    process). Call it after reporting an error that may be this process's alone (a full disk
-    under process 0's metrics, say).
-
-    A normal exit waits at ``jax.distributed``'s shutdown barrier for every process, up to 5
-    minutes, while the others wait for this one in their next collective; then JAX aborts them
-    all. Leaving without it, the others stop within seconds: JAX ends them ("another task died").
-    Processes that fail together (configs that disagree) wait up to ``grace_s`` for each other,
-    and process 0, which serves the run, leaves last: each reports its own error and exits with
-    its own status.
-    """
-    import sys
-    import time
-
+def _client():
+    """jax.distributed's client and this process's place, or None outside a multi-process run."""
     from jax._src import distributed as jax_distributed  # its client: no public handle
     state = jax_distributed.global_state
     if state.client is None or state.num_processes in (None, 1):
+        return None
+    return state.client, state.process_id, state.num_processes
+
+
+_ENDED = "zoo/ended/"  # per process: "ok" (its run finished), "error", or "left" (exited at once)
+
+
+def mark_finished() -> None:
+    """Records that this process's run finished (see :func:`leave_after_error`)."""
+    if (joined := _client()) is not None:
+        client, me, _ = joined
+        client.key_value_set(_ENDED + str(me), "ok", allow_overwrite=True)
+
+
+def leave_after_error(code: int, grace_s: float = 10.0) -> None:
+    """After reporting an error that may be this process's alone, ends it at once (``os._exit``)
+    if some other process of the run is still running; returns otherwise (nothing with one
+    process).
+
+    A normal exit waits at ``jax.distributed``'s shutdown barrier for every process, up to 5
+    minutes: with the others running (waiting for this one in their next collective) all hang,
+    then JAX aborts them. Leaving without it, JAX ends the others within seconds ("another task
+    died"). This process first waits up to ``grace_s`` for the others to end too: processes that
+    fail together (configs that disagree), or that had finished, then all pass the barrier and
+    exit with their own status. One that left at once makes the rest leave too (the barrier
+    would wait for it).
+    """
+    import sys
+    import time
+    if (joined := _client()) is None:
         return
+    client, me, count = joined
     sys.stdout.flush()
     sys.stderr.flush()
-
-    def wait_for(prefix: str, count: int, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while (len(state.client.key_value_dir_get(prefix)) < count
-               and time.monotonic() < deadline):
-            time.sleep(0.05)
-
     try:
-        state.client.key_value_set(f"zoo/stopped/{state.process_id}", "")
-        wait_for("zoo/stopped/", state.num_processes, grace_s)
-        if state.process_id != 0:
-            state.client.key_value_set(f"zoo/left/{state.process_id}", "")
-        else:  # once process 0 is gone, JAX ends any process still running
-            wait_for("zoo/left/", state.num_processes - 1, 2.0)
-            time.sleep(0.5)  # from a process's "left" to its exit, a few lines of Python
-    finally:
-        os._exit(code)
+        client.key_value_set(_ENDED + str(me), "error", allow_overwrite=True)
+        deadline = time.monotonic() + grace_s
+        while len(ended := dict(client.key_value_dir_get(_ENDED))) < count:
+            if time.monotonic() > deadline or "left" in ended.values():
+                break
+            time.sleep(0.05)
+        if len(ended) == count and "left" not in ended.values():
+            return
+        client.key_value_set(_ENDED + str(me), "left", allow_overwrite=True)
+    except Exception:  # noqa: BLE001 -- process 0, which serves the key-value store, is gone
+        pass
+    os._exit(code)
