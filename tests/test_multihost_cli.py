@@ -47,8 +47,17 @@ def _zoo_train(workdir, processes: int, devices: int, *overrides, preexec_fns=No
             for i in range(processes)]
 
 
+def _outputs(procs, timeout: float) -> list[str]:
+    """Each process's output once all have ended; a hang past ``timeout`` leaves none behind."""
+    try:
+        return [p.communicate(timeout=timeout)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+
+
 def _finish(procs, timeout=300):
-    outs = [p.communicate(timeout=timeout)[0] for p in procs]
+    outs = _outputs(procs, timeout)
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-3000:]
     return outs
@@ -118,11 +127,7 @@ def test_a_save_one_process_cannot_write_stops_every_process_in_one_line(tmp_pat
     small_files = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
     procs = _zoo_train(run, 2, 1, *ae, "--config.train.steps=6",
                        preexec_fns={failing: small_files})
-    try:
-        outs = [p.communicate(timeout=120)[0] for p in procs]
-    finally:  # a hang leaves no processes behind
-        for p in procs:
-            p.kill()
+    outs = _outputs(procs, 120)
     whole = "the checkpoint of step 2 is whole; once the folder can be written, running again " \
             "resumes from it"
     for i, (p, out) in enumerate(zip(procs, outs)):
@@ -145,11 +150,7 @@ def test_an_error_on_process_0_alone_stops_both_processes_in_seconds(tmp_path):
     # at JAX's shutdown barrier, process 1 for process 0), then abort.
     (tmp_path / "metrics.jsonl").mkdir()
     procs = _zoo_train(tmp_path, 2, 1, "--config.train.steps=50")
-    try:
-        outs = [p.communicate(timeout=120)[0] for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
+    outs = _outputs(procs, 120)
     errors = [line for line in outs[0].splitlines() if line.startswith("zoo train: error")]
     assert procs[0].returncode == 1 and "Traceback" not in outs[0], outs[0][-3000:]
     assert errors == [f"zoo train: error: [Errno 21] Is a directory: "
@@ -170,11 +171,7 @@ def test_an_error_on_process_0_alone_after_process_1_finished_lets_process_1_exi
                                "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
                                "--process-id", str(i)], env=env, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(2)]
-    try:
-        outs = [p.communicate(timeout=240)[0] for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
+    outs = _outputs(procs, 240)
     errors = [line for line in outs[0].splitlines() if line.startswith("zoo eval: error")]
     assert procs[0].returncode == 1 and errors == [
         f"zoo eval: error: [Errno 21] Is a directory: '{tmp_path / 'eval.json'}'"], outs[0][-3000:]
