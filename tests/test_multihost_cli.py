@@ -123,7 +123,7 @@ def test_a_save_one_process_cannot_write_stops_every_process_in_one_line(tmp_pat
     import resource
     run = tmp_path / "run"
     ae = ("--config.model.hidden=(128,)", "--config.train.checkpoint_every=2")
-    _finish(_zoo_train(run, 2, 1, *ae, "--config.train.steps=2"))
+    _finish(_zoo_train(run, 1, 1, *ae, "--config.train.steps=2"))  # two processes go on from it
     small_files = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
     procs = _zoo_train(run, 2, 1, *ae, "--config.train.steps=6",
                        preexec_fns={failing: small_files})

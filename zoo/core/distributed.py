@@ -7,7 +7,8 @@ anything touches a device. On CPU the processes' collectives go through gloo, se
 process id, or a coordinator that does not answer within ``--distributed-timeout`` seconds, is a
 ``ValueError`` naming it; :func:`check_agreement` refuses processes whose configs or local device
 counts differ, on every process, instead of a hang. :func:`leave_after_error` ends a process whose
-run failed without waiting for the others at JAX's shutdown barrier.
+run failed while others still run, without waiting for them at JAX's shutdown barrier
+(:func:`mark_finished` tells it which have finished).
 """
 
 from __future__ import annotations
