@@ -1,6 +1,7 @@
 """`zoo train` across processes through the real command line (jax.distributed on 127.0.0.1, gloo):
 two processes x 2 devices give one process x 4's params, a run killed on both resumes, a run saved
-by two processes resumes in one, and bad cluster options are one line within a bounded time."""
+by two processes resumes in one, bad cluster options are one line within a bounded time, and a
+failure on one process alone (a save it cannot write, any other error) does not hang the others."""
 
 import json
 import os
