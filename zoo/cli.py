@@ -360,9 +360,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"zoo {args.command}: unrecognised arguments {' '.join(unknown)}", file=sys.stderr)
         return 2
+    from zoo.core import distributed  # already imported by build_parser
     try:
         if args.command in ("train", "eval"):  # before anything touches a device
-            from zoo.core import distributed
             distributed.join(distributed.cluster_from(args))
             code = args.run(args, overrides)
             distributed.mark_finished()
@@ -377,7 +377,6 @@ def main(argv: list[str] | None = None) -> int:
                   f"{DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
         code = 2 if isinstance(e, ValueError) else 1
         if args.command in ("train", "eval"):
-            from zoo.core import distributed
             distributed.leave_after_error(code)
         return code
     except KeyboardInterrupt:  # outside training (which saves and returns on SIGINT)

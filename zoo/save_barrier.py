@@ -15,8 +15,7 @@ import sys
 import threading
 import time
 
-import jax
-import orbax.checkpoint as ocp
+from zoo.core import distributed
 
 
 def write_failure(error: BaseException) -> str | None:
@@ -52,7 +51,7 @@ class SaveBarrier:
     _lock = threading.Lock()
 
     def __init__(self):
-        self.client = ocp.multihost.get_jax_distributed_client()
+        self.client, self.process, self.count = distributed.coordination()
         self.save_id = 0  # the save in flight (one at a time: Checkpointer.save waits first)
         self.saver = threading.current_thread()  # the thread that calls save, not orbax's
 
@@ -69,7 +68,7 @@ class SaveBarrier:
         if error is not None and threading.current_thread() is not self.saver:
             if not isinstance(error, PeerSaveError):
                 reason = write_failure(error) or f"{type(error).__name__}: {error}"
-                self.client.key_value_set(self._failures() + str(jax.process_index()), reason,
+                self.client.key_value_set(self._failures() + str(self.process), reason,
                                           allow_overwrite=True)  # it may arrive twice
             return
         with self._lock:
@@ -77,7 +76,7 @@ class SaveBarrier:
         arrived = f"zoo/barrier/save{self.save_id}/{key}/{n}"
         self.client.key_value_increment(arrived, 1)
         deadline, poll_s = time.monotonic() + timeout_ms / 1000, 0.005
-        while int(self.client.key_value_try_get(arrived)) < jax.process_count():
+        while int(self.client.key_value_try_get(arrived)) < self.count:
             failed = {int(k.rsplit("/", 1)[1]): why
                       for k, why in self.client.key_value_dir_get(self._failures())}
             if failed:

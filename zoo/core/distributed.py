@@ -157,8 +157,9 @@ def check_agreement(config_json: str) -> None:
                          "process the same config file and --config overrides")
 
 
-def _client():
-    """jax.distributed's client and this process's place, or None outside a multi-process run."""
+def coordination():
+    """``(client, process_id, num_processes)``: jax.distributed's client (its key-value store and
+    barriers) and this process's place; None outside a multi-process run."""
     from jax._src import distributed as jax_distributed  # its client: no public handle
     state = jax_distributed.global_state
     if state.client is None or state.num_processes in (None, 1):
@@ -171,7 +172,7 @@ _ENDED = "zoo/ended/"  # per process: "ok" (its run finished), "error", or "left
 
 def mark_finished() -> None:
     """Records that this process's run finished (see :func:`leave_after_error`)."""
-    if (joined := _client()) is not None:
+    if (joined := coordination()) is not None:
         client, me, _ = joined
         client.key_value_set(_ENDED + str(me), "ok", allow_overwrite=True)
 
@@ -191,7 +192,7 @@ def leave_after_error(code: int, grace_s: float = 10.0) -> None:
     """
     import sys
     import time
-    if (joined := _client()) is None:
+    if (joined := coordination()) is None:
         return
     client, me, count = joined
     sys.stdout.flush()
