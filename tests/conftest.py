@@ -22,7 +22,10 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
+import fcntl  # noqa: E402
+import shutil  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Callable  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -51,6 +54,31 @@ def tfds_dirs(shared_data, tmp_path_factory, worker_id) -> dict[str, str]:
         data_dir = tmp_path_factory.getbasetemp().parent / "tfds"
         data_dir.mkdir(exist_ok=True)
     return {"tfds_data_dir": str(data_dir), "download_dir": str(shared_data / "tfds_downloads")}
+
+
+@pytest.fixture(scope="session")
+def built_once(tmp_path_factory, worker_id) -> Callable[[str, Callable[[Path], None]], Path]:
+    """``built_once(name, build)``: the folder ``build(path)`` fills, built once per test run.
+
+    Under pytest-xdist every worker is its own session, so a module fixture is built again on
+    each worker that runs one of its tests (a diffusion run: ~20 s each time). Here the first
+    worker to ask builds it under a lock while the others wait, then all reuse it: tests must
+    only read it."""
+    base = tmp_path_factory.getbasetemp()
+    root = (base if worker_id == "master" else base.parent) / "built_once"
+    root.mkdir(exist_ok=True)
+
+    def get(name: str, build: Callable[[Path], None]) -> Path:
+        path, done = root / name, root / f"{name}.done"
+        with open(root / f"{name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not done.exists():
+                shutil.rmtree(path, ignore_errors=True)  # a build that failed on another worker
+                build(path)
+                done.touch()
+        return path
+
+    return get
 
 
 @pytest.fixture(scope="session")

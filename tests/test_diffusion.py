@@ -312,11 +312,10 @@ def test_the_loss_falls_on_mnist_in_a_short_run(tfds_dirs, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """A class-conditional run of 3 steps on synthetic images, with an EMA."""
-    workdir = tmp_path_factory.mktemp("diffusion_run")
-    train.train(_pipe_config("--config.train.steps=3"), workdir, log=lambda s: None)
-    return workdir
+def tiny_run(built_once):
+    """A class-conditional run of 3 steps on synthetic images, with an EMA (read only)."""
+    return built_once("diffusion_run", lambda workdir: train.train(
+        _pipe_config("--config.train.steps=3"), workdir, log=lambda s: None))
 
 
 def test_zoo_sample_draws_a_row_per_class_a_denoising_strip_and_a_slerp(tiny_run, tmp_path,

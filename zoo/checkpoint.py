@@ -39,14 +39,10 @@ def _state_dict(state: TrainState) -> dict[str, Any]:
 
 
 def _state_handler() -> ocp.PyTreeCheckpointHandler:
-    """orbax's handler for the state's arrays, with replica-parallel saving only across processes.
-
-    Replica-parallel (orbax's default off GPU) has each replica of a replicated array write a
-    slice of it, so several hosts share the writing. In one process the same process writes
-    every slice, after cutting each array on device, a compiled slice per shape: a mesh run's
-    first save on 8 CPU devices took 3.7-5.2 s with it against 0.6 s without, and each later one
-    1.1-1.3 s against 0.4-0.6 s (the blocking part of a save, which the training loop waits for).
-    """
+    """orbax's handler for the state, with replica-parallel saving only across processes: it
+    cuts each replicated array on device into a slice per replica (a compiled slice per shape) so
+    hosts share the writing, and one process writes them all (a mesh run's first save on 8 CPU
+    devices blocked the loop 3.7-5.2 s with it, 0.6 s without; later ones 1.1-1.3 s, 0.4-0.6)."""
     if jax.process_count() > 1:
         return ocp.PyTreeCheckpointHandler()  # orbax's registry, replica-parallel included
     scalars = ocp.type_handlers.ScalarHandler()
@@ -74,8 +70,7 @@ class Checkpointer:
       max_to_keep: how many of the latest checkpoints to keep.
       best_metric: an eval metric name; the best checkpoint by it is kept too (None: off).
       best_mode: ``"min"`` or ``"max"``: which way the metric is better.
-      async_save: save in the background (orbax's async checkpointing).
-    """
+      async_save: save in the background (orbax's async checkpointing)."""
 
     def __init__(self, directory: str | Path, *, max_to_keep: int = 3,
                  best_metric: str | None = None, best_mode: str = "min", async_save: bool = True):
@@ -236,8 +231,7 @@ class Checkpointer:
         first, then older ones if it cannot be read (each failure is reported through ``log``).
         ``move_aside``: an unreadable checkpoint is moved out of the way (:meth:`move_aside`),
         so the run that resumes can save that step again. Returns ``(state, extra, step)`` where
-        ``extra`` holds ``data`` and ``config``.
-        """
+        ``extra`` holds ``data`` and ``config``."""
         steps = self._steps_to_try(step)
         shardings = strategy.restore_shardings(template)
         abstract = jax.tree.map(
@@ -337,8 +331,7 @@ class LoadedRun:
       tokenizer: a language model's tokenizer (None for other families).
       step: the checkpoint's step (None for a run without checkpoints).
       ema_params: the params' moving average, keyed by player, for a run trained with
-        ``train.ema_decay`` (None otherwise).
-    """
+        ``train.ema_decay`` (None otherwise)."""
 
     config: dict
     family: Family
@@ -364,8 +357,7 @@ def load_run(path: str | Path, step: int | None = None,
     ``variables.msgpack`` in it), or a Hugging Face GPT-2 folder (``config.json`` and weights).
     ``step`` picks a checkpoint of a workdir. A run trained with LoRA adapters is read back as
     the plain model, adapters merged into its weights (:func:`zoo.core.lora.merge`). A GPT-2
-    folder without ``vocab.json`` and ``merges.txt`` has no tokenizer (None).
-    """
+    folder without ``vocab.json`` and ``merges.txt`` has no tokenizer (None)."""
     path = Path(path)
     if path.is_dir() and (path / "config.json").is_file():
         model_config, params = convert_gpt2.load(path)
