@@ -26,10 +26,10 @@ def test_conv_transpose_equals_flax_conv_transpose(k, s, h, w):
     x = jax.random.normal(jax.random.PRNGKey(0), (3, h, w, 5))
     reference = nn.ConvTranspose(4, k, strides=s)
     ours = layers.ConvTranspose(4, k, strides=s)
-    params = reference.init(jax.random.PRNGKey(1), x)
+    params = jax.jit(reference.init)(jax.random.PRNGKey(1), x)
     # The same initialisation: a checkpoint of one is a checkpoint of the other.
     for a, b in zip(jax.tree.leaves(params),
-                    jax.tree.leaves(ours.init(jax.random.PRNGKey(1), x))):
+                    jax.tree.leaves(jax.jit(ours.init)(jax.random.PRNGKey(1), x))):
         np.testing.assert_array_equal(a, b)
     # Unit-scale weights and bias, so every tap and phase matters.
     params = {"params": {"kernel": jax.random.normal(jax.random.PRNGKey(2), (*k, 5, 4)),
@@ -50,16 +50,16 @@ def test_without_bias_and_in_bfloat16():
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 7, 7, 6))
     reference = nn.ConvTranspose(3, (4, 4), strides=(2, 2), use_bias=False, dtype=jnp.bfloat16)
     ours = layers.ConvTranspose(3, (4, 4), strides=(2, 2), use_bias=False, dtype=jnp.bfloat16)
-    params = reference.init(jax.random.PRNGKey(1), x)
+    params = jax.jit(reference.init)(jax.random.PRNGKey(1), x)
     assert set(params["params"]) == {"kernel"}
-    got, want = ours.apply(params, x), reference.apply(params, x)
+    got, want = jax.jit(ours.apply)(params, x), jax.jit(reference.apply)(params, x)
     assert got.dtype == want.dtype == jnp.bfloat16
     np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
     # The backward in bfloat16: the same gradients as flax's up to bfloat16's rounding (8 bits of
     # mantissa, sums of up to 4*4*6 products), in float32 for the float32 params and input.
     loss = lambda m: lambda p, x: jnp.sum(jnp.sin(m.apply(p, x).astype(jnp.float32)))
-    want_g = jax.grad(loss(reference), argnums=(0, 1))(params, x)
-    got_g = jax.grad(loss(ours), argnums=(0, 1))(params, x)
+    want_g = jax.jit(jax.grad(loss(reference), argnums=(0, 1)))(params, x)
+    got_g = jax.jit(jax.grad(loss(ours), argnums=(0, 1)))(params, x)
     for a, b in zip(jax.tree.leaves(want_g), jax.tree.leaves(got_g)):
         assert a.dtype == b.dtype == jnp.float32
         np.testing.assert_allclose(b, a, atol=3e-2 * float(jnp.max(jnp.abs(a))))
@@ -103,8 +103,8 @@ def test_batch_norm_equals_flax_batch_norm(shape):
     x = (jax.random.normal(jax.random.PRNGKey(0), shape) * jnp.arange(1, shape[-1] + 1)
          + jnp.linspace(-3, 3, shape[-1]))
     reference, ours = _bn_pair(use_running_average=False)
-    variables = reference.init(jax.random.PRNGKey(1), x)
-    our_variables = ours.init(jax.random.PRNGKey(1), x)
+    variables = jax.jit(reference.init)(jax.random.PRNGKey(1), x)
+    our_variables = jax.jit(ours.init)(jax.random.PRNGKey(1), x)
     assert jax.tree.structure(our_variables) == jax.tree.structure(variables)  # same names
     for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(our_variables)):
         np.testing.assert_array_equal(a, b)  # same initial values
@@ -112,8 +112,9 @@ def test_batch_norm_equals_flax_batch_norm(shape):
     variables = {"params": {"scale": 1 + jax.random.normal(jax.random.PRNGKey(2), (c,)),
                             "bias": jax.random.normal(jax.random.PRNGKey(3), (c,))},
                  "batch_stats": {"mean": jnp.linspace(-1, 1, c), "var": jnp.linspace(0.5, 2, c)}}
-    want, want_stats = reference.apply(variables, x, mutable=["batch_stats"])
-    got, got_stats = ours.apply(variables, x, mutable=["batch_stats"])
+    train = lambda m: jax.jit(lambda v, x: m.apply(v, x, mutable=["batch_stats"]))
+    want, want_stats = train(reference)(variables, x)
+    got, got_stats = train(ours)(variables, x)
     # The same float32 math summed in another order: ~1e-6 relative.
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     for a, b in zip(jax.tree.leaves(want_stats), jax.tree.leaves(got_stats)):
@@ -122,21 +123,21 @@ def test_batch_norm_equals_flax_batch_norm(shape):
     assert float(jnp.abs(moved).max()) > 0.1  # the running mean did move: the check has teeth
     loss = lambda m: lambda p, x: jnp.sum(jnp.sin(m.apply({**variables, "params": p}, x,
                                                          mutable=["batch_stats"])[0]))
-    want_g = jax.grad(loss(reference), argnums=(0, 1))(variables["params"], x)
-    got_g = jax.grad(loss(ours), argnums=(0, 1))(variables["params"], x)
+    want_g = jax.jit(jax.grad(loss(reference), argnums=(0, 1)))(variables["params"], x)
+    got_g = jax.jit(jax.grad(loss(ours), argnums=(0, 1)))(variables["params"], x)
     for a, b in zip(jax.tree.leaves(want_g), jax.tree.leaves(got_g)):
         np.testing.assert_allclose(b, a, atol=1e-4 * float(jnp.max(jnp.abs(a))))
     # Evaluation: the running averages, not the batch's statistics.
     reference, ours = _bn_pair(use_running_average=True)
-    np.testing.assert_allclose(ours.apply(variables, x), reference.apply(variables, x),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(jax.jit(ours.apply)(variables, x),
+                               jax.jit(reference.apply)(variables, x), rtol=1e-5, atol=1e-5)
 
 
 def test_batch_norm_second_derivatives_equal_flax():
     # WGAN-GP differentiates D's input gradient again, through every batch norm.
     x = jax.random.normal(jax.random.PRNGKey(0), (8, 4, 4, 3)) * 2 + 1
     reference, ours = _bn_pair(use_running_average=False)
-    variables = reference.init(jax.random.PRNGKey(1), x)
+    variables = jax.jit(reference.init)(jax.random.PRNGKey(1), x)
     params = {"scale": jnp.array([1.5, 0.5, -1.0]), "bias": jnp.array([0.1, -0.2, 0.3])}
 
     def penalty(m):
@@ -144,7 +145,7 @@ def test_batch_norm_second_derivatives_equal_flax():
             out = lambda x: jnp.sum(jnp.tanh(m.apply({**variables, "params": p}, x,
                                                      mutable=["batch_stats"])[0]) ** 2)
             return jnp.sum(jax.grad(out)(x) ** 2)
-        return jax.grad(f)
+        return jax.jit(jax.grad(f))
 
     for a, b in zip(jax.tree.leaves(penalty(reference)(params, x)),
                     jax.tree.leaves(penalty(ours)(params, x))):
@@ -154,9 +155,10 @@ def test_batch_norm_second_derivatives_equal_flax():
 def test_batch_norm_in_bfloat16_computes_its_statistics_in_float32():
     x = (jax.random.normal(jax.random.PRNGKey(0), (64, 5)) * 3 + 100).astype(jnp.bfloat16)
     reference, ours = _bn_pair(use_running_average=False)
-    variables = reference.init(jax.random.PRNGKey(1), x)
-    want, _ = reference.apply(variables, x, mutable=["batch_stats"])
-    got, _ = ours.apply(variables, x, mutable=["batch_stats"])
+    variables = jax.jit(reference.init)(jax.random.PRNGKey(1), x)
+    train = lambda m: jax.jit(lambda v, x: m.apply(v, x, mutable=["batch_stats"]))
+    want, _ = train(reference)(variables, x)
+    got, _ = train(ours)(variables, x)
     assert got.dtype == want.dtype == jnp.float32
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
@@ -190,10 +192,11 @@ def test_dense_equals_flax_dense(shape):
     x = jax.random.normal(jax.random.PRNGKey(0), shape)
     init = dict(kernel_init=nn.initializers.normal(0.5), bias_init=nn.initializers.normal(0.5))
     reference, ours = nn.Dense(4, **init), layers.Dense(4, **init)
-    params = reference.init(jax.random.PRNGKey(1), x)
+    params = jax.jit(reference.init)(jax.random.PRNGKey(1), x)
     # The same tree and initial values: a checkpoint of one is a checkpoint of the other.
-    assert jax.tree.structure(ours.init(jax.random.PRNGKey(1), x)) == jax.tree.structure(params)
-    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ours.init(jax.random.PRNGKey(1), x))):
+    own = jax.jit(ours.init)(jax.random.PRNGKey(1), x)
+    assert jax.tree.structure(own) == jax.tree.structure(params)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(own)):
         np.testing.assert_array_equal(a, b)
     want, got = jax.jit(reference.apply)(params, x), jax.jit(ours.apply)(params, x)
     np.testing.assert_array_equal(got, want)  # the same dot and bias add
@@ -206,7 +209,7 @@ def test_dense_second_derivatives_and_bfloat16_equal_flax():
     # A gradient penalty differentiates the input gradient again, through the custom backward.
     x = jax.random.normal(jax.random.PRNGKey(0), (8, 5))
     reference, ours = nn.Dense(3), layers.Dense(3)
-    params = reference.init(jax.random.PRNGKey(1), x)
+    params = jax.jit(reference.init)(jax.random.PRNGKey(1), x)
     params = jax.tree.map(lambda p: p + 0.3, params)  # a non-zero bias
 
     def penalty(m):
@@ -216,11 +219,11 @@ def test_dense_second_derivatives_and_bfloat16_equal_flax():
     _close(penalty(ours)(params, x), penalty(reference)(params, x), 1e-5)
     # bfloat16 compute on float32 params: bfloat16 outputs, float32 gradients, 8 bits of mantissa.
     reference, ours = nn.Dense(3, dtype=jnp.bfloat16), layers.Dense(3, dtype=jnp.bfloat16)
-    got, want = ours.apply(params, x), reference.apply(params, x)
+    got, want = jax.jit(ours.apply)(params, x), jax.jit(reference.apply)(params, x)
     assert got.dtype == want.dtype == jnp.bfloat16
     np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
     loss = lambda m: lambda p, x: jnp.sum(jnp.sin(m.apply(p, x).astype(jnp.float32)))
-    grads = lambda m, p, x: jax.grad(loss(m), argnums=(0, 1))(p, x)
+    grads = lambda m, p, x: jax.jit(jax.grad(loss(m), argnums=(0, 1)))(p, x)
     _close(grads(ours, params, x), grads(reference, params, x), 2e-2)  # checks dtypes too
     # bfloat16 params and input: every gradient comes back in its primal's dtype.
     reference, ours = (cls(3, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
