@@ -39,10 +39,11 @@ def _state_dict(state: TrainState) -> dict[str, Any]:
 
 
 def _state_handler() -> ocp.PyTreeCheckpointHandler:
-    """orbax's handler for the state, with replica-parallel saving only across processes: it
-    cuts each replicated array on device into a slice per replica (a compiled slice per shape) so
-    hosts share the writing, and one process writes them all (a mesh run's first save on 8 CPU
-    devices blocked the loop 3.7-5.2 s with it, 0.6 s without; later ones 1.1-1.3 s, 0.4-0.6)."""
+    """orbax's handler for the state, replica-parallel only across processes: that cuts each
+    replicated array on device into a slice per replica (a compiled slice per shape) for hosts to
+    share the writing; one process writes them all (a mesh run's first save on 8 CPU devices
+    blocked the loop 3.7-5.2 s with it, 0.6 s without; later ones 1.1-1.3 s, 0.4-0.6). Without
+    orbax's array metadata store a typed PRNG key would restore as raw data; zoo's are raw."""
     if jax.process_count() > 1:
         return ocp.PyTreeCheckpointHandler()  # orbax's registry, replica-parallel included
     scalars = ocp.type_handlers.ScalarHandler()
