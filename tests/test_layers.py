@@ -85,6 +85,11 @@ def _bn_pair(**kw):
     return nn.BatchNorm(**BN, **kw), layers.BatchNorm(**BN, **kw)
 
 
+def _bn_train(module):
+    """``module``'s training forward, jitted: (output, updated batch_stats)."""
+    return jax.jit(lambda variables, x: module.apply(variables, x, mutable=["batch_stats"]))
+
+
 def test_row_sum_and_row_broadcast_are_each_others_gradient():
     x = jax.random.normal(jax.random.PRNGKey(0), (3, 37, 5))
     np.testing.assert_allclose(layers.row_sum(x), x.sum(-2), rtol=1e-6, atol=1e-5)
@@ -112,9 +117,8 @@ def test_batch_norm_equals_flax_batch_norm(shape):
     variables = {"params": {"scale": 1 + jax.random.normal(jax.random.PRNGKey(2), (c,)),
                             "bias": jax.random.normal(jax.random.PRNGKey(3), (c,))},
                  "batch_stats": {"mean": jnp.linspace(-1, 1, c), "var": jnp.linspace(0.5, 2, c)}}
-    train = lambda m: jax.jit(lambda v, x: m.apply(v, x, mutable=["batch_stats"]))
-    want, want_stats = train(reference)(variables, x)
-    got, got_stats = train(ours)(variables, x)
+    want, want_stats = _bn_train(reference)(variables, x)
+    got, got_stats = _bn_train(ours)(variables, x)
     # The same float32 math summed in another order: ~1e-6 relative.
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     for a, b in zip(jax.tree.leaves(want_stats), jax.tree.leaves(got_stats)):
@@ -156,9 +160,8 @@ def test_batch_norm_in_bfloat16_computes_its_statistics_in_float32():
     x = (jax.random.normal(jax.random.PRNGKey(0), (64, 5)) * 3 + 100).astype(jnp.bfloat16)
     reference, ours = _bn_pair(use_running_average=False)
     variables = jax.jit(reference.init)(jax.random.PRNGKey(1), x)
-    train = lambda m: jax.jit(lambda v, x: m.apply(v, x, mutable=["batch_stats"]))
-    want, _ = train(reference)(variables, x)
-    got, _ = train(ours)(variables, x)
+    want, _ = _bn_train(reference)(variables, x)
+    got, _ = _bn_train(ours)(variables, x)
     assert got.dtype == want.dtype == jnp.float32
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
