@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -61,21 +62,35 @@ SETTINGS = {
            ("region-analysis", "xla_cpu_copy_insertion_use_region_analysis", True),
            # max/min without NaN propagation: lets LLVM vectorize max reductions (softmax)
            ("fast-min-max", "xla_cpu_enable_fast_min_max", True),
+           # LLVM's optimization level for XLA's own kernels (XLA's default is 3): compile time
+           ("opt2", "xla_backend_optimization_level", 2),
+           ("opt1", "xla_backend_optimization_level", 1),
+           ("opt0", "xla_backend_optimization_level", 0),
        ]},
 }
 
 
-def measure(case, settings: dict, *, warmup: int, steps: int, rounds: int) -> dict:
+def measure(case, settings: dict, *, warmup: int, steps: int, rounds: int,
+            compile_rounds: int = 1) -> dict:
     import jax
 
     from zoo.bench import timing
     from zoo.bench.zoo_runner import ZooRunner
     runner = ZooRunner(case, "single")
-    lowered = runner.step_fn.compiled.lower(runner.state, runner.batch)
     host = jax.device_get(runner.state)
     executables, states, first_loss = {}, {}, {}
-    for name, options in settings.items():
-        executables[name] = lowered.compile(dict(options))
+    # Compile time (the runner's own compile paid the process's one-time costs): each setting
+    # compiled from a fresh lowering (jax keeps a lowering, and its executable per options, in
+    # caches cleared first), in ``compile_rounds`` rounds whose order rotates.
+    names, compile_s = list(settings), {name: [] for name in settings}
+    for r in range(compile_rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            jax.clear_caches()
+            fresh = runner.step_fn.compiled.lower(runner.state, runner.batch)
+            t0 = time.perf_counter()
+            executables[name] = fresh.compile(dict(settings[name]))
+            compile_s[name].append(time.perf_counter() - t0)
+    for name in settings:
         # Each setting starts from the same state: the first loss is the same program's number.
         state = runner.strategy.place_state(host)
         state, metrics = executables[name](state, runner.batch)
@@ -93,7 +108,9 @@ def measure(case, settings: dict, *, warmup: int, steps: int, rounds: int) -> di
     chronos = timing.run_alternating({n: stepper(n) for n in settings}, warmup=warmup,
                                      steps=steps, rounds=rounds)
     out = {"case": case.name, "median_s": {}, "min_s": {}, "first_loss": first_loss,
-           "last_loss": {}}
+           "last_loss": {},
+           "compile_s": {n: float(np.median(t)) for n, t in compile_s.items()},
+           "compile_runs_s": compile_s}
     for name in settings:
         stats = chronos[name].stats()
         out["median_s"][name], out["min_s"][name] = stats["median"], stats["min"]
@@ -112,6 +129,8 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--compile-rounds", type=int, default=1,
+                   help="compiles of each setting, in rotating order (the median is reported)")
     p.add_argument("--settings", default=",".join(SETTINGS),
                    help="comma-separated names of SETTINGS (default is always measured)")
     p.add_argument("--out", required=True)
@@ -126,18 +145,21 @@ def main() -> int:
     records = []
     for case in cases:
         print(f"{case.name} ...", flush=True)
-        records.append(measure(case, settings, warmup=args.warmup, steps=args.steps, rounds=args.rounds))
+        records.append(measure(case, settings, warmup=args.warmup, steps=args.steps,
+                               rounds=args.rounds, compile_rounds=args.compile_rounds))
     others = names[1:]
     rows = ["| case | " + " | ".join(f"{s} ms" for s in settings) + " | "
-            + " | ".join(f"{s} speed-up" for s in others) + " | first-step loss, rel. diff | "
+            + " | ".join(f"{s} speed-up" for s in others) + " | compile s ("
+            + " / ".join(settings) + ") | first-step loss, rel. diff | "
             "last loss (default / " + " / ".join(others) + ") |",
-            "|---|" + "---:|" * (len(settings) + len(others) + 1) + "---|"]
+            "|---|" + "---:|" * (len(settings) + len(others) + 2) + "---|"]
     for r in records:
         med, base = r["median_s"], r["median_s"]["default"]
         diff = max(abs(r["first_loss"][s] - r["first_loss"]["default"])
                    / max(abs(r["first_loss"]["default"]), 1e-12) for s in others)
         rows.append(f"| {r['case']} | " + " | ".join(f"{med[s] * 1e3:.2f}" for s in settings)
                     + " | " + " | ".join(f"{base / med[s]:.2f}x" for s in others)
+                    + " | " + " / ".join(f"{r['compile_s'][s]:.2f}" for s in settings)
                     + f" | {diff:.1e} | "
                     + " / ".join(f"{r['last_loss'][s]:.5g}" for s in settings) + " |")
     table = "\n".join(rows)
