@@ -257,6 +257,14 @@ MUTATIONS = (
     M("lstm: recurrent weight gradient from h_t, not h_(t-1)", "zoo/models/lstm.py",
       "dw_h = flat(h_prev).T @ flat(dz)", "dw_h = flat(hs.astype(w_h.dtype)).T @ flat(dz)",
       ("tests/test_lstm.py::test_the_lstm_layer_is_flaxs_optimized_lstm_cell_in_values_and_gradients",)),
+    M("lstm: cuDNN's input weights packed untransposed", "zoo/models/lstm.py",
+      "jnp.concatenate([w_i.T.ravel(), w_h.T.ravel(),",
+      "jnp.concatenate([w_i.ravel(), w_h.T.ravel(),",
+      ("tests/test_lstm.py::test_the_cudnn_path_is_the_scan_in_values_and_gradients",)),
+    M("lstm: cuDNN chosen on a mesh of several devices", "zoo/models/lstm.py",
+      "cudnn_applies(dtype) and jax.device_count() == 1",
+      "cudnn_applies(dtype)",
+      ("tests/test_lstm.py::test_the_lstm_implementation_is_the_scan_on_cpu_and_a_named_one_is_checked",)),
 )
 
 

@@ -13,7 +13,7 @@ def get_config() -> ml_collections.ConfigDict:
     config = default.get_config()
     config.model = ml_collections.ConfigDict(dict(
         family="lstm", vocab_size=0, hidden_size=128, num_layers=2, embed_dim=0, dropout=0.0,
-        tie_embeddings=False, init_scale=0.08, dtype="float32", carry_state=True))
+        tie_embeddings=False, init_scale=0.08, dtype="float32", lstm_impl="", carry_state=True))
     config.data = default.text_data("tiny_shakespeare", source="tfds", batching="stream",
                                     seq_len=50, batch_size=50)
     config.optimizer.update(learning_rate=2e-3, schedule="exponential", decay_begin=10 * 400,

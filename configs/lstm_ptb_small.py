@@ -23,7 +23,7 @@ def zaremba_config(*, hidden_size: int, dropout: float, init_scale: float, grad_
     config.model = ml_collections.ConfigDict(dict(
         family="lstm", vocab_size=0, hidden_size=hidden_size, num_layers=2, embed_dim=0,
         dropout=dropout, tie_embeddings=False, init_scale=init_scale, dtype="float32",
-        carry_state=True))
+        lstm_impl="", carry_state=True))
     config.data = default.text_data("ptb", tokenizer="word", batching="stream", seq_len=seq_len,
                                     batch_size=batch_size)
     config.optimizer.update(

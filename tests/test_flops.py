@@ -135,6 +135,7 @@ BENCH_FLOPS_PER_EXAMPLE = {
     "gpu/gpt2-small": 875_166_695_424,
     "gpu/gan-dcgan64": 2_483_879_936,
     "gpu/lstm-large": 10_710_000_000,
+    "gpu/lstm-large-scan": 10_710_000_000,
     "gpu/vae-mlp": 5_660_672,
     "gpu/autoencoder-mlp": 15_430_000,
     # The U-Net has no closed form here (as the conv VAE): the bench counts its step's jaxpr.

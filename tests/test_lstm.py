@@ -278,3 +278,73 @@ def test_the_lstm_layer_is_flaxs_optimized_lstm_cell_in_values_and_gradients():
                           seq_lengths=lengths, return_carry=True)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+def _reference_cudnn_kernel(calls):
+    """``jax.experimental.rnn.lstm``'s signature over its pure-JAX reference (``lstm_ref``, the
+    semantics of cuDNN's kernel) and its own unpacking of the flat weights: where no GPU runs
+    the kernel, this checks zoo's packing against JAX's layout."""
+    from jax.experimental import rnn
+
+    def kernel(x, h_0, c_0, weights, seq_lengths, input_size, hidden_size, num_layers, dropout,
+               bidirectional):
+        calls.append(x.shape)
+        unpacked = rnn.unpack_lstm_weights(weights, input_size, hidden_size, num_layers,
+                                           bidirectional)
+        return rnn.lstm_ref(x, h_0, c_0, *unpacked, seq_lengths, input_size, hidden_size,
+                            num_layers, dropout, bidirectional)
+    return kernel
+
+
+def test_the_cudnn_path_is_the_scan_in_values_and_gradients(monkeypatch):
+    # With model.lstm_impl="cudnn" (what an unset one is on one CUDA GPU), each layer runs
+    # jax.experimental.rnn's cuDNN kernel. Here the kernel is its reference implementation and
+    # "a CUDA GPU" is pretended: the two-layer model's loss, carry and gradients equal the scan's.
+    from jax.experimental import rnn
+    from zoo.models import lstm
+    calls = []
+    monkeypatch.setattr(rnn, "lstm", _reference_cudnn_kernel(calls))
+    monkeypatch.setattr(lstm, "cudnn_applies", lambda dtype: True)
+    cfg = dict(family="lstm", vocab_size=30, hidden_size=8, num_layers=2, embed_dim=6,
+               init_scale=0.5)  # large enough that the gates saturate somewhere
+    scan, cudnn = (lstm.make_model({**cfg, "lstm_impl": name}) for name in ("scan", "cudnn"))
+    tokens = jax.random.randint(jax.random.PRNGKey(0), (3, 7), 0, 30)
+    carry = [tuple(jax.random.normal(jax.random.PRNGKey(i), (2, 3, 8))) for i in (1, 2)]
+    params = scan.init(jax.random.PRNGKey(3), tokens, carry)["params"]
+
+    def loss(model):
+        def f(params, carry):
+            logits, new_carry = model.apply({"params": params}, tokens, carry)
+            return jnp.sum(jnp.sin(logits)) + sum(jnp.sum(c * h) for c, h in new_carry)
+        return jax.value_and_grad(f, argnums=(0, 1))(params, carry)
+
+    want, got = loss(scan), loss(cudnn)
+    assert calls == [(3, 7, 6), (3, 7, 8)]  # batch-first, one call per layer
+    assert abs(float(want[0])) > 1 and float(optax.tree.norm(want[1])) > 1
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+
+
+def test_the_lstm_implementation_is_the_scan_on_cpu_and_a_named_one_is_checked(monkeypatch):
+    from zoo.models import lstm
+    assert lstm.lstm_implementation(None, jnp.float32) == "scan"
+    with monkeypatch.context() as pretend:  # a CUDA GPU: cuDNN on one device, the scan on more
+        pretend.setattr(lstm, "cudnn_applies", lambda dtype: True)
+        for devices, want in ((1, "cudnn"), (8, "scan")):
+            pretend.setattr(jax, "device_count", lambda: devices)
+            assert lstm.lstm_implementation(None, jnp.float32) == want
+    assert lstm.lstm_implementation("scan", jnp.float32) == "scan"
+    with pytest.raises(ValueError, match="lstm_impl='cudnn' needs a CUDA GPU and float32"):
+        lstm.lstm_implementation("cudnn", jnp.float32)
+    with pytest.raises(ValueError, match="unknown model.lstm_impl 'fused'; choose one of scan, cudnn"):
+        lstm.make_model(dict(family="lstm", vocab_size=30, lstm_impl="fused"))
+    # Decoding (seq_lengths) runs the scan whatever is named: a run that trained with cuDNN
+    # generates on any machine.
+    model = lstm.make_model(dict(family="lstm", vocab_size=30, hidden_size=8, lstm_impl="cudnn"))
+    tokens = jnp.zeros((2, 3), jnp.int32)
+    params = lstm.make_model(dict(family="lstm", vocab_size=30, hidden_size=8)).init(
+        jax.random.PRNGKey(0), tokens)["params"]
+    logits, _ = model.apply({"params": params}, tokens, seq_lengths=jnp.array([3, 2]))
+    assert logits.shape == (2, 3, 30)
+    with pytest.raises(ValueError, match="needs a CUDA GPU"):
+        model.apply({"params": params}, tokens)

@@ -40,7 +40,7 @@ from zoo.core.train_state import TrainState
 
 # Model keys that say how a model runs, not what it is: the config's own, never the source's
 # (``unit``, what a language model's metrics count, comes from the tokenizer of the new data).
-RUN_KEYS = frozenset({"dropout", "dtype", "remat", "attention_impl", "seq_len", "unit",
+RUN_KEYS = frozenset({"dropout", "dtype", "remat", "attention_impl", "lstm_impl", "seq_len", "unit",
                       *lora.LoraSettings.KEYS})
 
 

@@ -71,12 +71,12 @@ class Case:
         return self.optimizers.get(player, self.optimizer)
 
 
-def lstm_case(name: str, batch: int, **model) -> Case:
+def lstm_case(name: str, batch: int, *, peer: str | None = "lstm", **model) -> Case:
     """A word-level LSTM LM case (Zaremba et al. shapes; state not carried between batches)."""
     model = {"vocab_size": 10_000, "hidden_size": 200, "num_layers": 2, "seq_len": 20,
              "unit": "word", "carry_state": False, "init_scale": 0.1, **model}
     return Case(name, "lstm", model, batch, tokens_per_example=model["seq_len"],
-                int_high={"tokens": model["vocab_size"], "reset": 1}, peer="lstm")
+                int_high={"tokens": model["vocab_size"], "reset": 1}, peer=peer)
 
 
 def transformer_case(name: str, batch: int, *, optimizer: dict | None = None,
@@ -156,7 +156,11 @@ def case_table(suite: str) -> list[Case]:
             Case("gan-dcgan64", "gan", {"image_shape": (64, 64, 3), "arch": "dcgan",
                                         "features": 64, "latent_dim": 100}, 128,
                  optimizer=DCGAN_ADAM, peer="gan"),
+            # Zaremba large: zoo's choice on one GPU (cuDNN's kernel, jax.experimental.rnn)
+            # against PyTorch's cuDNN nn.LSTM, and zoo's scan beside it (the same first loss).
             lstm_case("lstm-large", 20, hidden_size=1500, seq_len=35),
+            lstm_case("lstm-large-scan", 20, hidden_size=1500, seq_len=35, lstm_impl="scan",
+                      peer=None),
             Case("vae-mlp", "vae", {**mnist, "arch": "mlp", "hidden": (512, 256), "latent_dim": 16},
                  1024, peer="vae"),
             Case("autoencoder-mlp", "autoencoder",

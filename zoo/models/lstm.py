@@ -13,6 +13,9 @@ custom VJP) scans only what is recurrent, then forms the weight and input gradie
 each over all T x B rows (cuDNN's RNN API likewise computes weight gradients in a pass of their
 own). Same numbers as the flax cell to float32 rounding (tests/test_lstm.py).
 
+On one CUDA GPU the layer runs cuDNN's LSTM kernel instead (``jax.experimental.rnn``, float32;
+:func:`cudnn_lstm`), with the scan the fallback everywhere else; ``model.lstm_impl`` names either.
+
 Truncated backpropagation through time: the family's model state holds each layer's ``(c, h)`` for
 every batch row, and the loss returns the state after the batch, so row i of the next batch
 (:class:`zoo.text_data.StreamIterator`) starts where row i of this one stopped. Gradients do not
@@ -30,6 +33,7 @@ import chex
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+from jax.experimental import rnn as jax_rnn
 
 from zoo import flops
 from zoo.core import dtypes, settings
@@ -112,6 +116,48 @@ def _lstm_sequence_bwd(res, cotangents):
 lstm_sequence.defvjp(_lstm_sequence_fwd, _lstm_sequence_bwd)
 
 
+LSTM_IMPLEMENTATIONS = ("scan", "cudnn")
+
+
+def cudnn_applies(dtype) -> bool:
+    """Whether :func:`cudnn_lstm` can run here: on a CUDA GPU (the layout of
+    :func:`cudnn_weights` is cuDNN's; ROCm's kernel is not checked) in float32, the only dtype
+    ``jax.experimental.rnn`` takes."""
+    device = jax.devices()[0]
+    return (device.platform == "gpu" and "rocm" not in device.client.platform_version.lower()
+            and jnp.dtype(dtype) == jnp.float32)
+
+
+def lstm_implementation(name: str | None, dtype) -> str:
+    """``name`` (one of :data:`LSTM_IMPLEMENTATIONS`), or for None: ``cudnn`` on one CUDA GPU in
+    float32, else ``scan``. With more devices the scan runs: cuDNN's kernel is a custom call with
+    no sharding rule, so XLA's partitioner would run it whole on every device of a mesh."""
+    if name is None:
+        return "cudnn" if cudnn_applies(dtype) and jax.device_count() == 1 else "scan"
+    if name == "cudnn" and not cudnn_applies(dtype):
+        raise ValueError(f"model.lstm_impl='cudnn' needs a CUDA GPU and float32 "
+                         f"(jax.experimental.rnn), not {jax.devices()[0].platform} and "
+                         f"{jnp.dtype(dtype).name}; leave it empty and zoo chooses")
+    return name
+
+
+def cudnn_weights(w_i, w_h, b):
+    """The layer's weights as cuDNN's one flat array (``jax.experimental.rnn``'s layout for one
+    layer: ``W_ih`` (4H, D) and ``W_hh`` (4H, H), gates i, f, g, o as here, then the biases
+    ``b_ih`` and ``b_hh``; the layer's one bias is ``b_ih``, ``b_hh`` is zero)."""
+    return jnp.concatenate([w_i.T.ravel(), w_h.T.ravel(), b, jnp.zeros_like(b)])
+
+
+def cudnn_lstm(x, c0, h0, w_i, w_h, b):
+    """``(c_T, h_T), hs``: :func:`lstm_sequence`'s LSTM through cuDNN's kernel, batch-first:
+    ``x`` (B, T, D), ``hs`` (B, T, H)."""
+    B, T, D = x.shape
+    hs, h, c = jax_rnn.lstm(x, h0[None], c0[None], cudnn_weights(w_i, w_h, b),
+                            jnp.full((B,), T, jnp.int32), input_size=D, hidden_size=w_h.shape[0],
+                            num_layers=1, dropout=0.0, bidirectional=False)
+    return (c[0], h[0]), hs
+
+
 class _GateParams(nn.Module):
     """One gate's kernel (and bias), named, shaped and initialised as in ``OptimizedLSTMCell``."""
 
@@ -132,13 +178,15 @@ class LSTMLayer(nn.Module):
 
     ``OptimizedLSTMCell``'s params (``ii``/``if``/``ig``/``io`` kernels, ``hi``/``hf``/``hg``/``ho``
     kernels and biases), so checkpoints of either restore into the other. With ``seq_lengths`` the
-    returned carry is each row's after its last valid step (as ``nn.RNN``)."""
+    returned carry is each row's after its last valid step (as ``nn.RNN``; always the scan).
+    ``implementation``: see :func:`lstm_implementation`."""
 
     hidden_size: int
     kernel_init: Callable
     recurrent_kernel_init: Callable
     bias_init: Callable
     dtype: jnp.dtype = jnp.float32
+    implementation: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, carry: tuple, seq_lengths: jax.Array | None = None):
@@ -151,6 +199,8 @@ class LSTMLayer(nn.Module):
         b = cast(jnp.concatenate([bias for _, bias in w_h]))
         w_h = cast(jnp.concatenate([k for k, _ in w_h], axis=-1))
         c0, h0 = carry
+        if seq_lengths is None and lstm_implementation(self.implementation, self.dtype) == "cudnn":
+            return cudnn_lstm(cast(x), c0, h0, w_i, w_h, b)
         xs = cast(jnp.swapaxes(x, 0, 1))
         if seq_lengths is None:
             carry, hs = lstm_sequence(xs, c0, h0, w_i, w_h, b)
@@ -172,6 +222,7 @@ class LSTMLM(nn.Module):
     tie_embeddings: bool = False
     init_scale: float = 0.1
     dtype: jnp.dtype = jnp.float32
+    lstm_impl: str | None = None  # None: see lstm_implementation; "scan" or "cudnn" to force
 
     def initial_carry(self, batch_size: int) -> Carry:
         z = jnp.zeros((batch_size, self.hidden_size), jnp.float32)
@@ -197,7 +248,8 @@ class LSTMLM(nn.Module):
         for i, layer_carry in enumerate(carry):
             chex.assert_shape(layer_carry, (B, self.hidden_size))
             layer = LSTMLayer(self.hidden_size, kernel_init=init, recurrent_kernel_init=init,
-                              bias_init=init, dtype=self.dtype, name=f"lstm_{i}")
+                              bias_init=init, dtype=self.dtype,
+                              implementation=self.lstm_impl, name=f"lstm_{i}")
             layer_carry, x = layer(x, tuple(layer_carry), seq_lengths)
             new_carry.append(layer_carry)
             x = drop(x, deterministic=deterministic)
@@ -228,6 +280,9 @@ def make_model(config) -> LSTMLM:
     kwargs = settings.module_fields(LSTMLM, config, exclude=("dtype", "embed_dim"))
     if config.get("dtype"):
         kwargs["dtype"] = dtypes.dtype(config.get("dtype"), "model.dtype")
+    if kwargs.get("lstm_impl") not in (None, *LSTM_IMPLEMENTATIONS):
+        raise ValueError(f"unknown model.lstm_impl {kwargs['lstm_impl']!r}; choose one of "
+                         f"{', '.join(LSTM_IMPLEMENTATIONS)}, or leave it empty (zoo chooses)")
     # embed_dim 0 (or unset): the hidden size.
     return LSTMLM(**kwargs, embed_dim=config.get("embed_dim", None) or None)
 
@@ -240,7 +295,8 @@ def _reset(carry: Carry, reset: jax.Array) -> Carry:
 
 def make_family(config) -> Family:
     """The LSTM LM family. Keys: vocab_size, hidden_size, num_layers, embed_dim, dropout,
-    tie_embeddings, init_scale, dtype, seq_len, unit (char, word), carry_state (default True).
+    tie_embeddings, init_scale, dtype, lstm_impl, seq_len, unit (char, word), carry_state
+    (default True).
     Batches: ``{"tokens": (B, seq_len + 1) int32, "reset": (B,) int32}`` (no ``reset`` without
     ``carry_state``); the model state is
     ``{PER_EXAMPLE: {"carry": [(c, h)] * num_layers}}``, each (global B, hidden_size)."""
