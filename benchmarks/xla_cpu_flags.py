@@ -3,6 +3,8 @@ compiled once per setting from the same lowering, with the setting as a per-comp
 and the executables take turns step by step in alternating rounds, so the machine's drift falls on
 all of them alike. Correctness: from the same state and batch, each setting's first step must give
 the default's loss (rtol 1e-5), and its last loss after the timed steps is reported beside it.
+Each setting's compile time is the median of ``--compile-rounds`` compiles, each from a fresh
+lowering, the settings in rotating order.
 
 The settings are the YNNPACK library fusions XLA:CPU (jaxlib 0.10.2) uses by default,
 ``INDIVIDUAL_DOT, REDUCE, INDIVIDUAL_CONVOLUTION`` (found by matching compiled HLO); ``no-reduce``
