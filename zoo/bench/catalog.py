@@ -156,8 +156,9 @@ def case_table(suite: str) -> list[Case]:
             Case("gan-dcgan64", "gan", {"image_shape": (64, 64, 3), "arch": "dcgan",
                                         "features": 64, "latent_dim": 100}, 128,
                  optimizer=DCGAN_ADAM, peer="gan"),
-            # Zaremba large: zoo's choice on one GPU (cuDNN's kernel, jax.experimental.rnn)
-            # against PyTorch's cuDNN nn.LSTM, and zoo's scan beside it (the same first loss).
+            # Zaremba large: zoo's choice on a host with one GPU (cuDNN's kernel through
+            # jax.experimental.rnn; with more GPUs, its scan) against PyTorch's cuDNN nn.LSTM,
+            # and zoo's scan beside it.
             lstm_case("lstm-large", 20, hidden_size=1500, seq_len=35),
             lstm_case("lstm-large-scan", 20, hidden_size=1500, seq_len=35, lstm_impl="scan",
                       peer=None),

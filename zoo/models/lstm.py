@@ -120,12 +120,10 @@ LSTM_IMPLEMENTATIONS = ("scan", "cudnn")
 
 
 def cudnn_applies(dtype) -> bool:
-    """Whether :func:`cudnn_lstm` can run here: on a CUDA GPU (the layout of
-    :func:`cudnn_weights` is cuDNN's; ROCm's kernel is not checked) in float32, the only dtype
-    ``jax.experimental.rnn`` takes."""
-    device = jax.devices()[0]
-    return (device.platform == "gpu" and "rocm" not in device.client.platform_version.lower()
-            and jnp.dtype(dtype) == jnp.float32)
+    """Whether :func:`cudnn_lstm` can run here: on a CUDA GPU (ROCm's kernel wants the gates in
+    another order) in float32, the only dtype ``jax.experimental.rnn`` takes."""
+    cuda = "cuda" in jax.devices()[0].client.platform_version.lower()  # as JAX's own tests ask
+    return cuda and jnp.dtype(dtype) == jnp.float32
 
 
 def lstm_implementation(name: str | None, dtype) -> str:
@@ -200,7 +198,7 @@ class LSTMLayer(nn.Module):
         w_h = cast(jnp.concatenate([k for k, _ in w_h], axis=-1))
         c0, h0 = carry
         if seq_lengths is None and lstm_implementation(self.implementation, self.dtype) == "cudnn":
-            return cudnn_lstm(cast(x), c0, h0, w_i, w_h, b)
+            return cudnn_lstm(cast(x), cast(c0), cast(h0), w_i, w_h, b)  # the kernel reads f32
         xs = cast(jnp.swapaxes(x, 0, 1))
         if seq_lengths is None:
             carry, hs = lstm_sequence(xs, c0, h0, w_i, w_h, b)
