@@ -23,7 +23,7 @@ RECORD_FIELDS = {
     "peak_flops_per_s_table", "mfu", "peak_flops_per_s_measured", "fraction_of_measured_peak"}
 ZOO_FIELDS = RECORD_FIELDS | {"lower_s", "compile_total_s", "memory_analysis",
                               "peak_bytes_estimate", "speedup_vs_torch_eager",
-                              "speedup_vs_torch_compile"}
+                              "speedup_vs_torch_compile", "implementations"}
 META_FIELDS = {"jax", "jaxlib", "flax", "optax", "torch", "platform", "device_kind",
                "device_count", "cpu_model", "suite", "date_utc", "command", "measured_peak",
                "table_peak_flops_per_s", "peak_table", "steps", "warmup", "wall_s"}
@@ -152,6 +152,10 @@ def test_tiny_suite_has_every_field(tmp_path):
     assert len(loaded["records"]) == 3
     md = paths["markdown"].read_text()
     assert md.count("| autoencoder-mlp |") == 3 and "jax " + jax.__version__ in md
+    # The MLP's layers choose nothing; a record that names a choice is listed under the table.
+    assert [r["implementations"] for r in zoo] == [{}] and "Implementations" not in md
+    zoo[0]["implementations"] = {"lstm": "cudnn", "attention": "xla"}
+    assert "- autoencoder-mlp: lstm cudnn, attention xla\n" in report.markdown_report(result)
     for name in ("throughput", "scaling", "peer_ratio"):
         assert paths[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

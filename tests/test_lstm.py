@@ -333,6 +333,10 @@ def test_the_lstm_implementation_is_the_scan_on_cpu_and_a_named_one_is_checked(m
         for devices, want in ((1, "cudnn"), (8, "scan")):
             pretend.setattr(jax, "device_count", lambda: devices)
             assert lstm.lstm_implementation(None, jnp.float32) == want
+            # What the family tells zoo train's log and the bench's records.
+            assert models.make_family(CFG).implementations() == {"lstm": want}
+        assert lstm.lstm_implementation(None, jnp.bfloat16) == "scan"  # the kernel is f32 only
+    assert models.make_family(CFG).implementations() == {"lstm": "scan"}
     assert lstm.lstm_implementation("scan", jnp.float32) == "scan"
     with pytest.raises(ValueError, match="lstm_impl='cudnn' needs a CUDA GPU and float32"):
         lstm.lstm_implementation("cudnn", jnp.float32)

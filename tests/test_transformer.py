@@ -174,3 +174,14 @@ def test_causal_attention_on_cpu_blocks_from_two_blocks_and_gives_the_same_numbe
     assert dots(2 * most * block) == 2 * (2 * most - 1)
     np.testing.assert_allclose(default(q[:, :256], k[:, :256], v[:, :256]),
                                plain(q[:, :256], k[:, :256], v[:, :256]), rtol=1e-5, atol=1e-6)
+
+
+def test_the_family_says_which_attention_it_runs_here():
+    # For zoo train's first line and the bench's records: on CPU, blocks from two of them.
+    chosen = lambda **kw: models.make_family(dict(family="transformer", vocab_size=65,
+                                                  **kw)).implementations()
+    block = transformer.CPU_QUERY_BLOCK
+    assert chosen(block_size=4 * block) == {"attention": f"blocked in {block}-query blocks"}
+    assert chosen(block_size=block) == {"attention": "dot_product_attention (JAX chooses)"}
+    assert chosen(block_size=4 * block, attention_impl="xla") == \
+        {"attention": "dot_product_attention (xla)"}

@@ -355,9 +355,11 @@ def _train(config, workdir: Path | None, log: Callable[[str], None],
     total = param_count(run.template.params)
     shown = f"{total:,} params" if trainable == total else \
         f"{trainable:,} trainable / {total:,} params"
+    chosen = run.family.implementations() if run.family.implementations else {}
     log(f"zoo: {run.family.name} with {shown}, strategy "
         f"{strategy.name} over {strategy.num_shards} device(s) ({jax.devices()[0].platform}), "
-        f"global batch {batch_size}, steps {start}->{steps}")
+        f"global batch {batch_size}, steps {start}->{steps}"
+        + "".join(f", {what} {how}" for what, how in chosen.items()))
 
     writer = MetricWriter(workdir, resumed_from=start)
     spec = run.family.batch_spec

@@ -87,6 +87,12 @@ def markdown_report(result: dict) -> str:
            f"in {m['rounds']} alternating rounds; wall time {m['wall_s']:.0f} s",
            "",
            markdown_table(result["records"]), ""]
+    chosen = {r["case"]: r["implementations"] for r in result["records"]
+              if r.get("implementations")}
+    if chosen:
+        out += ["Implementations zoo's layers chose here:", ""] + [
+            f"- {case}: " + ", ".join(f"{what} {how}" for what, how in c.items())
+            for case, c in chosen.items()] + [""]
     if result.get("notes"):
         out += ["Notes:", ""] + [f"- {n}" for n in result["notes"]] + [""]
     return "\n".join(out)

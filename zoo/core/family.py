@@ -99,6 +99,9 @@ class Family:
       inference_params: ``(params keyed by player) -> params`` as the capabilities above take
         them, for a family whose trained params are another form (LoRA adapters beside the base
         weights, :func:`zoo.core.lora.adapt_family`); None: the same.
+      implementations: ``() -> {what: how}``: the implementation each of its layers that has a
+        choice runs on this machine (``{"lstm": "cudnn"}``), for logs and benchmark records;
+        None: no layer chooses.
     """
 
     name: str
@@ -115,6 +118,7 @@ class Family:
     denoiser: Any = None
     feature_extractor: Callable | None = None
     inference_params: Callable | None = None
+    implementations: Callable[[], dict[str, str]] | None = None
 
     def plain_params(self, params: dict) -> dict:
         """``params`` (keyed by player) in the form the capabilities take (see

@@ -349,6 +349,7 @@ def make_family(config) -> Family:
                     **({"reset": jax.ShapeDtypeStruct((), jnp.int32)} if carry_state else {})},
         flops_per_example=float(seq_len * per_token),
         text_decoder=model,
+        implementations=lambda: {"lstm": lstm_implementation(model.lstm_impl, model.dtype)},
         text_batching=("stream", "the LSTM carries its state from batch to batch "
                                  "(model.carry_state=True), which needs contiguous rows (or set "
                                  "model.carry_state=False)") if carry_state else None,

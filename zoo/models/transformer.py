@@ -60,12 +60,25 @@ def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: s
     scores the mask keeps, up to whole blocks.
     """
     T = q.shape[1]
-    if query_block is None:
-        on_cpu = jax.default_backend() == "cpu" and implementation is None
-        query_block = max(CPU_QUERY_BLOCK, -(-T // CPU_MAX_QUERY_BLOCKS)) if on_cpu else T
+    query_block = query_block or default_query_block(T, implementation)
     if query_block >= T:
         return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=implementation)
     return blocked_causal_attention(q, k, v, query_block)
+
+
+def default_query_block(T: int, implementation: str | None = None) -> int:
+    """The queries per block :func:`causal_attention` takes over ``T`` tokens: ``T`` (one call
+    of ``jax.nn.dot_product_attention``) except on CPU with no ``implementation`` named."""
+    on_cpu = jax.default_backend() == "cpu" and implementation is None
+    return max(CPU_QUERY_BLOCK, -(-T // CPU_MAX_QUERY_BLOCKS)) if on_cpu else T
+
+
+def attention_implementation(T: int, implementation: str | None = None) -> str:
+    """What :func:`causal_attention` runs over ``T`` tokens here, in words (for records)."""
+    block = default_query_block(T, implementation)
+    if block < T:
+        return f"blocked in {block}-query blocks"
+    return f"dot_product_attention ({implementation or 'JAX chooses'})"
 
 
 def blocked_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array,
@@ -316,6 +329,8 @@ def make_family(config) -> Family:
         batch_spec={"tokens": jax.ShapeDtypeStruct((seq_len + 1,), jnp.int32)},
         flops_per_example=float(seq_len * per_token),
         text_decoder=model,
+        implementations=lambda: {"attention": attention_implementation(seq_len,
+                                                                       model.attention_impl)},
         text_batching=("random", "the transformer trains on random windows ('stream' lays out "
                                  "contiguous rows for an LSTM's carried state)"),
     )
