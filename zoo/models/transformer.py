@@ -60,7 +60,8 @@ def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: s
     scores the mask keeps, up to whole blocks.
     """
     T = q.shape[1]
-    query_block = query_block or default_query_block(T, implementation)
+    if query_block is None:
+        query_block = default_query_block(T, implementation)
     if query_block >= T:
         return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=implementation)
     return blocked_causal_attention(q, k, v, query_block)
