@@ -1,5 +1,5 @@
 """XLA:CPU options, measured in one process: each case's train step (the bench's ZooRunner) is
-compiled once per setting from the same lowering, with the setting as a per-compile XLA option,
+compiled once per setting (and per compile round), with the setting as a per-compile XLA option,
 and the executables take turns step by step in alternating rounds, so the machine's drift falls on
 all of them alike. Correctness: from the same state and batch, each setting's first step must give
 the default's loss (rtol 1e-5), and its last loss after the timed steps is reported beside it.
@@ -14,7 +14,8 @@ default) leave out YNNPACK's convolutions, and its convolutions and reductions. 
 alone changes nothing (no HLO is given to oneDNN); with ``xla_cpu_experimental_onednn_fusion_type``
 it runs the dots (``onednn-dot``) and also elementwise ops (``onednn-dot-eltwise``) through oneDNN,
 with YNNPACK off. The ``dot-only-*`` settings flip one more XLA:CPU switch each (vector
-width, scheduler, emitters, Eigen's threads, copy insertion, YNNPACK's elementwise fusions);
+width, scheduler, emitters, Eigen's threads, copy insertion, YNNPACK's elementwise fusions,
+fast min/max, LLVM's optimization level ``opt2``/``opt1``/``opt0``);
 ``dot-only-again`` repeats ``dot-only``'s options, so two identical executables show the
 method's noise. ``--settings`` picks some of them (``default`` is always measured).
 

@@ -93,7 +93,8 @@ def _cases(root):
          "unknown model.attention_impl 'flash9'; choose one of xla, cudnn"),
         (["train", "--config", str(CONFIGS / "lstm_char_shakespeare.py"),
           "--config.data.dataset=synthetic", "--config.model.lstm_impl=cudnn"], 2,
-         "model.lstm_impl='cudnn' needs a CUDA GPU and float32 (jax.experimental.rnn), not cpu"),
+         "model.lstm_impl='cudnn' needs a CUDA GPU and float32 (jax.experimental.rnn); here "
+         "the device is cpu"),
         (["sample", ae, "--out", file], 2, "is a file; give a folder"),
         # Refused from the dataset's known shape, before TFDS is asked for it (no network).
         (["sample", ae, "--out", str(root / "png"), "--dataset", "cifar10"], 2,

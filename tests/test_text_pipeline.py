@@ -106,9 +106,14 @@ def test_language_models_train_on_synthetic_text_and_generate_from_it(tmp_path, 
                                      "--config.optimizer.learning_rate=1e-2"],
             "lstm_char_shakespeare": [*LSTM, "--config.optimizer.decay_begin=0",
                                       "--config.optimizer.learning_rate=3e-2"]}
+    # The run's first line says what the layers with a choice run here (Family.implementations).
+    chosen = {"transformer_char_cpu": ", attention dot_product_attention (JAX chooses)",
+              "lstm_char_shakespeare": ", lstm scan"}
     for name, overrides in runs.items():
+        lines = []
         result = train.train(_config(name, *overrides, *synthetic), tmp_path / name,
-                             log=lambda s: None)
+                             log=lines.append)
+        assert next(m for m in lines if " params, strategy " in m).endswith(chosen[name]), lines
         losses = [h["loss"] for h in result.history]
         assert losses[0] > 3.8 and losses[-1] < losses[0] - 0.8, (name, losses)  # ln(64) = 4.16
         assert result.eval_metrics["loss"] < losses[0] - 0.8, name

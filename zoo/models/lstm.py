@@ -13,8 +13,9 @@ custom VJP) scans only what is recurrent, then forms the weight and input gradie
 each over all T x B rows (cuDNN's RNN API likewise computes weight gradients in a pass of their
 own). Same numbers as the flax cell to float32 rounding (tests/test_lstm.py).
 
-On one CUDA GPU the layer runs cuDNN's LSTM kernel instead (``jax.experimental.rnn``, float32;
-:func:`cudnn_lstm`), with the scan the fallback everywhere else; ``model.lstm_impl`` names either.
+On a host with one CUDA GPU, in float32, training and evaluation run cuDNN's LSTM kernel instead
+(``jax.experimental.rnn``; :func:`cudnn_lstm`), with the scan the fallback everywhere else and
+always for decoding; ``model.lstm_impl`` names either.
 
 Truncated backpropagation through time: the family's model state holds each layer's ``(c, h)`` for
 every batch row, and the loss returns the state after the batch, so row i of the next batch
@@ -134,8 +135,9 @@ def lstm_implementation(name: str | None, dtype) -> str:
         return "cudnn" if cudnn_applies(dtype) and jax.device_count() == 1 else "scan"
     if name == "cudnn" and not cudnn_applies(dtype):
         raise ValueError(f"model.lstm_impl='cudnn' needs a CUDA GPU and float32 "
-                         f"(jax.experimental.rnn), not {jax.devices()[0].platform} and "
-                         f"{jnp.dtype(dtype).name}; leave it empty and zoo chooses")
+                         f"(jax.experimental.rnn); here the device is "
+                         f"{jax.devices()[0].platform} and the dtype {jnp.dtype(dtype).name}; "
+                         "leave it empty and zoo chooses")
     return name
 
 
