@@ -250,6 +250,10 @@ MUTATIONS = (
     M("xla_flags: YNNPACK's reductions on (jax#39103)", "zoo/core/xla_flags.py",
       '"INDIVIDUAL_DOT"}', '"INDIVIDUAL_DOT,REDUCE"}',
       ("tests/test_pipeline.py::test_zoos_xla_cpu_defaults_sum_exactly_where_ynnpack_reductions_do_not",)),
+    # ---- the bench (zoo/bench)
+    M("bench: a run cut short keeps nothing", "zoo/bench/suites.py",
+      "        if on_case is not None:\n            on_case(out)\n", "",
+      ("tests/test_bench.py::test_a_bench_cut_short_keeps_the_cases_it_finished",)),
     # ---- the LSTM layer's hand-written backward (zoo/models/lstm.py)
     M("lstm: forget gate's derivative without its sigmoid' factor", "zoo/models/lstm.py",
       "dc * cp * f * (1 - f)", "dc * cp * f",

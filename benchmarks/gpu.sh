@@ -66,8 +66,17 @@ rows = [json.loads(line) for line in (out / "char" / "metrics.jsonl").open()] \
     if (out / "char" / "metrics.jsonl").is_file() else []
 evals = [(r["step"], r["eval"]["loss"]) for r in rows if "eval" in r]
 print("char transformer validation loss by step:", evals[-5:], "(nanoGPT: 1.4697 at 5000)")
-bench = out / "bench" / "results.md"
-print(bench.read_text() if bench.is_file() else "no bench results")
+bench, partial = out / "bench" / "results.md", out / "bench" / "results.partial.json"
+if bench.is_file():
+    print(bench.read_text())
+elif partial.is_file():  # the bench was cut short: the cases it finished
+    print("bench cut short; the cases it finished:")
+    for r in json.loads(partial.read_text())["records"]:
+        ms = r["step_s"]["median"] * 1e3 if r.get("step_s") else None
+        print(f"  {r['case']} {r['framework']}/{r.get('strategy')}: "
+              + (f"{ms:.2f} ms/step" if ms else r.get("error", "no timing")))
+else:
+    print("no bench results")
 EOF
 echo "gpu.sh: bench exit $bench_status, char exit $char_status; results in $OUT"
 [ "$bench_status" = 0 ] && [ "$char_status" = 0 ]

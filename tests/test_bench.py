@@ -213,6 +213,27 @@ def test_bench_main_writes_json_markdown_and_command(tmp_path, capsys):
     assert [r["framework"] for r in result["records"]] == ["zoo"]
     assert result["meta"]["measured_peak"] is None and result["meta"]["suite"] == "tiny"
     assert (out / "command.txt").read_text().startswith("zoo bench --suite tiny")
+    assert not (out / report.PARTIAL).exists()  # the run finished: results.json has it all
+
+
+def test_a_bench_cut_short_keeps_the_cases_it_finished(tmp_path, monkeypatch):
+    # A GPU run under a timeout: the records of each finished case are on disk before the next
+    # case starts, so a kill in the middle of a case loses that case only.
+    done = []
+
+    def run_case(case, **kwargs):
+        if done:
+            raise KeyboardInterrupt  # stands in for the kill (not an error a case may have)
+        done.append(case.name)
+        return [{"case": case.name, "framework": "zoo", "strategy": "single", "step_s": {}}]
+    monkeypatch.setattr(suites, "run_case", run_case)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        bench_main(["--suite", "tiny", "--cases", "autoencoder-mlp,vae-mlp", "--peers", "none",
+                    "--sweep", "", "--no-peak", "--no-plots", "--out", str(out)])
+    kept = json.loads((out / report.PARTIAL).read_text())["records"]
+    assert done == ["autoencoder-mlp"] and [r["case"] for r in kept] == ["autoencoder-mlp"]
+    assert not (out / "results.json").exists()
 
 
 def test_importing_the_bench_loads_no_torch_or_tensorflow():

@@ -234,22 +234,25 @@ def main(argv: Sequence[str]) -> int:
         return _loop(args, strategies, steps, warmup, argv)
     if args.profile:
         return _profile(args, strategies, min(steps, 10), warmup, peers, argv)
-    from zoo.bench.report import markdown_report, write_report
+    from zoo.bench.report import markdown_report, write_report, write_partial
     from zoo.bench.suites import run_suite
+    out = Path(args.out) if args.out else Path("bench_results") / (
+        f"{jax.devices()[0].platform}-{_dt.datetime.now(_dt.timezone.utc):%Y%m%d-%H%M%S}")
+    first = jax.process_index() == 0
     result = run_suite(suite=args.suite, cases=args.cases, strategies=strategies, peers=peers,
                        sweep=sweep, sweep_strategies=args.sweep_strategies,
                        sweep_cases=sweep_cases, warmup=warmup, steps=steps, rounds=args.rounds,
                        peak=not args.no_peak,
                        torch_threads=_torch_threads(args),
-                       log=print if jax.process_index() == 0 else (lambda line: None))
+                       log=print if first else (lambda line: None),
+                       # A run cut short (a timeout, a crash) keeps the cases it finished.
+                       on_case=(lambda records: write_partial(records, out)) if first else None)
     result["meta"]["threads"] = args.threads or hardware.cores()
     result["meta"]["command"] = " ".join(["zoo bench", *argv]).strip()
     result["meta"]["processes"] = jax.process_count()
     failed = any("error" in r and r["framework"] == "zoo" for r in result["records"])
     if jax.process_index() != 0:
         return 1 if failed else 0
-    out = Path(args.out) if args.out else Path("bench_results") / (
-        f"{result['meta']['platform']}-{_dt.datetime.now(_dt.timezone.utc):%Y%m%d-%H%M%S}")
     paths = write_report(result, out, plots=not args.no_plots)
     print()
     print(markdown_report(result))

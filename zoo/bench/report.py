@@ -1,5 +1,6 @@
 """Reports of a benchmark result: ``results.json``, ``results.md`` (the table, printed too) and
-the plots ``throughput.png``, ``scaling.png`` and ``peer_ratio.png``."""
+the plots ``throughput.png``, ``scaling.png`` and ``peer_ratio.png``; while a suite runs,
+``results.partial.json`` holds the records of the cases finished so far."""
 
 from __future__ import annotations
 
@@ -184,6 +185,20 @@ def write_plots(result: dict, out_dir: Path) -> list[Path]:
     return paths
 
 
+PARTIAL = "results.partial.json"
+
+
+def write_partial(records: Sequence[dict], out_dir: str | Path) -> Path:
+    """The records of the cases finished so far, to ``out_dir/results.partial.json`` (replaced
+    whole each time; :func:`write_report` removes it once the full report is written)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path, tmp = out_dir / PARTIAL, out_dir / (PARTIAL + ".tmp")
+    tmp.write_text(json.dumps({"records": list(records)}, indent=1, default=json_default) + "\n")
+    tmp.replace(path)  # a kill mid-write leaves the previous file whole
+    return path
+
+
 def write_report(result: dict, out_dir: str | Path, plots: bool = True) -> dict[str, Path]:
     """Writes results.json, results.md and the plots into ``out_dir``."""
     out_dir = Path(out_dir)
@@ -196,4 +211,5 @@ def write_report(result: dict, out_dir: str | Path, plots: bool = True) -> dict[
     if plots:
         for p in write_plots(result, out_dir):
             paths[p.stem] = p
+    (out_dir / PARTIAL).unlink(missing_ok=True)  # the whole run is in results.json now
     return paths

@@ -106,10 +106,10 @@ def run_case(case: Case, *, strategies: Sequence[str] = ("single",),
 
 
 def _run_cases(cases: Sequence[Case], peak: dict | None, on_error: dict | None,
-               **kwargs: Any) -> list[dict]:
+               on_case: Callable[[list[dict]], None] | None = None, **kwargs: Any) -> list[dict]:
     """:func:`run_case` over ``cases``; a case that fails gives an error record (``on_error``:
     its extra fields) instead of stopping the rest, or (``on_error=None``) raises.
-    ``peak``: measured peaks by dtype."""
+    ``peak``: measured peaks by dtype. ``on_case(records so far)`` after each case."""
     out = []
     for case in cases:
         m = (peak or {}).get(case.compute_dtype)
@@ -121,6 +121,8 @@ def _run_cases(cases: Sequence[Case], peak: dict | None, on_error: dict | None,
             out.append(rec_lib.error_record(case, "zoo", ",".join(kwargs["strategies"]), e,
                                             **on_error))
             kwargs["log"](f"  {case.name} failed: {out[-1]['error']}")
+        if on_case is not None:
+            on_case(out)
     return out
 
 
@@ -130,8 +132,11 @@ def run_suite(*, suite: str = "quick", cases: Iterable[str] | None = None,
               sweep_cases: Iterable[str] | None = None, warmup: int = 3, steps: int = 20,
               rounds: int = 4, peak: bool = True, peak_n: int | None = None,
               torch_threads: int | str | None = None,
-              log: Callable[[str], None] = print) -> dict:
+              log: Callable[[str], None] = print,
+              on_case: Callable[[list[dict]], None] | None = None) -> dict:
     """Runs a suite in this process (plus one subprocess per swept device count on CPU).
+    ``on_case(records so far)`` runs after each case (the caller can keep them, should the run
+    be cut short).
 
     Returns ``{"meta": ..., "records": [...], "notes": [...]}``.
     """
@@ -153,7 +158,7 @@ def run_suite(*, suite: str = "quick", cases: Iterable[str] | None = None,
     if peers and env["torch"] is None:
         peers = ()
         notes.append("torch is not installed: no peers (pip install 'zoo[bench]')")
-    records = _run_cases(selected, measured, {}, strategies=strategies, peers=peers,
+    records = _run_cases(selected, measured, {}, on_case, strategies=strategies, peers=peers,
                          warmup=warmup, torch_threads=torch_threads, steps=steps, rounds=rounds,
                          log=log)
     swept = [c.name for c in selected if not sweep_cases or c.name in set(sweep_cases)]
