@@ -47,6 +47,9 @@ def run_case(case: Case, *, strategies: Sequence[str] = ("single",),
         log(f"  {case.name}: compiling zoo/{s} over {1 if s == 'single' else len(devices)} "
             f"device(s)")
         runner = ZooRunner(case, s, devices, batch_size)
+        if runner.implementations and first_zoo is None:
+            log(f"  {case.name}: runs " + ", ".join(f"{what} {how}" for what, how
+                                                   in runner.implementations.items()))
         contenders[f"zoo/{s}"] = runner
         first_zoo = first_zoo or runner
     if case.peer and first_zoo is not None:
