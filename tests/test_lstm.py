@@ -1,5 +1,7 @@
 """The LSTM LM: truncated BPTT with the state carried across batches, stream batching, training."""
 
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -329,14 +331,20 @@ def test_the_cudnn_path_is_the_scan_in_values_and_gradients(monkeypatch):
 def test_the_lstm_implementation_is_the_scan_on_cpu_and_a_named_one_is_checked(monkeypatch):
     from zoo.models import lstm
     assert lstm.lstm_implementation(None, jnp.float32) == "scan"
-    with monkeypatch.context() as pretend:  # a CUDA GPU: cuDNN on one device, the scan on more
-        pretend.setattr(lstm, "cudnn_applies", lambda dtype: True)
+    # A pretended CUDA GPU (a device as JAX describes one): cuDNN in float32 on one device; the
+    # scan in bfloat16 (the kernel takes float32 only) and on more devices.
+    cuda = types.SimpleNamespace(platform="gpu",
+                                 client=types.SimpleNamespace(platform_version="cuda 12090"))
+    with monkeypatch.context() as pretend:
+        pretend.setattr(jax, "devices", lambda *backend: [cuda])
+        assert lstm.cudnn_applies(jnp.float32) and not lstm.cudnn_applies(jnp.bfloat16)
         for devices, want in ((1, "cudnn"), (8, "scan")):
             pretend.setattr(jax, "device_count", lambda: devices)
             assert lstm.lstm_implementation(None, jnp.float32) == want
             # What the family tells zoo train's log and the bench's records.
             assert models.make_family(CFG).implementations() == {"lstm": want}
-        assert lstm.lstm_implementation(None, jnp.bfloat16) == "scan"  # the kernel is f32 only
+        pretend.setattr(jax, "device_count", lambda: 1)
+        assert lstm.lstm_implementation(None, jnp.bfloat16) == "scan"
     assert models.make_family(CFG).implementations() == {"lstm": "scan"}
     assert lstm.lstm_implementation("scan", jnp.float32) == "scan"
     with pytest.raises(ValueError, match="lstm_impl='cudnn' needs a CUDA GPU and float32"):
