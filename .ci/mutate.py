@@ -275,6 +275,23 @@ MUTATIONS = (
       "cudnn_applies(dtype) and jax.device_count() == 1",
       "cudnn_applies(dtype)",
       ("tests/test_lstm.py::test_the_lstm_implementation_is_the_scan_on_cpu_and_a_named_one_is_checked",)),
+    # ---- cuDNN's attention on one CUDA GPU (zoo/models/transformer.py)
+    M("transformer: cuDNN's attention chosen in float32", "zoo/models/transformer.py",
+      "jnp.dtype(dtype) in (jnp.float16, jnp.bfloat16)", "True",
+      ("tests/test_transformer.py::test_cudnn_attention_is_chosen_on_one_cuda_gpu_where_it_takes_the_dtype_and_head_size",)),
+    M("transformer: cuDNN's attention given 256-wide heads before compute capability 9.0",
+      "zoo/models/transformer.py",
+      "largest_head = 256 if capability >= (9, 0) else 128", "largest_head = 256",
+      ("tests/test_transformer.py::test_cudnn_attention_is_chosen_on_one_cuda_gpu_where_it_takes_the_dtype_and_head_size",)),
+    M("transformer: cuDNN's attention chosen on a mesh of several devices",
+      "zoo/models/transformer.py",
+      "return \"cudnn\" if one_gpu and cudnn_attention_applies(dtype, head_dim) else \"xla\"",
+      "return \"cudnn\" if cudnn_attention_applies(dtype, head_dim) else \"xla\"",
+      ("tests/test_transformer.py::test_cudnn_attention_is_chosen_on_one_cuda_gpu_where_it_takes_the_dtype_and_head_size",)),
+    M("transformer: the chosen attention kernel not passed to JAX", "zoo/models/transformer.py",
+      "implementation=attention_kernel(implementation, q.dtype,\n" + " " * 65 + "q.shape[-1]))",
+      "implementation=implementation)",
+      ("tests/test_transformer.py::test_the_model_asks_jax_for_the_chosen_attention_kernel",)),
 )
 
 

@@ -35,16 +35,17 @@ export ZOO_SHARED_DATA=${ZOO_SHARED_DATA:-$PWD/workdirs/shared}
 } > "$OUT/environment.txt" 2>&1
 cat "$OUT/environment.txt"
 
+# nanoGPT's char run trains in bfloat16 (torch.autocast); here the model's dtype and the step's.
+CHAR=(--config.train.compute_dtype=bfloat16 --config.model.dtype=bfloat16)
 if [ "${TOY:-0}" = 1 ]; then
   SUITE=tiny
-  CHAR=(--config.model.n_layer=1 --config.model.n_head=2 --config.model.n_embd=32
+  CHAR+=(--config.model.n_layer=1 --config.model.n_head=2 --config.model.n_embd=32
         --config.model.block_size=32 --config.data.seq_len=32 --config.data.batch_size=8
         --config.data.eval_batch_size=8 --config.train.steps=40 --config.train.eval_every=20
         --config.train.checkpoint_every=20 --config.train.log_every=10
         --config.train.sample_tokens=16 --config.optimizer.warmup_steps=4)
 else
   SUITE=gpu
-  CHAR=(--config.train.compute_dtype=bfloat16)
 fi
 
 # 1. The GPU suite against PyTorch eager and torch.compile (what the bench reports, per case).

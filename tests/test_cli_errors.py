@@ -91,6 +91,10 @@ def _cases(root):
         (["train", "--config", str(CONFIGS / "transformer_char_cpu.py"),
           "--config.data.dataset=synthetic", "--config.model.attention_impl=flash9"], 2,
          "unknown model.attention_impl 'flash9'; choose one of xla, cudnn"),
+        (["train", "--config", str(CONFIGS / "transformer_char_cpu.py"),
+          "--config.data.dataset=synthetic", "--config.model.attention_impl=cudnn"], 2,
+         "model.attention_impl='cudnn' needs a CUDA GPU (compute capability 8.0+), float16 or "
+         "bfloat16"),
         (["train", "--config", str(CONFIGS / "lstm_char_shakespeare.py"),
           "--config.data.dataset=synthetic", "--config.model.lstm_impl=cudnn"], 2,
          "model.lstm_impl='cudnn' needs a CUDA GPU and float32 (jax.experimental.rnn); here "

@@ -143,6 +143,7 @@ BENCH_FLOPS_PER_EXAMPLE = {
     "quick/diffusion-unet": None,
     "full/diffusion-unet": None,
     "gpu/diffusion-ddpm-cifar10": None,
+    "gpu/gpt2-small-xla": 875_166_695_424,
 }
 
 

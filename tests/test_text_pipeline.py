@@ -107,7 +107,7 @@ def test_language_models_train_on_synthetic_text_and_generate_from_it(tmp_path, 
             "lstm_char_shakespeare": [*LSTM, "--config.optimizer.decay_begin=0",
                                       "--config.optimizer.learning_rate=3e-2"]}
     # The run's first line says what the layers with a choice run here (Family.implementations).
-    chosen = {"transformer_char_cpu": ", attention dot_product_attention (JAX chooses)",
+    chosen = {"transformer_char_cpu": ", attention dot_product_attention (xla)",
               "lstm_char_shakespeare": ", lstm scan"}
     for name, overrides in runs.items():
         lines = []

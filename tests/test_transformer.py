@@ -1,5 +1,7 @@
 """The GPT-style transformer: KV cache, causality, presets, context errors, single vs mesh."""
 
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -182,6 +184,76 @@ def test_the_family_says_which_attention_it_runs_here():
                                                   **kw)).implementations()
     block = transformer.CPU_QUERY_BLOCK
     assert chosen(block_size=4 * block) == {"attention": f"blocked in {block}-query blocks"}
-    assert chosen(block_size=block) == {"attention": "dot_product_attention (JAX chooses)"}
+    assert chosen(block_size=block) == {"attention": "dot_product_attention (xla)"}
     assert chosen(block_size=4 * block, attention_impl="xla") == \
         {"attention": "dot_product_attention (xla)"}
+
+
+def _pretended_gpu(capability="9.0"):
+    """A CUDA GPU as JAX describes one (what cudnn_attention_applies reads of it)."""
+    return types.SimpleNamespace(platform="gpu", compute_capability=capability,
+                                 client=types.SimpleNamespace(platform_version="cuda 13000"))
+
+
+def test_cudnn_attention_is_chosen_on_one_cuda_gpu_where_it_takes_the_dtype_and_head_size(
+        monkeypatch):
+    bf16, f16, f32 = jnp.bfloat16, jnp.float16, jnp.float32
+    assert not transformer.cudnn_attention_applies(bf16, 64)  # here: a CPU
+    assert transformer.attention_kernel(None, bf16, 64) == "xla"
+    with pytest.raises(ValueError, match="attention_impl='cudnn' needs a CUDA GPU .* here the "
+                                         "device is cpu, the dtype bfloat16 and the head size 64"):
+        transformer.attention_kernel("cudnn", bf16, 64)
+    with monkeypatch.context() as pretend:
+        # Heads that are multiples of 8 up to 256 from compute capability 9.0, up to 128 on 8.0;
+        # none before 8.0 or in float32.
+        for capability, heads in (("9.0", {8, 64, 192, 256}), ("8.0", {8, 64}), ("7.5", set())):
+            pretend.setattr(jax, "devices", lambda *backend, c=capability: [_pretended_gpu(c)])
+            for dtype in (bf16, f16, f32):
+                for head in (8, 60, 64, 192, 256, 264):
+                    want = dtype != f32 and head in heads
+                    assert transformer.cudnn_attention_applies(dtype, head) == want, \
+                        (capability, dtype, head)
+        pretend.setattr(jax, "devices", lambda *backend: [_pretended_gpu()])
+        for devices, want in ((1, "cudnn"), (8, "xla")):
+            pretend.setattr(jax, "device_count", lambda: devices)
+            assert transformer.attention_kernel(None, bf16, 64) == want
+        pretend.setattr(jax, "device_count", lambda: 1)
+        assert transformer.attention_kernel(None, f32, 64) == "xla"
+        assert transformer.attention_kernel("xla", bf16, 64) == "xla"
+        assert transformer.attention_kernel("cudnn", bf16, 64) == "cudnn"
+        with pytest.raises(ValueError, match="the dtype float32 and the head size 64"):
+            transformer.attention_kernel("cudnn", f32, 64)
+        # What zoo train's first line and the bench's records say: GPT-2 small's 64-wide heads
+        # in bfloat16 run cuDNN's kernel, in float32 XLA's.
+        pretend.setattr(jax, "default_backend", lambda: "gpu")
+        chosen = lambda dtype: models.make_family(dict(
+            family="transformer", preset="gpt2", vocab_size=65, block_size=1024,
+            dtype=dtype)).implementations()
+        assert chosen("bfloat16") == {"attention": "dot_product_attention (cudnn)"}
+        assert chosen("float32") == {"attention": "dot_product_attention (xla)"}
+
+
+def test_the_model_asks_jax_for_the_chosen_attention_kernel(monkeypatch):
+    # On a pretended GPU where cuDNN's kernel applies, every layer's training attention asks
+    # jax.nn.dot_product_attention for "cudnn" (run here as XLA's: no cuDNN on CPU), and decoding
+    # against the cache asks for JAX's default (its mask is not causal-only).
+    calls, dot_product_attention = [], jax.nn.dot_product_attention
+
+    def recorded(*args, implementation=None, **kw):
+        calls.append(implementation)
+        return dot_product_attention(*args, **kw)
+    monkeypatch.setattr(jax.nn, "dot_product_attention", recorded)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(transformer, "cudnn_attention_applies", lambda dtype, head_dim: True)
+    monkeypatch.setattr(jax, "device_count", lambda: 1)  # the tests' CPU has 8
+    model = transformer.make_model(dict(preset="tiny", vocab_size=65, dtype="bfloat16"))
+    tokens = jnp.zeros((2, 8), jnp.int32)
+    params = model.init(jax.random.PRNGKey(0), tokens)["params"]
+    calls.clear()
+    jax.grad(lambda p: jnp.sum(model.apply({"params": p}, tokens).astype(jnp.float32)))(params)
+    assert calls == ["cudnn"] * model.n_layer
+    calls.clear()
+    cache = transformer.init_cache(model, 2, 8)
+    model.apply({"params": params}, tokens[:, :1], cache=cache, start=jnp.zeros(2, jnp.int32),
+                method=model.decode)
+    assert calls == [None] * model.n_layer

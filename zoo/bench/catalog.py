@@ -80,7 +80,8 @@ def lstm_case(name: str, batch: int, *, peer: str | None = "lstm", **model) -> C
 
 
 def transformer_case(name: str, batch: int, *, optimizer: dict | None = None,
-                     compute_dtype: str = "float32", **model) -> Case:
+                     compute_dtype: str = "float32", peer: str | None = "transformer",
+                     **model) -> Case:
     """A GPT-2-style LM case (char vocabulary and AdamW unless told otherwise)."""
     model = {"vocab_size": 65, "dropout": 0.0, "unit": "char", **model}
     seq = int(model.get("seq_len") or model["block_size"])
@@ -88,8 +89,17 @@ def transformer_case(name: str, batch: int, *, optimizer: dict | None = None,
                 optimizer=optimizer or {"name": "adamw", "learning_rate": 1e-3, "b2": 0.99,
                                         "weight_decay": 0.1},
                 train={"compute_dtype": compute_dtype},
-                tokens_per_example=seq, int_high={"tokens": model["vocab_size"]},
-                peer="transformer")
+                tokens_per_example=seq, int_high={"tokens": model["vocab_size"]}, peer=peer)
+
+
+def gpt2_small_case(name: str, **kw) -> Case:
+    """GPT-2 small (124M) at context 1024 and batch 16 in bfloat16, with nanoGPT's AdamW; the
+    vocabulary padded to 50304 (a multiple of 128, as nanoGPT and llm.c do) so the head's matmul
+    tiles evenly."""
+    return transformer_case(name, 16, preset="gpt2", vocab_size=50304, block_size=1024,
+                            seq_len=1024, dtype="bfloat16", unit="token",
+                            optimizer={"name": "adamw", "learning_rate": 6e-4, "b2": 0.95,
+                                       "weight_decay": 0.1}, compute_dtype="bfloat16", **kw)
 
 
 def diffusion_case(name: str, batch: int, **model) -> Case:
@@ -147,12 +157,9 @@ def case_table(suite: str) -> list[Case]:
         ]
     if suite == "gpu":
         return [
-            # GPT-2 small (124M), context 1024, bfloat16; vocabulary padded to 50304 (a multiple
-            # of 128, as nanoGPT and llm.c do) so the head's matmul tiles evenly.
-            transformer_case("gpt2-small", 16, preset="gpt2", vocab_size=50304, block_size=1024,
-                             seq_len=1024, dtype="bfloat16", unit="token",
-                             optimizer={"name": "adamw", "learning_rate": 6e-4, "b2": 0.95,
-                                        "weight_decay": 0.1}, compute_dtype="bfloat16"),
+            # zoo's choice of attention on one GPU: cuDNN's fused kernel (gpt2-small-xla, last,
+            # runs XLA's beside it, with no peer).
+            gpt2_small_case("gpt2-small"),
             Case("gan-dcgan64", "gan", {"image_shape": (64, 64, 3), "arch": "dcgan",
                                         "features": 64, "latent_dim": 100}, 128,
                  optimizer=DCGAN_ADAM, peer="gan"),
@@ -169,6 +176,7 @@ def case_table(suite: str) -> list[Case]:
                   "loss": "bernoulli"}, 1024, peer="autoencoder"),
             # DDPM's CIFAR-10 U-Net (35.7M parameters, 32x32x3, dropout 0.1) at its batch.
             diffusion_case("diffusion-ddpm-cifar10", 128, preset="ddpm_cifar10"),
+            gpt2_small_case("gpt2-small-xla", attention_impl="xla", peer=None),
         ]
     raise ValueError(f"unknown suite {suite!r}; choose one of {', '.join(SUITES)}")
 

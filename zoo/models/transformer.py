@@ -2,7 +2,8 @@
 
 Pre-LayerNorm blocks, learned position embeddings, a GELU (tanh) MLP, output projection tied to the
 token embedding, causal self-attention through ``jax.nn.dot_product_attention(is_causal=True)``
-(cuDNN flash attention on GPUs where it supports the shape, XLA elsewhere). Parameter names follow
+(cuDNN's flash attention on one CUDA GPU where it takes the dtype and head size, XLA's elsewhere;
+in blocks on CPU: :func:`causal_attention`). Parameter names follow
 Hugging Face's GPT-2 (``wte``, ``wpe``, ``h_{i}/attn/c_attn``, ...), so :mod:`zoo.convert_gpt2`
 loads real GPT-2 checkpoints. The Dense layers are :class:`zoo.models.layers.Dense`: flax's, with
 the bias gradient taken from the kernel gradient's matmul on CPU (so no forward-mode derivatives
@@ -52,19 +53,22 @@ def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: s
                      query_block: int | None = None) -> jax.Array:
     """Causal self-attention of (B, T, heads, head_dim) q, k, v.
 
-    Elsewhere than on CPU, and wherever ``implementation`` is named, this is
-    ``jax.nn.dot_product_attention`` (cuDNN flash attention on GPUs where it supports the shape).
-    XLA:CPU has no fused attention kernel: it computes the whole (T, T) score matrix, of which the
-    causal mask then discards nearly half. So on CPU, from two blocks of ``query_block`` queries
+    ``jax.nn.dot_product_attention`` with the kernel :func:`attention_kernel` names: cuDNN's
+    fused flash attention on one CUDA GPU where it takes the dtype and head size, XLA's
+    otherwise (JAX's own default is XLA's everywhere). XLA:CPU has no fused attention kernel: it
+    computes the whole (T, T) score matrix, of which the causal mask then discards nearly half.
+    So on CPU with no ``implementation`` named, from two blocks of ``query_block`` queries
     (:data:`CPU_QUERY_BLOCK` by default), :func:`blocked_causal_attention` computes only the
     scores the mask keeps, up to whole blocks.
     """
     T = q.shape[1]
     if query_block is None:
         query_block = default_query_block(T, implementation)
-    if query_block >= T:
-        return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=implementation)
-    return blocked_causal_attention(q, k, v, query_block)
+    if query_block < T:
+        return blocked_causal_attention(q, k, v, query_block)
+    return jax.nn.dot_product_attention(
+        q, k, v, is_causal=True, implementation=attention_kernel(implementation, q.dtype,
+                                                                 q.shape[-1]))
 
 
 def default_query_block(T: int, implementation: str | None = None) -> int:
@@ -74,12 +78,45 @@ def default_query_block(T: int, implementation: str | None = None) -> int:
     return max(CPU_QUERY_BLOCK, -(-T // CPU_MAX_QUERY_BLOCKS)) if on_cpu else T
 
 
-def attention_implementation(T: int, implementation: str | None = None) -> str:
+def cudnn_attention_applies(dtype, head_dim: int) -> bool:
+    """Whether cuDNN's fused attention (``jax.nn.dot_product_attention(implementation="cudnn")``)
+    takes this attention here, by the conditions JAX checks: a CUDA GPU of compute capability
+    8.0 or later, float16 or bfloat16, and a head size that is a multiple of 8, at most 128
+    (256 from compute capability 9.0)."""
+    device = jax.devices()[0]
+    if "cuda" not in device.client.platform_version.lower():  # as JAX's own checks ask
+        return False
+    capability = tuple(int(x) for x in device.compute_capability.split("."))
+    largest_head = 256 if capability >= (9, 0) else 128
+    return (capability >= (8, 0) and jnp.dtype(dtype) in (jnp.float16, jnp.bfloat16)
+            and head_dim % 8 == 0 and head_dim <= largest_head)
+
+
+def attention_kernel(implementation: str | None, dtype, head_dim: int) -> str:
+    """The kernel ``jax.nn.dot_product_attention`` runs: ``implementation`` (one of
+    :data:`ATTENTION_IMPLEMENTATIONS`), or for None ``cudnn`` on one CUDA GPU where
+    :func:`cudnn_attention_applies`, else ``xla``. With more devices XLA's runs: JAX gives
+    cuDNN's kernel a partitioning rule over batch and heads, but zoo has not run it on a mesh of
+    GPUs; name ``cudnn`` to use it there."""
+    if implementation is None:
+        one_gpu = jax.device_count() == 1
+        return "cudnn" if one_gpu and cudnn_attention_applies(dtype, head_dim) else "xla"
+    if implementation == "cudnn" and not cudnn_attention_applies(dtype, head_dim):
+        raise ValueError(f"model.attention_impl='cudnn' needs a CUDA GPU (compute capability "
+                         f"8.0+), float16 or bfloat16 and a head size that is a multiple of 8 "
+                         f"up to 128 (256 on 9.0+); here the device is "
+                         f"{jax.devices()[0].platform}, the dtype {jnp.dtype(dtype).name} and the "
+                         f"head size {head_dim}; leave it empty and zoo chooses")
+    return implementation
+
+
+def attention_implementation(T: int, head_dim: int, dtype,
+                             implementation: str | None = None) -> str:
     """What :func:`causal_attention` runs over ``T`` tokens here, in words (for records)."""
     block = default_query_block(T, implementation)
     if block < T:
         return f"blocked in {block}-query blocks"
-    return f"dot_product_attention ({implementation or 'JAX chooses'})"
+    return f"dot_product_attention ({attention_kernel(implementation, dtype, head_dim)})"
 
 
 def blocked_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array,
@@ -122,7 +159,7 @@ class CausalSelfAttention(nn.Module):
     n_layer: int
     dropout: float = 0.0
     dtype: jnp.dtype = jnp.float32
-    attention_impl: str | None = None  # None: see causal_attention; "xla" or "cudnn" to force
+    attention_impl: str | None = None  # None: see attention_kernel; "xla" or "cudnn" to force
 
     @nn.compact
     def __call__(self, x, deterministic: bool, cache=None, start=None):
@@ -283,7 +320,7 @@ def model_kwargs(config) -> dict:
     kw["attention_impl"] = kw.get("attention_impl") or None
     if kw["attention_impl"] not in (None, *ATTENTION_IMPLEMENTATIONS):
         raise ValueError(f"unknown model.attention_impl {kw['attention_impl']!r}; choose one of "
-                         f"{', '.join(ATTENTION_IMPLEMENTATIONS)}, or leave it empty (JAX "
+                         f"{', '.join(ATTENTION_IMPLEMENTATIONS)}, or leave it empty (zoo "
                          "chooses)")
     return kw
 
@@ -330,8 +367,8 @@ def make_family(config) -> Family:
         batch_spec={"tokens": jax.ShapeDtypeStruct((seq_len + 1,), jnp.int32)},
         flops_per_example=float(seq_len * per_token),
         text_decoder=model,
-        implementations=lambda: {"attention": attention_implementation(seq_len,
-                                                                       model.attention_impl)},
+        implementations=lambda: {"attention": attention_implementation(
+            seq_len, model.n_embd // model.n_head, model.dtype, model.attention_impl)},
         text_batching=("random", "the transformer trains on random windows ('stream' lays out "
                                  "contiguous rows for an LSTM's carried state)"),
     )
