@@ -94,7 +94,7 @@ def _cases(root):
         (["train", "--config", str(CONFIGS / "transformer_char_cpu.py"),
           "--config.data.dataset=synthetic", "--config.model.attention_impl=cudnn"], 2,
          "model.attention_impl='cudnn' needs a CUDA GPU (compute capability 8.0+), float16 or "
-         "bfloat16"),
+         "bfloat16, a head size"),
         (["train", "--config", str(CONFIGS / "lstm_char_shakespeare.py"),
           "--config.data.dataset=synthetic", "--config.model.lstm_impl=cudnn"], 2,
          "model.lstm_impl='cudnn' needs a CUDA GPU and float32 (jax.experimental.rnn); here "

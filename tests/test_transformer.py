@@ -195,34 +195,40 @@ def _pretended_gpu(capability="9.0"):
                                  client=types.SimpleNamespace(platform_version="cuda 13000"))
 
 
-def test_cudnn_attention_is_chosen_on_one_cuda_gpu_where_it_takes_the_dtype_and_head_size(
+def test_cudnn_attention_is_chosen_on_one_cuda_gpu_where_it_trains_the_dtype_and_shape(
         monkeypatch):
     bf16, f16, f32 = jnp.bfloat16, jnp.float16, jnp.float32
-    assert not transformer.cudnn_attention_applies(bf16, 64)  # here: a CPU
-    assert transformer.attention_kernel(None, bf16, 64) == "xla"
+    assert not transformer.cudnn_attention_applies(bf16, 64, 256)  # here: a CPU
+    assert transformer.attention_kernel(None, bf16, 64, 256) == "xla"
     with pytest.raises(ValueError, match="attention_impl='cudnn' needs a CUDA GPU .* here the "
-                                         "device is cpu, the dtype bfloat16 and the head size 64"):
-        transformer.attention_kernel("cudnn", bf16, 64)
+                                         "device is cpu, the dtype bfloat16, the head size 64 "
+                                         "and the length 256"):
+        transformer.attention_kernel("cudnn", bf16, 64, 256)
     with monkeypatch.context() as pretend:
         # Heads that are multiples of 8 up to 256 from compute capability 9.0, up to 128 on 8.0;
         # none before 8.0 or in float32.
-        for capability, heads in (("9.0", {8, 64, 192, 256}), ("8.0", {8, 64}), ("7.5", set())):
+        for capability, heads in (("9.0", {8, 64, 128, 136, 192, 256}), ("8.0", {8, 64, 128}),
+                                  ("7.5", set())):
             pretend.setattr(jax, "devices", lambda *backend, c=capability: [_pretended_gpu(c)])
             for dtype in (bf16, f16, f32):
-                for head in (8, 60, 64, 192, 256, 264):
+                for head in (8, 60, 64, 128, 136, 192, 256, 264):
                     want = dtype != f32 and head in heads
-                    assert transformer.cudnn_attention_applies(dtype, head) == want, \
+                    assert transformer.cudnn_attention_applies(dtype, head, 1024) == want, \
                         (capability, dtype, head)
         pretend.setattr(jax, "devices", lambda *backend: [_pretended_gpu()])
+        # JAX refuses cuDNN's gradients at an odd number of tokens.
+        assert [transformer.cudnn_attention_applies(bf16, 64, T) for T in (2, 255, 256, 1024)] \
+            == [True, False, True, True]
         for devices, want in ((1, "cudnn"), (8, "xla")):
             pretend.setattr(jax, "device_count", lambda: devices)
-            assert transformer.attention_kernel(None, bf16, 64) == want
+            assert transformer.attention_kernel(None, bf16, 64, 256) == want
         pretend.setattr(jax, "device_count", lambda: 1)
-        assert transformer.attention_kernel(None, f32, 64) == "xla"
-        assert transformer.attention_kernel("xla", bf16, 64) == "xla"
-        assert transformer.attention_kernel("cudnn", bf16, 64) == "cudnn"
-        with pytest.raises(ValueError, match="the dtype float32 and the head size 64"):
-            transformer.attention_kernel("cudnn", f32, 64)
+        assert transformer.attention_kernel(None, f32, 64, 256) == "xla"
+        assert transformer.attention_kernel(None, bf16, 64, 255) == "xla"
+        assert transformer.attention_kernel("xla", bf16, 64, 256) == "xla"
+        assert transformer.attention_kernel("cudnn", bf16, 64, 256) == "cudnn"
+        with pytest.raises(ValueError, match="the dtype float32, the head size 64"):
+            transformer.attention_kernel("cudnn", f32, 64, 256)
         # What zoo train's first line and the bench's records say: GPT-2 small's 64-wide heads
         # in bfloat16 run cuDNN's kernel, in float32 XLA's.
         pretend.setattr(jax, "default_backend", lambda: "gpu")
@@ -231,6 +237,11 @@ def test_cudnn_attention_is_chosen_on_one_cuda_gpu_where_it_takes_the_dtype_and_
             dtype=dtype)).implementations()
         assert chosen("bfloat16") == {"attention": "dot_product_attention (cudnn)"}
         assert chosen("float32") == {"attention": "dot_product_attention (xla)"}
+        # A ROCm GPU (its capability is a gfx name): XLA's.
+        rocm = types.SimpleNamespace(platform="gpu", compute_capability="gfx90a",
+                                     client=types.SimpleNamespace(platform_version="rocm 60300"))
+        pretend.setattr(jax, "devices", lambda *backend: [rocm])
+        assert not transformer.cudnn_attention_applies(bf16, 64, 256)
 
 
 def test_the_model_asks_jax_for_the_chosen_attention_kernel(monkeypatch):
@@ -244,7 +255,7 @@ def test_the_model_asks_jax_for_the_chosen_attention_kernel(monkeypatch):
         return dot_product_attention(*args, **kw)
     monkeypatch.setattr(jax.nn, "dot_product_attention", recorded)
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    monkeypatch.setattr(transformer, "cudnn_attention_applies", lambda dtype, head_dim: True)
+    monkeypatch.setattr(transformer, "cudnn_attention_applies", lambda *shape: True)
     monkeypatch.setattr(jax, "device_count", lambda: 1)  # the tests' CPU has 8
     model = transformer.make_model(dict(preset="tiny", vocab_size=65, dtype="bfloat16"))
     tokens = jnp.zeros((2, 8), jnp.int32)

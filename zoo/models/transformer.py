@@ -54,7 +54,7 @@ def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: s
     """Causal self-attention of (B, T, heads, head_dim) q, k, v.
 
     ``jax.nn.dot_product_attention`` with the kernel :func:`attention_kernel` names: cuDNN's
-    fused flash attention on one CUDA GPU where it takes the dtype and head size, XLA's
+    fused flash attention on one CUDA GPU where it trains this dtype and shape, XLA's
     otherwise (JAX's own default is XLA's everywhere). XLA:CPU has no fused attention kernel: it
     computes the whole (T, T) score matrix, of which the causal mask then discards nearly half.
     So on CPU with no ``implementation`` named, from two blocks of ``query_block`` queries
@@ -66,9 +66,8 @@ def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: s
         query_block = default_query_block(T, implementation)
     if query_block < T:
         return blocked_causal_attention(q, k, v, query_block)
-    return jax.nn.dot_product_attention(
-        q, k, v, is_causal=True, implementation=attention_kernel(implementation, q.dtype,
-                                                                 q.shape[-1]))
+    kernel = attention_kernel(implementation, q.dtype, q.shape[-1], T)
+    return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=kernel)
 
 
 def default_query_block(T: int, implementation: str | None = None) -> int:
@@ -78,21 +77,22 @@ def default_query_block(T: int, implementation: str | None = None) -> int:
     return max(CPU_QUERY_BLOCK, -(-T // CPU_MAX_QUERY_BLOCKS)) if on_cpu else T
 
 
-def cudnn_attention_applies(dtype, head_dim: int) -> bool:
+def cudnn_attention_applies(dtype, head_dim: int, T: int) -> bool:
     """Whether cuDNN's fused attention (``jax.nn.dot_product_attention(implementation="cudnn")``)
-    takes this attention here, by the conditions JAX checks: a CUDA GPU of compute capability
-    8.0 or later, float16 or bfloat16, and a head size that is a multiple of 8, at most 128
-    (256 from compute capability 9.0)."""
+    trains this attention here: a CUDA GPU of compute capability 8.0 or later (cuDNN's flash
+    attention needs Ampere), and what JAX checks: float16 or bfloat16, a head size that is a
+    multiple of 8, at most 128 (256 from compute capability 9.0), and, for gradients, an even
+    number of tokens ``T``."""
     device = jax.devices()[0]
     if "cuda" not in device.client.platform_version.lower():  # as JAX's own checks ask
         return False
     capability = tuple(int(x) for x in device.compute_capability.split("."))
     largest_head = 256 if capability >= (9, 0) else 128
     return (capability >= (8, 0) and jnp.dtype(dtype) in (jnp.float16, jnp.bfloat16)
-            and head_dim % 8 == 0 and head_dim <= largest_head)
+            and head_dim % 8 == 0 and head_dim <= largest_head and T % 2 == 0)
 
 
-def attention_kernel(implementation: str | None, dtype, head_dim: int) -> str:
+def attention_kernel(implementation: str | None, dtype, head_dim: int, T: int) -> str:
     """The kernel ``jax.nn.dot_product_attention`` runs: ``implementation`` (one of
     :data:`ATTENTION_IMPLEMENTATIONS`), or for None ``cudnn`` on one CUDA GPU where
     :func:`cudnn_attention_applies`, else ``xla``. With more devices XLA's runs: JAX gives
@@ -100,13 +100,14 @@ def attention_kernel(implementation: str | None, dtype, head_dim: int) -> str:
     GPUs; name ``cudnn`` to use it there."""
     if implementation is None:
         one_gpu = jax.device_count() == 1
-        return "cudnn" if one_gpu and cudnn_attention_applies(dtype, head_dim) else "xla"
-    if implementation == "cudnn" and not cudnn_attention_applies(dtype, head_dim):
+        return "cudnn" if one_gpu and cudnn_attention_applies(dtype, head_dim, T) else "xla"
+    if implementation == "cudnn" and not cudnn_attention_applies(dtype, head_dim, T):
         raise ValueError(f"model.attention_impl='cudnn' needs a CUDA GPU (compute capability "
-                         f"8.0+), float16 or bfloat16 and a head size that is a multiple of 8 "
-                         f"up to 128 (256 on 9.0+); here the device is "
-                         f"{jax.devices()[0].platform}, the dtype {jnp.dtype(dtype).name} and the "
-                         f"head size {head_dim}; leave it empty and zoo chooses")
+                         f"8.0+), float16 or bfloat16, a head size that is a multiple of 8 up to "
+                         f"128 (256 on 9.0+) and an even sequence length; here the device is "
+                         f"{jax.devices()[0].platform}, the dtype {jnp.dtype(dtype).name}, the "
+                         f"head size {head_dim} and the length {T}; leave it empty and zoo "
+                         "chooses")
     return implementation
 
 
@@ -116,7 +117,7 @@ def attention_implementation(T: int, head_dim: int, dtype,
     block = default_query_block(T, implementation)
     if block < T:
         return f"blocked in {block}-query blocks"
-    return f"dot_product_attention ({attention_kernel(implementation, dtype, head_dim)})"
+    return f"dot_product_attention ({attention_kernel(implementation, dtype, head_dim, T)})"
 
 
 def blocked_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array,
