@@ -35,7 +35,8 @@ export ZOO_SHARED_DATA=${ZOO_SHARED_DATA:-$PWD/workdirs/shared}
 } > "$OUT/environment.txt" 2>&1
 cat "$OUT/environment.txt"
 
-# nanoGPT's char run trains in bfloat16 (torch.autocast); here the model's dtype and the step's.
+# nanoGPT's char run trains under bfloat16 autocast; here the layers and the step compute in
+# bfloat16 (the residual stream too, unlike autocast: benchmarks/README.md).
 CHAR=(--config.train.compute_dtype=bfloat16 --config.model.dtype=bfloat16)
 if [ "${TOY:-0}" = 1 ]; then
   SUITE=tiny
