@@ -146,8 +146,8 @@ def _host_state(family):
                              model_state=model_state, seed=0)
 
 
-def _train_stream(name, options, grad_accum_steps=1, steps=5):
-    family = models.make_family(CFG)  # dropout 0: every strategy computes the same function
+def _train_stream(name, options, grad_accum_steps=1, steps=5, cfg=CFG):
+    family = models.make_family(cfg)  # dropout 0: every strategy computes the same function
     strategy = parallel.make_strategy(name, **options)
     state = strategy.place_state(_host_state(family))
     step = compiled.compile_train_step(family.objective, strategy, batch_spec=family.batch_spec,
@@ -326,6 +326,29 @@ def test_the_cudnn_path_is_the_scan_in_values_and_gradients(monkeypatch):
     assert abs(float(want[0])) > 1 and float(optax.tree.norm(want[1])) > 1
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("name,options,rows_per_call", [
+    ("single", {}, STREAM_BATCH), ("pmap", {}, STREAM_BATCH // 8), ("mesh", {"data": 8}, None)])
+def test_cudnn_runs_where_each_device_runs_the_whole_step(stream_reference, monkeypatch, name,
+                                                          options, rows_per_call):
+    # On a pretended CUDA GPU, model.lstm_impl unset: under single and pmap each device runs the
+    # whole step, so the kernel (here JAX's reference of it) runs there, on each device's rows;
+    # under a mesh of 8 devices XLA partitions the step, so the scan runs. Every strategy trains
+    # to the single strategy's scan numbers, and the record says what ran.
+    from jax.experimental import rnn
+    from zoo.models import lstm
+    calls = []
+    monkeypatch.setattr(rnn, "lstm", _reference_cudnn_kernel(calls))
+    monkeypatch.setattr(lstm, "cudnn_applies", lambda dtype: True)
+    got, losses = _train_stream(name, options, steps=3)
+    want = stream_reference[1][:3]
+    np.testing.assert_allclose(losses, want, rtol=2e-5)
+    rows = {shape[0] for shape in calls}
+    assert rows == ({rows_per_call} if rows_per_call else set()), calls
+    with parallel.make_strategy(name, **options).tracing():
+        chosen = models.make_family(CFG).implementations()
+    assert chosen == {"lstm": "cudnn" if rows_per_call else "scan"}
 
 
 def test_the_lstm_implementation_is_the_scan_on_cpu_and_a_named_one_is_checked(monkeypatch):

@@ -204,6 +204,8 @@ def test_cudnn_attention_is_chosen_on_one_cuda_gpu_where_it_trains_the_dtype_and
                                          "device is cpu, the dtype bfloat16, the head size 64 "
                                          "and the length 256"):
         transformer.attention_kernel("cudnn", bf16, 64, 256)
+    strategies = [parallel.make_strategy(name, **options) for name, options in
+                  (("single", {}), ("pmap", {}), ("mesh", {"data": 8}))]
     with monkeypatch.context() as pretend:
         # Heads that are multiples of 8 up to 256 from compute capability 9.0, up to 128 on 8.0;
         # none before 8.0 or in float32.
@@ -222,6 +224,11 @@ def test_cudnn_attention_is_chosen_on_one_cuda_gpu_where_it_trains_the_dtype_and
         for devices, want in ((1, "cudnn"), (8, "xla")):
             pretend.setattr(jax, "device_count", lambda: devices)
             assert transformer.attention_kernel(None, bf16, 64, 256) == want
+        # With 8 devices: cuDNN's kernel where each device runs the whole step (single, pmap),
+        # XLA's where XLA partitions it over the mesh.
+        for strategy, want in zip(strategies, ("cudnn", "cudnn", "xla")):
+            with strategy.tracing():
+                assert transformer.attention_kernel(None, bf16, 64, 256) == want, strategy.name
         pretend.setattr(jax, "device_count", lambda: 1)
         assert transformer.attention_kernel(None, f32, 64, 256) == "xla"
         assert transformer.attention_kernel(None, bf16, 64, 255) == "xla"

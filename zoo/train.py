@@ -355,7 +355,8 @@ def _train(config, workdir: Path | None, log: Callable[[str], None],
     total = param_count(run.template.params)
     shown = f"{total:,} params" if trainable == total else \
         f"{trainable:,} trainable / {total:,} params"
-    chosen = run.family.implementations() if run.family.implementations else {}
+    with strategy.tracing():  # what the step's layers choose where it is traced
+        chosen = run.family.implementations() if run.family.implementations else {}
     log(f"zoo: {run.family.name} with {shown}, strategy "
         f"{strategy.name} over {strategy.num_shards} device(s) ({jax.devices()[0].platform}), "
         f"global batch {batch_size}, steps {start}->{steps}"

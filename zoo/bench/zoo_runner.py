@@ -89,10 +89,11 @@ class ZooRunner:
         self.case = case
         self.config = zoo_config(case, strategy_name, seed)
         self.family = models.make_family(self.config.model)
-        # What the family's layers run here (cuDNN's LSTM or the scan, say), for the record.
-        self.implementations = self.family.implementations() if self.family.implementations \
-            else {}
         self.strategy = parallel.strategy_from_config(self.config.parallel, devices)
+        # What the family's layers run under the strategy (cuDNN's LSTM or the scan, say).
+        with self.strategy.tracing():
+            self.implementations = self.family.implementations() \
+                if self.family.implementations else {}
         self.batch_size = batch_size or case.batch_size
         self.host_batch = synthetic_batch(self.family.batch_spec, self.batch_size, seed=seed,
                                           int_high=case.int_high)

@@ -18,7 +18,10 @@ For the same global batch and seed all three give the same numbers up to float32
 from __future__ import annotations
 
 import abc
-from typing import Any, Callable
+import contextlib
+import contextvars
+import functools
+from typing import Any, Callable, Iterator
 
 import jax
 import flax.jax_utils
@@ -49,6 +52,29 @@ def sync_axis() -> str | None:
         return PMAP_AXIS
     except NameError:  # not inside the pmap: no axis bound
         return None
+
+
+# How many devices XLA splits the step being traced over (set by Strategy.tracing).
+_DEVICES_PER_PROGRAM: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "zoo_devices_per_program", default=None)
+
+
+def devices_per_program() -> int:
+    """How many devices XLA splits the computation being traced over. 1 under ``single`` and
+    ``pmap`` (each device runs the whole step on its own rows) and the mesh's size under ``mesh``;
+    outside zoo's strategies, 1 inside ``pmap`` or ``shard_map`` (every mesh axis manual), else
+    every device of the process (a plain ``jit`` may be partitioned by its inputs' shardings).
+
+    A layer whose kernel has no sharding rule (cuDNN's LSTM) runs it only where this is 1: XLA's
+    partitioner would run such a kernel whole on every device of a mesh.
+    """
+    chosen = _DEVICES_PER_PROGRAM.get()
+    if chosen is not None:
+        return chosen
+    mesh = jax.sharding.get_abstract_mesh()
+    if not mesh.empty and set(mesh.manual_axes) == set(mesh.axis_names):
+        return 1
+    return jax.device_count()
 
 
 def _leading_dims(batch: PyTree) -> set[int]:
@@ -111,7 +137,32 @@ class Strategy(abc.ABC):
 
     @abc.abstractmethod
     def compile(self, fn: Callable, *, donate_state: bool = True) -> Callable:
-        """Compiles ``fn(state, batch) -> outputs``; outputs other than a state come back global."""
+        """Compiles ``fn(state, batch) -> outputs``; outputs other than a state come back global.
+        ``fn`` is traced under :meth:`tracing`."""
+
+    @property
+    def devices_per_program(self) -> int:
+        """How many devices XLA splits one compiled step over (1: each runs all of it)."""
+        return 1
+
+    @contextlib.contextmanager
+    def tracing(self) -> Iterator[None]:
+        """The context this strategy's steps are traced in: :func:`devices_per_program` says
+        :attr:`devices_per_program` inside it. What a family's ``implementations()`` says in it
+        is what the compiled step runs."""
+        token = _DEVICES_PER_PROGRAM.set(self.devices_per_program)
+        try:
+            yield
+        finally:
+            _DEVICES_PER_PROGRAM.reset(token)
+
+    def _traced(self, fn: Callable) -> Callable:
+        """``fn``, traced under :meth:`tracing` (jit and pmap call it while tracing)."""
+        @functools.wraps(fn)
+        def traced(*args):
+            with self.tracing():
+                return fn(*args)
+        return traced
 
     @abc.abstractmethod
     def to_host(self, tree: PyTree) -> PyTree:
@@ -163,7 +214,7 @@ class Single(Strategy):
         return jax.device_put(batch, self.device)
 
     def compile(self, fn, *, donate_state=True):
-        return jax.jit(fn, donate_argnums=(0,) if donate_state else ())
+        return jax.jit(self._traced(fn), donate_argnums=(0,) if donate_state else ())
 
     def to_host(self, tree):
         return jax.device_get(tree)
@@ -213,7 +264,7 @@ class Pmap(Strategy):
         return jax.tree.map(lambda x: np.asarray(x).reshape(n, -1, *np.shape(x)[1:]), batch)
 
     def compile(self, fn, *, donate_state=True):
-        return jax.pmap(fn, axis_name=PMAP_AXIS, devices=self.devices,
+        return jax.pmap(self._traced(fn), axis_name=PMAP_AXIS, devices=self.devices,
                         donate_argnums=(0,) if donate_state else ())
 
     def global_rows(self, x):
@@ -271,6 +322,10 @@ class Mesh(Strategy):
     def num_shards(self) -> int:
         return self.data * self.fsdp
 
+    @property
+    def devices_per_program(self) -> int:
+        return self.data * self.fsdp
+
     def state_shardings(self, state: PyTree) -> PyTree:
         """Per-example leaves are sharded like the batch; the rest by :func:`fsdp_spec`."""
         return step_lib.map_per_example(
@@ -310,7 +365,7 @@ class Mesh(Strategy):
                 return shard(out[0]), jax.lax.with_sharding_constraint(out[1], self.replicated)
             return jax.lax.with_sharding_constraint(out, self.replicated)
 
-        return jax.jit(with_constraints, donate_argnums=(0,) if donate_state else ())
+        return jax.jit(self._traced(with_constraints), donate_argnums=(0,) if donate_state else ())
 
     def to_host(self, tree):
         if jax.process_count() == 1:

@@ -13,9 +13,10 @@ custom VJP) scans only what is recurrent, then forms the weight and input gradie
 each over all T x B rows (cuDNN's RNN API likewise computes weight gradients in a pass of their
 own). Same numbers as the flax cell to float32 rounding (tests/test_lstm.py).
 
-On a host with one CUDA GPU, in float32, training and evaluation run cuDNN's LSTM kernel instead
-(``jax.experimental.rnn``; :func:`cudnn_lstm`), with the scan the fallback everywhere else and
-always for decoding; ``model.lstm_impl`` names either.
+On a CUDA GPU, in float32, where each device runs the whole step (the ``single`` and ``pmap``
+strategies, or one device), training and evaluation run cuDNN's LSTM kernel instead
+(``jax.experimental.rnn``; :func:`cudnn_lstm`), with the scan the fallback everywhere else (a
+mesh of several devices) and always for decoding; ``model.lstm_impl`` names either.
 
 Truncated backpropagation through time: the family's model state holds each layer's ``(c, h)`` for
 every batch row, and the loss returns the state after the batch, so row i of the next batch
@@ -37,7 +38,7 @@ from flax import linen as nn
 from jax.experimental import rnn as jax_rnn
 
 from zoo import flops
-from zoo.core import dtypes, settings
+from zoo.core import dtypes, parallel, settings
 from zoo.core.family import Family
 from zoo.core.step import PER_EXAMPLE, Update
 from zoo.models.language import check_unit, lm_metrics
@@ -128,11 +129,14 @@ def cudnn_applies(dtype) -> bool:
 
 
 def lstm_implementation(name: str | None, dtype) -> str:
-    """``name`` (one of :data:`LSTM_IMPLEMENTATIONS`), or for None: ``cudnn`` on one CUDA GPU in
-    float32, else ``scan``. With more devices the scan runs: cuDNN's kernel is a custom call with
-    no sharding rule, so XLA's partitioner would run it whole on every device of a mesh."""
+    """``name`` (one of :data:`LSTM_IMPLEMENTATIONS`), or for None: ``cudnn`` on a CUDA GPU in
+    float32 where each device runs the whole step (``single``, ``pmap``; see
+    :func:`zoo.core.parallel.devices_per_program`), else ``scan``. On a mesh of several devices
+    the scan runs: cuDNN's kernel is a custom call with no sharding rule, so XLA's partitioner
+    would run it whole on every device."""
     if name is None:
-        return "cudnn" if cudnn_applies(dtype) and jax.device_count() == 1 else "scan"
+        per_device = parallel.devices_per_program() == 1
+        return "cudnn" if cudnn_applies(dtype) and per_device else "scan"
     if name == "cudnn" and not cudnn_applies(dtype):
         raise ValueError(f"model.lstm_impl='cudnn' needs a CUDA GPU and float32 "
                          f"(jax.experimental.rnn); here the device is "

@@ -2,7 +2,7 @@
 
 Pre-LayerNorm blocks, learned position embeddings, a GELU (tanh) MLP, output projection tied to the
 token embedding, causal self-attention through ``jax.nn.dot_product_attention(is_causal=True)``
-(cuDNN's flash attention on one CUDA GPU where it trains the dtype and shape, XLA's elsewhere;
+(cuDNN's flash attention on a CUDA GPU where it trains the dtype and shape, XLA's elsewhere;
 in blocks on CPU: :func:`causal_attention`). Parameter names follow
 Hugging Face's GPT-2 (``wte``, ``wpe``, ``h_{i}/attn/c_attn``, ...), so :mod:`zoo.convert_gpt2`
 loads real GPT-2 checkpoints. The Dense layers are :class:`zoo.models.layers.Dense`: flax's, with
@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from zoo import flops
-from zoo.core import dtypes
+from zoo.core import dtypes, parallel
 from zoo.core.family import Family
 from zoo.core.step import Update
 from zoo.models.language import check_unit, lm_metrics
@@ -54,8 +54,8 @@ def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: s
     """Causal self-attention of (B, T, heads, head_dim) q, k, v.
 
     ``jax.nn.dot_product_attention`` with the kernel :func:`attention_kernel` names: cuDNN's
-    fused flash attention on one CUDA GPU where it trains this dtype and shape, XLA's
-    otherwise (JAX's own default is XLA's everywhere). XLA:CPU has no fused attention kernel: it
+    fused flash attention on a CUDA GPU where it trains this dtype and shape and each device runs
+    the whole step, XLA's otherwise (JAX's own default is XLA's everywhere). XLA:CPU has no fused attention kernel: it
     computes the whole (T, T) score matrix, of which the causal mask then discards nearly half.
     So on CPU with no ``implementation`` named, from two blocks of ``query_block`` queries
     (:data:`CPU_QUERY_BLOCK` by default), :func:`blocked_causal_attention` computes only the
@@ -94,13 +94,14 @@ def cudnn_attention_applies(dtype, head_dim: int, T: int) -> bool:
 
 def attention_kernel(implementation: str | None, dtype, head_dim: int, T: int) -> str:
     """The kernel ``jax.nn.dot_product_attention`` runs: ``implementation`` (one of
-    :data:`ATTENTION_IMPLEMENTATIONS`), or for None ``cudnn`` on one CUDA GPU where
-    :func:`cudnn_attention_applies`, else ``xla``. With more devices XLA's runs: JAX gives
-    cuDNN's kernel a partitioning rule over batch and heads, but zoo has not run it on a mesh of
-    GPUs; name ``cudnn`` to use it there."""
+    :data:`ATTENTION_IMPLEMENTATIONS`), or for None ``cudnn`` on a CUDA GPU where
+    :func:`cudnn_attention_applies` and each device runs the whole step (``single``, ``pmap``;
+    see :func:`zoo.core.parallel.devices_per_program`), else ``xla``. On a mesh of several
+    devices XLA's runs: JAX gives cuDNN's kernel a partitioning rule over batch and heads, but
+    zoo has not run it on a mesh of GPUs; name ``cudnn`` to use it there."""
     if implementation is None:
-        one_gpu = jax.device_count() == 1
-        return "cudnn" if one_gpu and cudnn_attention_applies(dtype, head_dim, T) else "xla"
+        per_device = parallel.devices_per_program() == 1
+        return "cudnn" if per_device and cudnn_attention_applies(dtype, head_dim, T) else "xla"
     if implementation == "cudnn" and not cudnn_attention_applies(dtype, head_dim, T):
         raise ValueError(f"model.attention_impl='cudnn' needs a CUDA GPU (compute capability "
                          f"8.0+), float16 or bfloat16, a head size that is a multiple of 8 up to "
