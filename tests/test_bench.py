@@ -299,6 +299,7 @@ def test_compile_only_compiles_at_full_size_without_allocating(tmp_path, capsys)
                        "--out", str(tmp_path)]) == 0
     saved = json.loads((tmp_path / "compile_only.json").read_text())
     assert [r["case"] for r in saved["records"]] == ["lstm"] and "jax" in saved["meta"]
+    assert saved["records"][0]["implementations"] == {"lstm": "scan"}  # what a CPU compiled
     # bench_main set zoo's allocator setting (zoo.core.host_memory), where glibc has it.
     glibc = platform.libc_ver()[0] == "glibc" and os.environ.get("ZOO_MALLOC_DEFAULTS") != "0"
     assert saved["meta"]["malloc_keeps_freed_memory"] is glibc

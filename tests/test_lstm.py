@@ -329,15 +329,19 @@ def test_the_cudnn_path_is_the_scan_in_values_and_gradients(monkeypatch):
 
 
 @pytest.mark.parametrize("name,options,rows_per_call", [
-    ("single", {}, STREAM_BATCH), ("pmap", {}, STREAM_BATCH // 8), ("mesh", {"data": 8}, None)])
+    ("single", {}, STREAM_BATCH), ("pmap", {}, STREAM_BATCH // 8), ("mesh", {"data": 8}, None),
+    ("mesh", "one device", STREAM_BATCH)])
 def test_cudnn_runs_where_each_device_runs_the_whole_step(stream_reference, monkeypatch, name,
                                                           options, rows_per_call):
     # On a pretended CUDA GPU, model.lstm_impl unset: under single and pmap each device runs the
     # whole step, so the kernel (here JAX's reference of it) runs there, on each device's rows;
-    # under a mesh of 8 devices XLA partitions the step, so the scan runs. Every strategy trains
-    # to the single strategy's scan numbers, and the record says what ran.
+    # under a mesh of 8 devices XLA partitions the step, so the scan runs; a mesh of one of the
+    # 8 devices runs the kernel again. Every strategy trains to the single strategy's scan
+    # numbers, and the record says what ran.
     from jax.experimental import rnn
     from zoo.models import lstm
+    if options == "one device":
+        options = {"devices": jax.devices()[:1]}
     calls = []
     monkeypatch.setattr(rnn, "lstm", _reference_cudnn_kernel(calls))
     monkeypatch.setattr(lstm, "cudnn_applies", lambda dtype: True)

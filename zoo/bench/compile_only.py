@@ -54,7 +54,10 @@ def compile_case(case: Case, strategy: str = "single", devices: list | None = No
     per_example = family.flops_per_example
     memory = memory_fields(executable)
     params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+    with strat.tracing():  # what the compiled layers ran here (a CPU compiles the scan, say)
+        chosen = family.implementations() if family.implementations else {}
     return {"case": case.name, "family": case.family, "strategy": strategy,
+            "implementations": chosen,
             "devices": strat.num_shards, "batch_size": case.batch_size,
             "compute_dtype": case.compute_dtype, "param_count": int(params),
             "lower_s": t1 - t0, "compile_s": t2 - t1,

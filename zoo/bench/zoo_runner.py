@@ -121,10 +121,12 @@ class ZooRunner:
         # cost_analysis is of one device's program: pmap's per-replica program and mesh's
         # partitioned program each do 1/n of the work (replicated optimizer math aside).
         self.xla_flops = None if xla is None else xla * self.strategy.num_shards
-        # The jaxpr of the same step on one device over the whole batch: the global count.
+        # The jaxpr of the same step on one device over the whole batch (the global count),
+        # traced with the layers' choices under this case's strategy.
         one = parallel.strategy_from_config({"strategy": "single"}, devices)
         plain, _ = build.compile_steps(self.family, one, self.config.train)
-        self.jaxpr_flops = flops_lib.jaxpr_flops(plain.compiled, state, self.host_batch)
+        with self.strategy.tracing():
+            self.jaxpr_flops = flops_lib.jaxpr_flops(plain.fn, state, self.host_batch)
         per_example = self.family.flops_per_example
         self.family_flops = float(per_example) * self.batch_size if per_example else None
         self.metrics = None

@@ -83,6 +83,7 @@ class CompiledStep:
                  batch_spec: BatchSpec | None = None, grad_accum_steps: int = 1,
                  donate_state: bool = True, check_per_example: bool = False):
         self.strategy = strategy
+        self.fn = fn  # the pure step, uncompiled
         self.check_per_example = check_per_example
         self.batch_spec = batch_spec
         self.grad_accum_steps = grad_accum_steps

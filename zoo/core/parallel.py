@@ -63,7 +63,9 @@ def devices_per_program() -> int:
     """How many devices XLA splits the computation being traced over. 1 under ``single`` and
     ``pmap`` (each device runs the whole step on its own rows) and the mesh's size under ``mesh``;
     outside zoo's strategies, 1 inside ``pmap`` or ``shard_map`` (every mesh axis manual), else
-    every device of the process (a plain ``jit`` may be partitioned by its inputs' shardings).
+    every device of every process (a plain ``jit`` may be partitioned by its inputs' shardings).
+    JAX's trace caches do not see this: a user's own module-level ``jit`` holding such layers,
+    called in the steps of two strategies, keeps the choice of its first trace.
 
     A layer whose kernel has no sharding rule (cuDNN's LSTM) runs it only where this is 1: XLA's
     partitioner would run such a kernel whole on every device of a mesh.
@@ -159,9 +161,9 @@ class Strategy(abc.ABC):
     def _traced(self, fn: Callable) -> Callable:
         """``fn``, traced under :meth:`tracing` (jit and pmap call it while tracing)."""
         @functools.wraps(fn)
-        def traced(*args):
+        def traced(*args, **kwargs):
             with self.tracing():
-                return fn(*args)
+                return fn(*args, **kwargs)
         return traced
 
     @abc.abstractmethod

@@ -2,7 +2,8 @@
 
 Pre-LayerNorm blocks, learned position embeddings, a GELU (tanh) MLP, output projection tied to the
 token embedding, causal self-attention through ``jax.nn.dot_product_attention(is_causal=True)``
-(cuDNN's flash attention on a CUDA GPU where it trains the dtype and shape, XLA's elsewhere;
+(cuDNN's flash attention on a CUDA GPU where it trains the dtype and shape and each device runs
+the whole step, XLA's elsewhere;
 in blocks on CPU: :func:`causal_attention`). Parameter names follow
 Hugging Face's GPT-2 (``wte``, ``wpe``, ``h_{i}/attn/c_attn``, ...), so :mod:`zoo.convert_gpt2`
 loads real GPT-2 checkpoints. The Dense layers are :class:`zoo.models.layers.Dense`: flax's, with
