@@ -269,7 +269,8 @@ MUTATIONS = (
       "return (c[0], h[0]), hs", "return (h[0], c[0]), hs",
       ("tests/test_lstm.py::test_the_cudnn_path_is_the_scan_in_values_and_gradients",)),
     M("lstm: cuDNN chosen whatever the dtype", "zoo/models/lstm.py",
-      "return cuda and jnp.dtype(dtype) == jnp.float32", "return cuda",
+      "return parallel.on_cuda() and jnp.dtype(dtype) == jnp.float32",
+      "return parallel.on_cuda()",
       ("tests/test_lstm.py::test_the_lstm_implementation_is_the_scan_on_cpu_and_a_named_one_is_checked",)),
     M("lstm: cuDNN chosen on a mesh of several devices", "zoo/models/lstm.py",
       "return \"cudnn\" if cudnn_applies(dtype) and per_device else \"scan\"",
@@ -284,7 +285,7 @@ MUTATIONS = (
       "return jax.jit(self._traced(with_constraints),", "return jax.jit(with_constraints,",
       ("tests/test_lstm.py::test_cudnn_runs_where_each_device_runs_the_whole_step",)),
     M("parallel: a mesh's step taken for one device's", "zoo/core/parallel.py",
-      "    def devices_per_program(self) -> int:\n        return self.data * self.fsdp",
+      "    def devices_per_program(self) -> int:\n        return self.num_shards",
       "    def devices_per_program(self) -> int:\n        return 1",
       ("tests/test_lstm.py::test_cudnn_runs_where_each_device_runs_the_whole_step",)),
     # ---- cuDNN's attention on one CUDA GPU (zoo/models/transformer.py)

@@ -59,6 +59,12 @@ _DEVICES_PER_PROGRAM: contextvars.ContextVar[int | None] = contextvars.ContextVa
     "zoo_devices_per_program", default=None)
 
 
+def on_cuda() -> bool:
+    """Whether this process's devices are CUDA GPUs, as JAX's own checks ask (``"cuda"`` in the
+    platform version; ROCm's GPUs are not)."""
+    return "cuda" in jax.devices()[0].client.platform_version.lower()
+
+
 def devices_per_program() -> int:
     """How many devices XLA splits the computation being traced over. 1 under ``single`` and
     ``pmap`` (each device runs the whole step on its own rows) and the mesh's size under ``mesh``;
@@ -326,7 +332,7 @@ class Mesh(Strategy):
 
     @property
     def devices_per_program(self) -> int:
-        return self.data * self.fsdp
+        return self.num_shards
 
     def state_shardings(self, state: PyTree) -> PyTree:
         """Per-example leaves are sharded like the batch; the rest by :func:`fsdp_spec`."""

@@ -124,8 +124,7 @@ LSTM_IMPLEMENTATIONS = ("scan", "cudnn")
 def cudnn_applies(dtype) -> bool:
     """Whether :func:`cudnn_lstm` can run here: on a CUDA GPU (ROCm's kernel wants the gates in
     another order) in float32, the only dtype ``jax.experimental.rnn`` takes."""
-    cuda = "cuda" in jax.devices()[0].client.platform_version.lower()  # as JAX's own tests ask
-    return cuda and jnp.dtype(dtype) == jnp.float32
+    return parallel.on_cuda() and jnp.dtype(dtype) == jnp.float32
 
 
 def lstm_implementation(name: str | None, dtype) -> str:

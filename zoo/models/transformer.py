@@ -3,13 +3,13 @@
 Pre-LayerNorm blocks, learned position embeddings, a GELU (tanh) MLP, output projection tied to the
 token embedding, causal self-attention through ``jax.nn.dot_product_attention(is_causal=True)``
 (cuDNN's flash attention on a CUDA GPU where it trains the dtype and shape and each device runs
-the whole step, XLA's elsewhere;
-in blocks on CPU: :func:`causal_attention`). Parameter names follow
-Hugging Face's GPT-2 (``wte``, ``wpe``, ``h_{i}/attn/c_attn``, ...), so :mod:`zoo.convert_gpt2`
-loads real GPT-2 checkpoints. The Dense layers are :class:`zoo.models.layers.Dense`: flax's, with
-the bias gradient taken from the kernel gradient's matmul on CPU (so no forward-mode derivatives
-there). Dropout is on the embeddings and the residual branches; ``dot_product_attention`` has no
-attention-probability dropout, so GPT-2's ``attn_pdrop`` is not applied.
+the whole step, XLA's elsewhere; in blocks on CPU: :func:`causal_attention`). Parameter names
+follow Hugging Face's GPT-2 (``wte``, ``wpe``, ``h_{i}/attn/c_attn``, ...), so
+:mod:`zoo.convert_gpt2` loads real GPT-2 checkpoints. The Dense layers are
+:class:`zoo.models.layers.Dense`: flax's, with the bias gradient taken from the kernel gradient's
+matmul on CPU (so no forward-mode derivatives there). Dropout is on the embeddings and the
+residual branches; ``dot_product_attention`` has no attention-probability dropout, so GPT-2's
+``attn_pdrop`` is not applied.
 
 ``GPT.decode`` runs tokens against a key/value cache (:func:`init_cache`) for incremental
 generation (:mod:`zoo.generate`): each row writes its new keys and values at its own position.
@@ -56,11 +56,11 @@ def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: s
 
     ``jax.nn.dot_product_attention`` with the kernel :func:`attention_kernel` names: cuDNN's
     fused flash attention on a CUDA GPU where it trains this dtype and shape and each device runs
-    the whole step, XLA's otherwise (JAX's own default is XLA's everywhere). XLA:CPU has no fused attention kernel: it
-    computes the whole (T, T) score matrix, of which the causal mask then discards nearly half.
-    So on CPU with no ``implementation`` named, from two blocks of ``query_block`` queries
-    (:data:`CPU_QUERY_BLOCK` by default), :func:`blocked_causal_attention` computes only the
-    scores the mask keeps, up to whole blocks.
+    the whole step, XLA's otherwise (JAX's own default is XLA's everywhere). XLA:CPU has no fused
+    attention kernel: it computes the whole (T, T) score matrix, of which the causal mask then
+    discards nearly half. So on CPU with no ``implementation`` named, from two blocks of
+    ``query_block`` queries (:data:`CPU_QUERY_BLOCK` by default), :func:`blocked_causal_attention`
+    computes only the scores the mask keeps, up to whole blocks.
     """
     T = q.shape[1]
     if query_block is None:
@@ -84,10 +84,9 @@ def cudnn_attention_applies(dtype, head_dim: int, T: int) -> bool:
     attention needs Ampere), and what JAX checks: float16 or bfloat16, a head size that is a
     multiple of 8, at most 128 (256 from compute capability 9.0), and, for gradients, an even
     number of tokens ``T``."""
-    device = jax.devices()[0]
-    if "cuda" not in device.client.platform_version.lower():  # as JAX's own checks ask
+    if not parallel.on_cuda():
         return False
-    capability = tuple(int(x) for x in device.compute_capability.split("."))
+    capability = tuple(int(x) for x in jax.devices()[0].compute_capability.split("."))
     largest_head = 256 if capability >= (9, 0) else 128
     return (capability >= (8, 0) and jnp.dtype(dtype) in (jnp.float16, jnp.bfloat16)
             and head_dim % 8 == 0 and head_dim <= largest_head and T % 2 == 0)
