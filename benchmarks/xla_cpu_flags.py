@@ -48,6 +48,10 @@ SETTINGS = {
     "ynn-dot-eltwise": {YNN: "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_ELTWISE"},
     "dot-only-eltwise": {YNN: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_ELTWISE"},
     "onednn-dot": {**ONEDNN, "xla_cpu_experimental_onednn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"},
+    # oneDNN's dots one at a time: its dot fusions above abort the compile of any two dots that
+    # feed one add ("partition compile failed"); one dot per fusion does not.
+    "onednn-individual-dot": {**ONEDNN, "xla_cpu_experimental_onednn_fusion_type":
+                              "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"},
     "onednn-dot-eltwise": {**ONEDNN, "xla_cpu_experimental_onednn_fusion_type":
                            "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_ELTWISE"},
     # zoo's default with 512-bit vectors for XLA's own loops (256 is XLA's preference on x86).

@@ -361,6 +361,26 @@ def test_profile_mode_names_each_sides_top_ops(tmp_path):
     assert any(op["op"] in ("aten::mm", "aten::addmm") for op in peer["ops"])
 
 
+def test_profile_counts_ops_on_every_thread_and_nothing_else():
+    """XLA:CPU runs a step's ops on its worker threads and on the calling thread, where Python's
+    and the runtime's events sit beside them: the op times take every op, on every thread, and
+    no other event."""
+    from types import SimpleNamespace as NS
+
+    from zoo.bench.profile import op_seconds
+    ms = lambda name, t: NS(name=name, duration_ns=t * 1e6)
+    planes = [NS(lines=[
+        NS(name="python", events=[ms("PjitFunction(step)", 9), ms("$profiler.py:307 trace", 5),
+                                  ms("ThunkExecutor::Execute", 8), ms("dot.3", 2),
+                                  ms("fusion.1", 1)]),
+        NS(name="tf_XLAEigen/123", events=[ms("fusion.1", 3), ms("ThreadpoolListener::Record", 4),
+                                           ms("SlinkyThreadPool::Await", 0.5)]),
+    ])]
+    hlo = {"dot.3": "f32[4,4]{1,0} dot(...)", "fusion.1": "f32[4]{0} fusion(...)"}
+    totals = {k: round(v * 1e3, 6) for k, v in op_seconds(planes, hlo).items()}
+    assert totals == {"dot.3": 2, "fusion.1": 4, "SlinkyThreadPool::Await": 0.5}
+
+
 def test_diffusion_peer_mirrors_the_unet_at_every_size():
     """The PyTorch U-Net has zoo's parameter count for each suite's diffusion case (presets
     resolved as zoo resolves them: tiny, mnist, ddpm_cifar10's 35.7M) and for a conditional one,

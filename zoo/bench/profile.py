@@ -2,8 +2,8 @@
 
 zoo's side is a ``jax.profiler`` trace of the compiled step (the same :class:`ZooRunner` the bench
 times), read back with ``jax.profiler.ProfileData``: XLA:CPU records each thunk it runs (a fusion,
-a dot, a convolution, a YNNPACK fusion) on its worker threads, so summing those events by name
-gives thread-time per HLO op, and the op's line in the compiled HLO says what it is. The peer's
+a dot, a convolution, a YNNPACK fusion) on its worker threads and the calling thread, so summing
+those events by name gives thread-time per HLO op, and the op's line in the compiled HLO says what it is. The peer's
 side is ``torch.profiler``'s self CPU time per aten op. Shares are of each side's own total, so a
 loaded machine changes them little.
 """
@@ -69,6 +69,23 @@ def _fusion_ops(hlo_text: str) -> dict[str, str]:
     return out
 
 
+def op_seconds(planes, hlo: dict[str, str]) -> dict[str, float]:
+    """Thread-seconds per op name in a ``jax.profiler`` trace's planes: every event on XLA's
+    worker threads that is not bookkeeping, and on any other thread the events named after an
+    instruction of the compiled program (``hlo``). XLA:CPU runs ops on the calling thread too
+    (zoo runs one CPU device's steps there, :mod:`zoo.core.host_memory`), beside Python's and
+    the runtime's own events. An op XLA:CPU hands to Eigen's pool (its matmuls, convolutions)
+    counts only on the thread that launched it: the pool's work on it carries no op name."""
+    totals: dict[str, float] = collections.defaultdict(float)
+    for plane in planes:
+        for line in plane.lines:
+            worker = line.name.startswith("tf_XLA")
+            for event in line.events:
+                if event.name in hlo or (worker and not _NOT_OPS.match(event.name)):
+                    totals[event.name] += event.duration_ns * 1e-9
+    return totals
+
+
 def profile_zoo(case: Case, strategy: str = "single", *, warmup: int = 3, steps: int = 10,
                 top: int = 10) -> dict[str, Any]:
     """The case's compiled step under a ``jax.profiler`` trace: its ``top`` ops by thread-time
@@ -85,16 +102,9 @@ def profile_zoo(case: Case, strategy: str = "single", *, warmup: int = 3, steps:
                 runner.step()
         files = glob.glob(f"{d}/**/*.xplane.pb", recursive=True)
         data = jax.profiler.ProfileData.from_file(files[0])
-        totals: dict[str, float] = collections.defaultdict(float)
-        for plane in data.planes:
-            for line in plane.lines:
-                if not line.name.startswith("tf_XLA"):  # XLA's worker threads only
-                    continue
-                for event in line.events:
-                    if not _NOT_OPS.match(event.name):
-                        totals[event.name] += event.duration_ns * 1e-9
     hlo_text = runner.executable.as_text()
     hlo, fused = _hlo_lines(hlo_text), _fusion_ops(hlo_text)
+    totals = op_seconds(data.planes, hlo)
     total = sum(totals.values()) or 1.0
     ops = []
     for name, t in sorted(totals.items(), key=lambda kv: -kv[1])[:top]:
