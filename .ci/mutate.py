@@ -254,6 +254,13 @@ MUTATIONS = (
     M("bench: a run cut short keeps nothing", "zoo/bench/suites.py",
       "        if on_case is not None:\n            on_case(out)\n", "",
       ("tests/test_bench.py::test_a_bench_cut_short_keeps_the_cases_it_finished",)),
+    M("bench --profile: ops on the calling thread dropped", "zoo/bench/profile.py",
+      "if event.name in hlo or (worker and", "if worker and (",
+      ("tests/test_bench.py::test_profile_counts_ops_on_every_thread_and_nothing_else",)),
+    M("bench --profile: Python's events counted as ops", "zoo/bench/profile.py",
+      "if event.name in hlo or (worker and not _NOT_OPS.match(event.name)):",
+      "if event.name in hlo or not _NOT_OPS.match(event.name):",
+      ("tests/test_bench.py::test_profile_counts_ops_on_every_thread_and_nothing_else",)),
     # ---- the LSTM layer's hand-written backward (zoo/models/lstm.py)
     M("lstm: forget gate's derivative without its sigmoid' factor", "zoo/models/lstm.py",
       "dc * cp * f * (1 - f)", "dc * cp * f",

@@ -371,8 +371,8 @@ def test_profile_counts_ops_on_every_thread_and_nothing_else():
     ms = lambda name, t: NS(name=name, duration_ns=t * 1e6)
     planes = [NS(lines=[
         NS(name="python", events=[ms("PjitFunction(step)", 9), ms("$profiler.py:307 trace", 5),
-                                  ms("ThunkExecutor::Execute", 8), ms("dot.3", 2),
-                                  ms("fusion.1", 1)]),
+                                  ms("CommonPjRtLoadedExecutable::ExecuteHelperOnSingleDevice", 8),
+                                  ms("Handle inputs", 0.1), ms("dot.3", 2), ms("fusion.1", 1)]),
         NS(name="tf_XLAEigen/123", events=[ms("fusion.1", 3), ms("ThreadpoolListener::Record", 4),
                                            ms("SlinkyThreadPool::Await", 0.5)]),
     ])]
