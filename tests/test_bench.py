@@ -364,7 +364,8 @@ def test_profile_mode_names_each_sides_top_ops(tmp_path):
 def test_profile_counts_ops_on_every_thread_and_nothing_else():
     """XLA:CPU runs a step's ops on its worker threads and on the calling thread, where Python's
     and the runtime's events sit beside them: the op times take every op, on every thread, and
-    no other event."""
+    no other event. A loop's event spans its body's ops, which count on their own; a thread
+    pool's wait on a worker counts (the profiles report it)."""
     from types import SimpleNamespace as NS
 
     from zoo.bench.profile import op_seconds
@@ -372,11 +373,14 @@ def test_profile_counts_ops_on_every_thread_and_nothing_else():
     planes = [NS(lines=[
         NS(name="python", events=[ms("PjitFunction(step)", 9), ms("$profiler.py:307 trace", 5),
                                   ms("CommonPjRtLoadedExecutable::ExecuteHelperOnSingleDevice", 8),
-                                  ms("Handle inputs", 0.1), ms("dot.3", 2), ms("fusion.1", 1)]),
+                                  ms("Handle inputs", 0.1), ms("while.2", 7), ms("dot.3", 2),
+                                  ms("fusion.1", 1)]),
         NS(name="tf_XLAEigen/123", events=[ms("fusion.1", 3), ms("ThreadpoolListener::Record", 4),
-                                           ms("SlinkyThreadPool::Await", 0.5)]),
+                                           ms("SlinkyThreadPool::Await", 0.5), ms("while.5", 6)]),
     ])]
-    hlo = {"dot.3": "f32[4,4]{1,0} dot(...)", "fusion.1": "f32[4]{0} fusion(...)"}
+    hlo = {"dot.3": "f32[4,4]{1,0} dot(...)", "fusion.1": "f32[4]{0} fusion(...)",
+           "while.2": "(s32[], f32[4]{0}) while(%tuple.1), condition=%c, body=%b",
+           "while.5": "(s32[], f32[4]{0}) while(%tuple.2), condition=%c2, body=%b2"}
     totals = {k: round(v * 1e3, 6) for k, v in op_seconds(planes, hlo).items()}
     assert totals == {"dot.3": 2, "fusion.1": 4, "SlinkyThreadPool::Await": 0.5}
 

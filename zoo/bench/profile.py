@@ -3,9 +3,9 @@
 zoo's side is a ``jax.profiler`` trace of the compiled step (the same :class:`ZooRunner` the bench
 times), read back with ``jax.profiler.ProfileData``: XLA:CPU records each thunk it runs (a fusion,
 a dot, a convolution, a YNNPACK fusion) on its worker threads and the calling thread, so summing
-those events by name gives thread-time per HLO op, and the op's line in the compiled HLO says what it is. The peer's
-side is ``torch.profiler``'s self CPU time per aten op. Shares are of each side's own total, so a
-loaded machine changes them little.
+those events by name gives thread-time per HLO op, and the op's line in the compiled HLO says
+what it is. The peer's side is ``torch.profiler``'s self CPU time per aten op. Shares are of each
+side's own total, so a loaded machine changes them little.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from typing import Any, Sequence
 from zoo.bench.catalog import Case
 
 # Events on XLA's worker threads that are bookkeeping, not an op of the program.
+# Control flow whose event spans the ops inside it, which have events of their own.
+_CONTAINS_OPS = re.compile(r"\s(while|call|conditional)\(")
 _NOT_OPS = re.compile(r"^(ThreadpoolListener|end: |ThunkExecutor|ParseArguments|PjitFunction|"
                       r"PythonRefManager|\$)")
 
@@ -74,13 +76,16 @@ def op_seconds(planes, hlo: dict[str, str]) -> dict[str, float]:
     worker threads that is not bookkeeping, and on any other thread the events named after an
     instruction of the compiled program (``hlo``). XLA:CPU runs ops on the calling thread too
     (zoo runs one CPU device's steps there, :mod:`zoo.core.host_memory`), beside Python's and
-    the runtime's own events. An op XLA:CPU hands to Eigen's pool (its matmuls, convolutions)
-    counts only on the thread that launched it: the pool's work on it carries no op name."""
+    the runtime's own events. A loop's or a call's event is left out: the ops inside it count on
+    their own. An op XLA:CPU hands to Eigen's pool (its matmuls, convolutions) counts only on the
+    thread that launched it: the pool's work on it carries no op name."""
     totals: dict[str, float] = collections.defaultdict(float)
     for plane in planes:
         for line in plane.lines:
             worker = line.name.startswith("tf_XLA")
             for event in line.events:
+                if _CONTAINS_OPS.search(hlo.get(event.name, "")):
+                    continue
                 if event.name in hlo or (worker and not _NOT_OPS.match(event.name)):
                     totals[event.name] += event.duration_ns * 1e-9
     return totals

@@ -1,5 +1,8 @@
-"""(With laid_out_transpose.diff applied.) A/B of the laid-out transpose in one place only: PART=lstm (the LSTM layer's weight gradients)
-or PART=dense (zoo's Dense's [x, 1]^T @ dy)."""
+"""(With laid_out_transpose.diff applied.) A/B of the laid-out transpose in one place only: the
+LSTM layer's weight gradients (lstm) or zoo's Dense's [x, 1]^T @ dy (dense).
+
+    python laid_out_transpose_ab.py lstm quick 20 lstm|dense
+"""
 import os, sys
 from zoo.core import host_memory, xla_flags
 xla_flags.apply_cpu_defaults(); host_memory.keep_freed_memory()

@@ -1,5 +1,9 @@
-"""(With laid_out_transpose.diff applied.) A/B: weight-gradient matmuls with the transpose folded into the dot (old, Eigen) against
-laid out first (new, YNNPACK), in a bench case's compiled step, alternating in one process."""
+"""(With laid_out_transpose.diff applied.) A/B: weight-gradient matmuls with the transpose folded
+into the dot (old, Eigen) against laid out first (new, YNNPACK), in a bench case's compiled step,
+alternating in one process.
+
+    python laid_out_transpose_ab_all.py lstm|transformer quick 20
+"""
 import os, sys
 from zoo.core import host_memory, xla_flags
 xla_flags.apply_cpu_defaults(); host_memory.keep_freed_memory()

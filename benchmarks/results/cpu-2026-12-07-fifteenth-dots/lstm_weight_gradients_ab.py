@@ -1,5 +1,8 @@
 """The LSTM layer's backward with its two weight gradients and the bias gradient in one matmul,
-[h_prev, x, 1]^T @ dz, against zoo's (two matmuls and a row sum): the layer alone, then the step."""
+[h_prev, x, 1]^T @ dz, against zoo's (two matmuls and a row sum): the layer alone, then the step.
+
+    python lstm_weight_gradients_ab.py quick:20 full:4      # SUITE:STEPS per step A/B
+"""
 import sys, time
 from zoo.core import host_memory, xla_flags
 xla_flags.apply_cpu_defaults(); host_memory.keep_freed_memory()
