@@ -14,15 +14,15 @@ import collections
 import glob
 import re
 import tempfile
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 from zoo.bench.catalog import Case
 
 # Events on XLA's worker threads that are bookkeeping, not an op of the program.
-# Control flow whose event spans the ops inside it, which have events of their own.
-_CONTAINS_OPS = re.compile(r"\s(while|call|conditional)\(")
 _NOT_OPS = re.compile(r"^(ThreadpoolListener|end: |ThunkExecutor|ParseArguments|PjitFunction|"
                       r"PythonRefManager|\$)")
+# Control flow, whose event spans the ops inside it (they have events of their own).
+_CONTAINS_OPS = re.compile(r"\s(while|call|conditional)\(")
 
 
 def _hlo_lines(hlo_text: str) -> dict[str, str]:
@@ -71,7 +71,7 @@ def _fusion_ops(hlo_text: str) -> dict[str, str]:
     return out
 
 
-def op_seconds(planes, hlo: dict[str, str]) -> dict[str, float]:
+def op_seconds(planes: Iterable[Any], hlo: dict[str, str]) -> dict[str, float]:
     """Thread-seconds per op name in a ``jax.profiler`` trace's planes: every event on XLA's
     worker threads that is not bookkeeping, and on any other thread the events named after an
     instruction of the compiled program (``hlo``). XLA:CPU runs ops on the calling thread too
