@@ -386,6 +386,20 @@ ROWS_RUNS = [("single", {}, 1), ("pmap", {}, 1), ("mesh", {"data": 4, "fsdp": 2}
              ("pmap", {}, 2), ("mesh", {"data": 8}, 2)]
 
 
+def test_pmap_canonical_state_reads_the_device_buffers():
+    """Under pmap the one global copy of a placed state is read from the devices' buffers, as
+    host arrays: device 0's copy of a replicated leaf, the devices' rows in order for a
+    per-example one; no program runs over the devices (one such program hung a test run)."""
+    strategy = parallel.make_strategy("pmap")
+    host = _rows_state()
+    state = strategy.place_state(host.replace(step=np.int32(7)))
+    canonical = strategy.canonical_state(state)
+    for got, want in zip(jax.tree.leaves(canonical.model_state), jax.tree.leaves(host.model_state)):
+        assert isinstance(got, np.ndarray)
+        np.testing.assert_array_equal(got, want)
+    assert isinstance(canonical.step, np.generic) and int(canonical.step) == 7
+
+
 @pytest.mark.parametrize("name,options,grad_accum_steps", ROWS_RUNS, ids=str)
 def test_per_example_state_follows_its_rows_and_the_rest_is_averaged(name, options,
                                                                      grad_accum_steps):

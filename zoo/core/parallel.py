@@ -283,12 +283,23 @@ class Pmap(Strategy):
 
     def canonical_state(self, state):
         # Replicated state and pmean-ed metrics are the same on every device: take device 0's.
-        # Per-example rows differ per device: put the slices back together, in order.
-        return step_lib.map_per_example(state, lambda x: x.reshape(-1, *x.shape[2:]),
-                                        lambda x: x[0])
+        # Per-example rows differ per device: put the slices back together, in order. Both read
+        # the devices' buffers: indexing or reshaping the device axis on device runs a program
+        # over every device per leaf shape (and one such program hung a test run, 2026-12-07).
+        return step_lib.map_per_example(
+            state, lambda x: np.asarray(x).reshape(-1, *np.shape(x)[2:]), _first_copy)
 
     def restore_shardings(self, state):
         return jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(self.devices[0]), state)
+
+
+def _first_copy(x):
+    """Row 0 of a (devices, ...) array, from the first device's buffer (a key array stays on that
+    device)."""
+    if not isinstance(x, jax.Array):
+        return x[0]
+    first = min(x.addressable_shards, key=lambda s: s.index[0].start or 0).data
+    return first[0] if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else np.asarray(first)[0]
 
 
 def fsdp_spec(shape: tuple[int, ...], fsdp: int, min_size: int = 2**10) -> P:
