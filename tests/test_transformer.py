@@ -266,12 +266,15 @@ def test_the_model_asks_jax_for_the_chosen_attention_kernel(monkeypatch):
     monkeypatch.setattr(jax, "device_count", lambda: 1)  # the tests' CPU has 8
     model = transformer.make_model(dict(preset="tiny", vocab_size=65, dtype="bfloat16"))
     tokens = jnp.zeros((2, 8), jnp.int32)
-    params = model.init(jax.random.PRNGKey(0), tokens)["params"]
+    # Traced, not run op by op (a compile per op): the kernel is chosen while tracing.
+    params = jax.eval_shape(model.init, jax.random.PRNGKey(0), tokens)["params"]
     calls.clear()
-    jax.grad(lambda p: jnp.sum(model.apply({"params": p}, tokens).astype(jnp.float32)))(params)
+    jax.eval_shape(jax.grad(lambda p: jnp.sum(model.apply({"params": p}, tokens)
+                                              .astype(jnp.float32))), params)
     assert calls == ["cudnn"] * model.n_layer
     calls.clear()
     cache = transformer.init_cache(model, 2, 8)
-    model.apply({"params": params}, tokens[:, :1], cache=cache, start=jnp.zeros(2, jnp.int32),
-                method=model.decode)
+    jax.eval_shape(lambda p, c: model.apply({"params": p}, tokens[:, :1], cache=c,
+                                            start=jnp.zeros(2, jnp.int32), method=model.decode),
+                   params, cache)
     assert calls == [None] * model.n_layer
