@@ -12,7 +12,7 @@ import torch
 import transformers
 
 from configs_loader import load_config
-from zoo import build, checkpoint, cli, convert_gpt2, finetune, models, train
+from zoo import build, checkpoint, cli, convert_gpt2, eval_quality, finetune, models, train
 from zoo.core import lora
 from zoo.core import params as params_lib
 
@@ -380,3 +380,27 @@ def test_the_gpt2_shakespeare_configs_fine_tune_a_gpt2_folder_and_export_it(tmp_
         want = hf(torch.from_numpy(tokens)).logits.numpy()
     got = run.family.modules["model"].apply({"params": run.params["model"]}, tokens)
     assert np.max(np.abs(np.asarray(got) - want)) <= 1e-5 * np.max(np.abs(want))
+
+
+def test_zoo_evals_text_report_on_a_lora_state_judges_the_model_it_trained():
+    # zoo eval hands the report a state's params, adapters and all; the text decoder takes plain
+    # params, and given the adapters unmerged flax would ignore them: the report would judge the
+    # base model. With a trained (here random) lora_b the three models write different text.
+    config = text_config(1, **ARCH, **LORA)
+    run = build.build(config)
+    params = jax.device_get(run.template.params)
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, x: np.random.default_rng(0).normal(size=x.shape).astype(x.dtype)
+        if "lora_b" in jax.tree_util.keystr(path) else x, params)
+    base = jax.tree.map(lambda x: x, params)
+    for path in [p for p in params_lib.flatten(params) if "lora" in p]:
+        *parents, leaf = path.split("/")
+        node = base
+        for key in parents:
+            node = node[key]
+        del node[leaf]
+    example = lambda p: eval_quality.run_quality_report(
+        run.family, p, {"model": {}}, config, data=run.data, metrics={"loss": 1.0})["example"]
+    through_adapters = example(params)
+    assert through_adapters == example(run.family.plain_params(params))
+    assert through_adapters != example(base)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs_loader import CONFIGS, load_config
-from zoo import build, cli, sample, train
+from zoo import build, checkpoint, cli, generate, sample, train
 from zoo.config import apply_overrides
 
 # A tiny transformer on tiny_shakespeare's raw text (the pipeline is under test, not the model).
@@ -272,3 +272,21 @@ def test_resuming_with_another_batch_size_names_the_change(tmp_path):
                                          r".* of shape \(8, 32\), this run's is \(16, 32\): the "
                                          "config changed"):
         _train_lstm(tmp_path, "--config.train.steps=4", "--config.data.batch_size=16")
+
+
+def test_zoo_generate_draws_from_a_runs_ema_as_zoo_sample_does(tmp_path):
+    # A run trained with train.ema_decay keeps the params' moving average, and what draws
+    # samples is the average (train-time samples, zoo sample, zoo eval): zoo generate too.
+    config = _config("transformer_char_cpu", *TRANSFORMER, "--config.data.dataset=synthetic",
+                     "--config.train.steps=6", "--config.train.ema_decay=0.5",
+                     "--config.optimizer.learning_rate=3e-2", "--config.optimizer.warmup_steps=0",
+                     "--config.train.sample_tokens=0")
+    train.train(config, tmp_path, log=lambda s: None)
+    run = checkpoint.load_run(tmp_path)
+    model = run.family.text_decoder
+    continuation = lambda params: generate.Generator(model, params, run.tokenizer).generate_text(
+        "abcdefgh", 16, temperature=1.0, seed=3)
+    got = generate.generate_main(str(tmp_path), "abcdefgh", max_new_tokens=16, temperature=1.0,
+                                 seed=3)
+    assert got == continuation(run.ema_params["model"])
+    assert got != continuation(run.params["model"])

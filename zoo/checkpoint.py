@@ -27,7 +27,7 @@ from zoo import convert_gpt2, models
 from zoo import tokenizers as tok
 from zoo.core import parallel
 from zoo.core.family import Family
-from zoo.core.train_state import TrainState
+from zoo.core.train_state import TrainState, sampling_params
 from zoo.save_barrier import SaveBarrier, write_failure
 
 _STATE_KEYS = ("step", "params", "opt_state", "model_state", "rng", "ema_params")
@@ -344,8 +344,8 @@ class LoadedRun:
 
     @property
     def sampling_params(self) -> dict:
-        """What draws samples: the EMA of the params where the run keeps one, else the params."""
-        return self.params if self.ema_params is None else self.ema_params
+        """What draws samples (:func:`zoo.core.train_state.sampling_params`, the one rule)."""
+        return sampling_params(self)
 
 
 def load_run(path: str | Path, step: int | None = None,

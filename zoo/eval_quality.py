@@ -271,10 +271,13 @@ def run_quality_report(family, params: Mapping, model_state: Mapping, config, *,
       ``metrics["loss"]``.
     * neither: an empty dict (its eval metrics say it all).
 
-    ``data`` is the run's :class:`zoo.input_pipeline.RunData`; ``config`` the run's config or its
+    ``params`` are a state's (keyed by player; a LoRA run's adapters are merged here, as the
+    capabilities take plain params: ``Family.plain_params``). ``data`` is the run's
+    :class:`zoo.input_pipeline.RunData`; ``config`` the run's config or its
     :class:`zoo.core.settings.RunSettings`.
     """
     run = settings.RunSettings.parse(config)
+    params = family.plain_params(params)
     rng = jax.random.PRNGKey(seed)
     dataset = run.data.dataset
     if family.image_sampler is not None and family.image_sampler.generates:

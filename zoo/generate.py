@@ -286,7 +286,8 @@ def generate_main(path: str | None = None, prompt: str | Sequence[str] = "", *,
         if run.tokenizer is None:
             raise ValueError(f"the run in {path} saved no tokenizer: it is not a language model "
                              "run")
-        params, tokenizer = run.params[text_player(run.family)], run.tokenizer
+        # The params that draw samples: a run's EMA where it keeps one, as zoo sample's.
+        params, tokenizer = run.sampling_params[text_player(run.family)], run.tokenizer
     else:
         raise ValueError("generate_main needs a path (a zoo run or a GPT-2 folder) or params")
     return Generator(model, params, tokenizer).generate_text(

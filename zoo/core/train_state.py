@@ -117,5 +117,7 @@ def param_count(params: PyTree) -> int:
 
 
 def sampling_params(state: TrainState) -> dict[str, PyTree]:
-    """What draws samples from a state: its EMA of the params where it keeps one, else params."""
+    """What draws samples from a state: its EMA of the params where it keeps one, else params.
+    The one rule for it: a loaded run (``zoo.checkpoint.LoadedRun``, with the same two fields)
+    asks here too."""
     return state.params if state.ema_params is None else state.ema_params
