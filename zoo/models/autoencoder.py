@@ -126,13 +126,18 @@ def make_model(config) -> nn.Module:
     return model
 
 
-def make_family(config) -> Family:
-    """The autoencoder family from a model config (keys: arch, image_shape, hidden or features,
-    latent_dim, loss, remat)."""
-    model = make_model(config)
+def loss_kind(config) -> str:
+    """The reconstruction loss a model config names (default mse), checked."""
     kind = config.get("loss", "mse")
     if kind not in LOSSES:
         raise ValueError(f"unknown reconstruction loss {kind!r}; choose one of {', '.join(LOSSES)}")
+    return kind
+
+
+def make_family(config) -> Family:
+    """The autoencoder family from a model config (keys: arch, image_shape, hidden or features,
+    latent_dim, loss, remat)."""
+    model, kind = make_model(config), loss_kind(config)
 
     def loss_fn(params, model_state, batch, rng):
         x = batch["image"]

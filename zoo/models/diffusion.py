@@ -172,6 +172,22 @@ def make_model(config) -> UNet:
     return m
 
 
+def objective_settings(config, num_classes: int) -> tuple[D.NoiseSchedule, str, float]:
+    """``(noise schedule, prediction, p_uncond)`` of a model config, checked (defaults: the
+    linear schedule over 1,000 steps, eps prediction, labels dropped 10% of the time in a
+    conditional model)."""
+    schedule = D.NoiseSchedule.make(config.get("schedule", "linear") or "linear",
+                                    int(config.get("diffusion_steps", 1000) or 1000))
+    prediction = config.get("prediction", "eps") or "eps"
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"unknown diffusion prediction {prediction!r}; choose one of "
+                         f"{', '.join(PREDICTIONS)}")
+    p_uncond = float(config.get("p_uncond", 0.1) if num_classes else 0.0)
+    if not 0.0 <= p_uncond <= 1.0:
+        raise ValueError(f"p_uncond must be in [0, 1], got {p_uncond}")
+    return schedule, prediction, p_uncond
+
+
 def make_family(config) -> Family:
     """The diffusion family. Model config keys: preset (tiny, mnist, ddpm_cifar10), the U-Net's
     fields (image_shape, channels, channel_mult, num_res_blocks, attention_resolutions, groups,
@@ -181,15 +197,7 @@ def make_family(config) -> Family:
     model). It draws images and denoises
     (``denoiser``: DDPM, DDIM, guidance, inpainting)."""
     model = make_model(config)
-    schedule = D.NoiseSchedule.make(config.get("schedule", "linear") or "linear",
-                                    int(config.get("diffusion_steps", 1000) or 1000))
-    prediction = config.get("prediction", "eps") or "eps"
-    if prediction not in PREDICTIONS:
-        raise ValueError(f"unknown diffusion prediction {prediction!r}; choose one of "
-                         f"{', '.join(PREDICTIONS)}")
-    p_uncond = float(config.get("p_uncond", 0.1) if model.num_classes else 0.0)
-    if not 0.0 <= p_uncond <= 1.0:
-        raise ValueError(f"p_uncond must be in [0, 1], got {p_uncond}")
+    schedule, prediction, p_uncond = objective_settings(config, model.num_classes)
     conditional = model.num_classes > 0
     T = schedule.num_steps
 

@@ -245,14 +245,9 @@ def _apply(module, params, state, *args, train: bool):
     return out, {**state, **updates}
 
 
-def make_family(config) -> Family:
-    """The GAN family. Model config keys: arch (mlp, dcgan), image_shape, latent_dim, g_hidden and
-    d_hidden (mlp), features (dcgan), num_classes (> 0: conditional on ``batch["label"]``),
-    conditioning (projection, concat), embed_dim, loss (minimax, non_saturating, hinge,
-    wasserstein),
-    gradient_penalty (WGAN-GP lambda; 0: off), n_critic. Each player has its own optimizer: in a
-    zoo.train config, ``optimizers.generator`` / ``optimizers.discriminator`` (else ``optimizer``).
-    Generated images are conditioned on the batch's labels, so fakes follow the data's classes."""
+def objective_settings(config) -> tuple[str, int, float]:
+    """``(loss, n_critic, gradient_penalty)`` of a model config, checked (defaults: the
+    non-saturating loss, one critic step, no penalty)."""
     kind = config.get("loss", "non_saturating")
     if kind not in LOSSES:
         raise ValueError(f"unknown GAN loss {kind!r}; choose one of {', '.join(LOSSES)}")
@@ -262,6 +257,18 @@ def make_family(config) -> Family:
     gp = float(config.get("gradient_penalty", 0.0))
     if gp < 0:
         raise ValueError(f"gradient_penalty must be >= 0 (0: off), got {gp}")
+    return kind, n_critic, gp
+
+
+def make_family(config) -> Family:
+    """The GAN family. Model config keys: arch (mlp, dcgan), image_shape, latent_dim, g_hidden and
+    d_hidden (mlp), features (dcgan), num_classes (> 0: conditional on ``batch["label"]``),
+    conditioning (projection, concat), embed_dim, loss (minimax, non_saturating, hinge,
+    wasserstein),
+    gradient_penalty (WGAN-GP lambda; 0: off), n_critic. Each player has its own optimizer: in a
+    zoo.train config, ``optimizers.generator`` / ``optimizers.discriminator`` (else ``optimizer``).
+    Generated images are conditioned on the batch's labels, so fakes follow the data's classes."""
+    kind, n_critic, gp = objective_settings(config)
     gen, disc = make_players(config)
     conditional, latent = gen.num_classes > 0, gen.latent_dim
 

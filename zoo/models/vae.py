@@ -261,7 +261,7 @@ def make_model(config) -> VAE:
 def binarises(config) -> bool:
     """Whether a VAE of this model config trains on dynamically binarised images (``binarize``;
     by default exactly when its likelihood is Bernoulli)."""
-    return bool(config.get("binarize", config.get("likelihood", "bernoulli") == "bernoulli"))
+    return bool(config.get("binarize", make_model(config).likelihood == "bernoulli"))
 
 
 def make_family(config) -> Family:

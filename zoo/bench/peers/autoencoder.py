@@ -8,10 +8,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from zoo.bench.peers.common import Peer, to_tensor
+from zoo.models import autoencoder
 
 
 class MLPAutoencoder(nn.Module):
-    def __init__(self, image_shape=(28, 28, 1), hidden=(512, 256), latent_dim=32):
+    def __init__(self, image_shape, hidden, latent_dim):
         super().__init__()
         d = int(np.prod(image_shape))
         enc, prev = [], d
@@ -42,15 +43,15 @@ def reconstruction_loss(logits, x, kind):
 
 class AutoencoderPeer(Peer):
     def __init__(self, config, optimizer_config, batch, device):
-        if config.get("arch", "mlp") != "mlp":
+        zoo_model = autoencoder.make_model(config)  # its fields: the config's over the defaults
+        if not isinstance(zoo_model, autoencoder.MLPAutoencoder):
             raise ValueError("the autoencoder peer is the MLP autoencoder (arch='mlp')")
-        model = MLPAutoencoder(tuple(config.get("image_shape", (28, 28, 1))),
-                               tuple(config.get("hidden", (512, 256))),
-                               int(config.get("latent_dim", 32)))
+        model = MLPAutoencoder(tuple(zoo_model.image_shape), tuple(zoo_model.hidden),
+                               zoo_model.latent_dim)
         super().__init__({"model": model}, optimizer_config, device)
         x = batch["image"]
         self.x = to_tensor(np.reshape(x, (x.shape[0], -1)), device)
-        self.kind = config.get("loss", "mse")
+        self.kind = autoencoder.loss_kind(config)
 
     def step(self):
         loss = reconstruction_loss(self.fn["model"](self.x), self.x, self.kind)

@@ -8,19 +8,20 @@ import numpy as np
 import torch
 from torch import nn
 
+from zoo.core import settings
+
 
 def make_optimizer(params, config: Mapping) -> torch.optim.Optimizer:
-    """Adam/AdamW as zoo's optax config asks (the fastest torch kernel that exists: fused)."""
-    name = config.get("name", "adam")
-    kwargs = dict(lr=float(config.get("learning_rate", 1e-3)),
-                  betas=(float(config.get("b1", 0.9)), float(config.get("b2", 0.999))),
-                  eps=float(config.get("eps", 1e-8)))
-    if name == "adam":
+    """Adam/AdamW as zoo's optax config asks, its defaults zoo's (``OptimizerSettings``), with
+    the fastest torch kernel that exists (fused)."""
+    opt = settings.parse(settings.OptimizerSettings, config, "optimizer")
+    kwargs = dict(lr=opt.learning_rate, betas=(opt.b1, opt.b2), eps=opt.eps)
+    if opt.name == "adam":
         cls = torch.optim.Adam
-    elif name == "adamw":
-        cls, kwargs["weight_decay"] = torch.optim.AdamW, float(config.get("weight_decay", 0.0))
+    elif opt.name == "adamw":
+        cls, kwargs["weight_decay"] = torch.optim.AdamW, opt.weight_decay
     else:
-        raise ValueError(f"peers implement adam and adamw; got optimizer {name!r}")
+        raise ValueError(f"peers implement adam and adamw; got optimizer {opt.name!r}")
     params = list(params)
     try:
         return cls(params, fused=True, **kwargs)

@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from zoo.bench.peers.common import Peer, to_tensor
+from zoo.models import diffusion
 
 GN_EPS = 1e-6  # flax.linen.GroupNorm's default epsilon
 
@@ -153,8 +154,7 @@ class UNet(nn.Module):
 
 def unet_fields(config) -> dict:
     """The U-Net's fields as zoo resolves them (preset, then the config's own keys)."""
-    from zoo.models.diffusion import make_model
-    m = make_model(config)
+    m = diffusion.make_model(config)
     return dict(image_shape=tuple(m.image_shape), channels=m.channels,
                 channel_mult=tuple(m.channel_mult), num_res_blocks=m.num_res_blocks,
                 attention_resolutions=tuple(m.attention_resolutions), groups=m.groups,
@@ -167,18 +167,13 @@ def make_unet(config) -> UNet:
 
 class DiffusionPeer(Peer):
     def __init__(self, config, optimizer_config, batch, device):
-        from zoo.core.diffusion import NoiseSchedule
         fields = unet_fields(config)
         super().__init__({"model": UNet(**fields)}, optimizer_config, device)
-        schedule = NoiseSchedule.make(config.get("schedule", "linear") or "linear",
-                                      int(config.get("diffusion_steps", 1000) or 1000))
-        self.prediction = config.get("prediction", "eps") or "eps"
-        if self.prediction not in ("eps", "v"):
-            raise ValueError(f"unknown diffusion prediction {self.prediction!r}")
+        self.num_classes = fields["num_classes"]
+        schedule, self.prediction, self.p_uncond = diffusion.objective_settings(
+            config, self.num_classes)
         self.num_steps = schedule.num_steps
         self.alpha_bars = to_tensor(schedule.alpha_bars.astype(np.float32), device)
-        self.num_classes = fields["num_classes"]
-        self.p_uncond = float(config.get("p_uncond", 0.1)) if self.num_classes else 0.0
         x = np.transpose(batch["image"], (0, 3, 1, 2)) * 2.0 - 1.0  # NHWC [0,1] -> NCHW [-1,1]
         self.x0 = to_tensor(x.astype(np.float32), device)
         self.labels = (to_tensor(batch["label"].astype(np.int64), device)

@@ -15,13 +15,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from zoo.bench.peers.common import Peer, to_tensor
+from zoo.models import gan
 from zoo.models.gan import dcgan_base
 
 BN = dict(momentum=0.1, eps=1e-5)  # torch momentum 0.1 == flax momentum 0.9
 
 
 class DCGANGenerator(nn.Module):
-    def __init__(self, image_shape=(28, 28, 1), features=64, latent_dim=100):
+    def __init__(self, image_shape, features, latent_dim):
         super().__init__()
         base, n = dcgan_base(image_shape[0])
         width = features * 2 ** (n - 1)
@@ -42,7 +43,7 @@ class DCGANGenerator(nn.Module):
 
 
 class DCGANDiscriminator(nn.Module):
-    def __init__(self, image_shape=(28, 28, 1), features=64):
+    def __init__(self, image_shape, features):
         super().__init__()
         base, n = dcgan_base(image_shape[0])
         layers, cin = [], image_shape[-1]
@@ -60,7 +61,7 @@ class DCGANDiscriminator(nn.Module):
 
 
 class MLPGenerator(nn.Module):
-    def __init__(self, image_shape=(28, 28, 1), hidden=(256,), latent_dim=100):
+    def __init__(self, image_shape, hidden, latent_dim):
         super().__init__()
         layers, prev = [], latent_dim
         for h in hidden:
@@ -76,7 +77,7 @@ class MLPGenerator(nn.Module):
 
 
 class MLPDiscriminator(nn.Module):
-    def __init__(self, image_shape=(28, 28, 1), hidden=(256,)):
+    def __init__(self, image_shape, hidden):
         super().__init__()
         layers, prev = [], int(np.prod(image_shape))
         for h in hidden:
@@ -91,21 +92,21 @@ class MLPDiscriminator(nn.Module):
 
 class GANPeer(Peer):
     def __init__(self, config, optimizer_config, batch, device):
-        if int(config.get("num_classes", 0)) or float(config.get("gradient_penalty", 0.0)):
+        # zoo's players and objective settings: the config's keys over their defaults.
+        zoo_gen, zoo_disc = gan.make_players(config)
+        kind, self.n_critic, penalty = gan.objective_settings(config)
+        if zoo_gen.num_classes or penalty:
             raise ValueError("the GAN peer is unconditional, without a gradient penalty")
-        if config.get("loss", "non_saturating") != "non_saturating":
+        if kind != "non_saturating":
             raise ValueError("the GAN peer uses the non-saturating loss")
-        shape = tuple(config.get("image_shape", (28, 28, 1)))
-        self.latent = int(config.get("latent_dim", 100))
-        if config.get("arch", "mlp") == "dcgan":
-            features = int(config.get("features", 64))
-            gen = DCGANGenerator(shape, features, self.latent)
-            disc = DCGANDiscriminator(shape, features)
+        shape, self.latent = tuple(zoo_gen.image_shape), zoo_gen.latent_dim
+        if isinstance(zoo_gen, gan.DCGANGenerator):
+            gen = DCGANGenerator(shape, zoo_gen.features, self.latent)
+            disc = DCGANDiscriminator(shape, zoo_disc.features)
         else:
-            gen = MLPGenerator(shape, tuple(config.get("g_hidden", (256,))), self.latent)
-            disc = MLPDiscriminator(shape, tuple(config.get("d_hidden", (256,))))
+            gen = MLPGenerator(shape, tuple(zoo_gen.hidden), self.latent)
+            disc = MLPDiscriminator(shape, tuple(zoo_disc.hidden))
         super().__init__({"generator": gen, "discriminator": disc}, optimizer_config, device)
-        self.n_critic = int(config.get("n_critic", 1))
         x = np.transpose(batch["image"], (0, 3, 1, 2)) * 2.0 - 1.0  # NHWC [0,1] -> NCHW [-1,1]
         self.x = to_tensor(x.astype(np.float32), device)
 

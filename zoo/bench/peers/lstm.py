@@ -13,11 +13,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from zoo.bench.peers.common import Peer, to_tensor
+from zoo.models import lstm
 
 
 class LSTMLM(nn.Module):
-    def __init__(self, vocab_size, hidden_size=200, num_layers=2, embed_dim=None,
-                 tie_embeddings=False):
+    def __init__(self, vocab_size, hidden_size, num_layers, embed_dim, tie_embeddings):
         super().__init__()
         embed_dim = embed_dim or hidden_size
         self.embed = nn.Embedding(vocab_size, embed_dim)
@@ -36,11 +36,11 @@ class LSTMLM(nn.Module):
 
 class LSTMPeer(Peer):
     def __init__(self, config, optimizer_config, batch, device):
-        if float(config.get("dropout", 0.0)):
+        zoo_lm = lstm.make_model(config)  # its fields: the config's over the module's defaults
+        if zoo_lm.dropout:
             raise ValueError("the LSTM peer has no dropout")
-        model = LSTMLM(int(config["vocab_size"]), int(config.get("hidden_size", 200)),
-                       int(config.get("num_layers", 2)), config.get("embed_dim") or None,
-                       bool(config.get("tie_embeddings", False)))
+        model = LSTMLM(zoo_lm.vocab_size, zoo_lm.hidden_size, zoo_lm.num_layers,
+                       zoo_lm.embed_dim, zoo_lm.tie_embeddings)
         super().__init__({"model": model}, optimizer_config, device)
         self.tokens = to_tensor(batch["tokens"], device, torch.long)
 

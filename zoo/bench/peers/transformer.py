@@ -9,19 +9,13 @@ from __future__ import annotations
 
 import math
 
+import jax.numpy as jnp
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from zoo.bench.peers.common import Peer, to_tensor
-
-PRESETS = {
-    "tiny": dict(n_layer=2, n_head=2, n_embd=64, block_size=64),
-    "small_char": dict(n_layer=4, n_head=4, n_embd=128, block_size=128),
-    "char": dict(n_layer=6, n_head=6, n_embd=384, block_size=256),
-    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50257),
-}
-
+from zoo.models import transformer
 
 class Block(nn.Module):
     def __init__(self, n_embd, n_head, eps):
@@ -44,7 +38,7 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, vocab_size, block_size, n_layer, n_head, n_embd, layer_norm_eps=1e-5):
+    def __init__(self, vocab_size, block_size, n_layer, n_head, n_embd, layer_norm_eps):
         super().__init__()
         self.wte = nn.Embedding(vocab_size, n_embd)
         self.wpe = nn.Embedding(block_size, n_embd)
@@ -65,17 +59,14 @@ class GPT(nn.Module):
 
 class TransformerPeer(Peer):
     def __init__(self, config, optimizer_config, batch, device):
-        if float(config.get("dropout", 0.0) or 0.0):
+        gpt = transformer.make_model(config)  # its fields: the preset, then the config's keys
+        if gpt.dropout:
             raise ValueError("the transformer peer has no dropout")
-        kw = dict(PRESETS.get(config.get("preset") or "tiny", PRESETS["tiny"]))
-        for key in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            if config.get(key) not in (None, ""):
-                kw[key] = int(config[key])
-        model = GPT(kw["vocab_size"], kw["block_size"], kw["n_layer"], kw["n_head"], kw["n_embd"],
-                    float(config.get("layer_norm_eps", 1e-5) or 1e-5))
+        model = GPT(gpt.vocab_size, gpt.block_size, gpt.n_layer, gpt.n_head, gpt.n_embd,
+                    gpt.layer_norm_eps)
         super().__init__({"model": model}, optimizer_config, device)
         self.tokens = to_tensor(batch["tokens"], device, torch.long)
-        self.autocast = config.get("dtype", "float32") == "bfloat16"
+        self.autocast = gpt.dtype == jnp.bfloat16
 
     def step(self):
         device_type = "cuda" if str(self.device).startswith("cuda") else "cpu"

@@ -8,6 +8,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from zoo.bench.peers.common import Peer, to_tensor
+from zoo.models import vae
 
 
 def _mlp(sizes):
@@ -18,7 +19,7 @@ def _mlp(sizes):
 
 
 class MLPVAE(nn.Module):
-    def __init__(self, image_shape=(28, 28, 1), hidden=(512, 256), latent_dim=16):
+    def __init__(self, image_shape, hidden, latent_dim):
         super().__init__()
         d = int(np.prod(image_shape))
         self.enc = _mlp([d, *hidden])
@@ -42,12 +43,12 @@ class MLPVAE(nn.Module):
 
 class VAEPeer(Peer):
     def __init__(self, config, optimizer_config, batch, device):
-        if config.get("arch", "mlp") != "mlp" or int(config.get("num_classes", 0)):
-            raise ValueError("the VAE peer is the unconditional MLP VAE")
-        if config.get("likelihood", "bernoulli") != "bernoulli":
-            raise ValueError("the VAE peer has a Bernoulli likelihood")
-        model = MLPVAE(tuple(config.get("image_shape", (28, 28, 1))),
-                       tuple(config.get("hidden", (512, 256))), int(config.get("latent_dim", 16)))
+        zoo_vae = vae.make_model(config)  # its fields, the config's keys over their defaults
+        if zoo_vae.arch != "mlp" or zoo_vae.num_classes or zoo_vae.activation != "relu":
+            raise ValueError("the VAE peer is the unconditional MLP VAE with ReLU layers")
+        if zoo_vae.likelihood != "bernoulli" or not vae.binarises(config):
+            raise ValueError("the VAE peer has a Bernoulli likelihood on binarised images")
+        model = MLPVAE(tuple(zoo_vae.image_shape), tuple(zoo_vae.hidden), zoo_vae.latent_dim)
         super().__init__({"model": model}, optimizer_config, device)
         x = batch["image"]
         self.x = to_tensor(np.reshape(x, (x.shape[0], -1)), device)
