@@ -304,7 +304,7 @@ def run_quality_report(family, params: Mapping, model_state: Mapping, config, *,
             report["test_nll_iwae"] = -family.log_likelihood(params, test["image"], test["label"],
                                                              k=iwae_k, seed=seed)
             report["iwae_k"] = iwae_k
-            report["iwae_images"] = int(len(test["image"]) // 100 * 100)
+            report["iwae_images"] = len(test["image"])
         return report
     if family.text_decoder is not None and data is not None and data.tokenizer is not None:
         unit = "char" if run.model.get("unit", "char") == "char" else "token"

@@ -333,14 +333,13 @@ def reconstruct(model: VAE, params, x, labels=None) -> jax.Array:
 def test_log_likelihood(model: VAE, params, images, labels=None, *, k: int = 5000,
                         chunk: int = 100, batch_size: int = 100, seed: int = 0,
                         binarise: bool = True) -> float:
-    """Mean IWAE-k estimate of log p(x) in nats over ``images`` (dynamically binarised once
-    with ``binarise``), in batches of ``batch_size`` (a remainder is left out)."""
+    """Mean IWAE-k estimate of log p(x) in nats over every one of ``images`` (dynamically
+    binarised once with ``binarise``), in batches of ``batch_size`` (a shorter last one)."""
     p = params
     fn = jax.jit(lambda x, y, key: iwae_bound(model, p, x, y, key, k=k, chunk=chunk))
-    rng, total = jax.random.PRNGKey(seed), 0.0
-    n = (len(images) // batch_size) * batch_size
+    rng, total, n = jax.random.PRNGKey(seed), 0.0, len(images)
     if n == 0:
-        raise ValueError(f"test_log_likelihood needs at least batch_size={batch_size} images")
+        raise ValueError("test_log_likelihood needs at least one image")
     for start in range(0, n, batch_size):
         rng, bin_rng, key = jax.random.split(rng, 3)
         x = jnp.asarray(images[start:start + batch_size])
