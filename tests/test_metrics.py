@@ -177,6 +177,22 @@ def test_text_quality_report_is_json_and_right():
     assert r["samples_per_s"] == 10.0
     assert eval_quality.is_json_able(r)
     json.dumps(r)
+    # A word-level model's loss is nats per word: its perplexity, no bits per character.
+    words = eval_quality.text_quality_report([[1, 2], [2, 3]], mean_nll=math.log(80), unit="word")
+    assert words["nll_per_word"] == pytest.approx(math.log(80))
+    assert words["perplexity"] == pytest.approx(80.0) and "bits_per_char" not in words
+    with pytest.raises(ValueError, match="unknown unit 'byte'; choose one of char, word, token"):
+        eval_quality.text_quality_report(samples, unit="byte")
+
+
+def test_language_families_say_what_their_loss_counts():
+    # zoo eval's text report reads the family's unit: the LSTM defaults to words, the
+    # transformer to characters (a run's config takes its tokenizer's: zoo.input_pipeline).
+    from zoo.models import make_family
+    lstm = make_family(dict(family="lstm", vocab_size=30, hidden_size=8))
+    gpt = make_family(dict(family="transformer", vocab_size=30, preset="tiny"))
+    assert (lstm.text_unit, gpt.text_unit) == ("word", "char")
+    assert make_family(dict(family="autoencoder")).text_unit is None
 
 
 def test_generation_speed_counts_samples_and_tokens():

@@ -29,6 +29,7 @@ from zoo import metrics as M
 from zoo.core import settings
 from zoo.core.train_state import sampling_params
 from zoo.models import classifier as classifier_lib
+from zoo.models import language
 from zoo.models import make_family
 
 
@@ -192,14 +193,14 @@ def text_quality_report(samples: Sequence[Any], *, mean_nll: float | None = None
       samples: generated texts (strings, or token-id sequences).
       mean_nll: the model's mean negative log-likelihood per ``unit`` on held-out text, in nats
         (e.g. the validation loss); gives ``perplexity`` and, for characters, ``bits_per_char``.
-      unit: ``"char"`` or ``"token"``.
+      unit: what the tokens are, one of :data:`zoo.models.language.UNITS` (``char``, ``word``,
+        ``token``).
       reference: real text (one string, or a list of texts); ``distinct_n_reference`` is computed on
         pieces of it with the samples' lengths (drawn with ``seed``), so the two compare directly.
       speed: e.g. :func:`zoo.metrics.generation_speed`'s result (``samples_per_s``,
         ``tokens_per_s``), copied into the report.
     """
-    if unit not in ("char", "token"):
-        raise ValueError(f"unit must be char or token; got {unit!r}")
+    language.check_unit(unit)
     samples = list(samples)
     report: dict[str, Any] = {"num_samples": len(samples),
                               "mean_sample_length": float(np.mean([len(s) for s in samples]))
@@ -307,7 +308,6 @@ def run_quality_report(family, params: Mapping, model_state: Mapping, config, *,
             report["iwae_images"] = len(test["image"])
         return report
     if family.text_decoder is not None and data is not None and data.tokenizer is not None:
-        unit = "char" if run.model.get("unit", "char") == "char" else "token"
         gen = generate.Generator(family.text_decoder, params[generate.text_player(family)],
                                  data.tokenizer)
         n, length = 20, 200
@@ -320,8 +320,8 @@ def run_quality_report(family, params: Mapping, model_state: Mapping, config, *,
         make = lambda: gen.generate_tokens(prompts, length, temperature=1.0, seed=seed)
         speed = M.generation_speed(make, n, length, warmup=1, repeats=1)
         samples = [row.tolist() for row in make()]  # distinct-n over tokens: chars, words, BPE
-        report = text_quality_report(samples, unit=unit, reference=reference, speed=speed,
-                                     mean_nll=(metrics or {}).get("loss"), seed=seed)
+        report = text_quality_report(samples, unit=family.text_unit, reference=reference,
+                                     speed=speed, mean_nll=(metrics or {}).get("loss"), seed=seed)
         report["temperature"] = 1.0
         report["example"] = data.tokenizer.decode(prompts[0] + samples[0])
         return report

@@ -21,10 +21,7 @@ from zoo import config as config_lib
 from zoo.core import compiled, parallel, settings
 from zoo.core import step as step_lib
 from zoo.core.train_state import TrainState
-
-# Eval metrics that are functions of the mean loss (language models), recomputed from it.
-LOSS_DERIVED_METRICS = {"perplexity": np.exp, "bits_per_char": lambda nats: nats / np.log(2.0)}
-
+from zoo.models.language import LOSS_DERIVED_METRICS
 
 def evaluate(eval_step: compiled.CompiledStep, state, batches) -> dict[str, float]:
     """Mean of the eval step's metrics over ``batches``.

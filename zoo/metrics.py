@@ -32,6 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from zoo.models.language import LOSS_DERIVED_METRICS
+
 
 # ----------------------------------------------------------------------------------------------
 # Fréchet distance
@@ -232,12 +234,12 @@ def subsample(x: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
 
 def perplexity(mean_nll: float) -> float:
     """exp of the mean negative log-likelihood per token (in nats)."""
-    return float(math.exp(mean_nll))
+    return float(LOSS_DERIVED_METRICS["perplexity"](mean_nll))
 
 
 def bits_per_char(mean_nll: float) -> float:
     """Bits per character from the mean negative log-likelihood per character (in nats)."""
-    return float(mean_nll / math.log(2.0))
+    return float(LOSS_DERIVED_METRICS["bits_per_char"](mean_nll))
 
 
 def sequence_nll(logits, targets, mask=None) -> tuple[float, int]:

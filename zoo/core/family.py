@@ -86,6 +86,8 @@ class Family:
       image_sampler: how it draws images (:class:`ImageSampler`); None: it draws none.
       text_decoder: the module that generates text (:class:`TextDecoder`), a value of
         ``modules``; None: not a language model.
+      text_unit: what a language model's tokens are (``char``, ``word``, ``token``: its loss
+        is nats per one of them); None: not a language model.
       log_likelihood: ``log_likelihood(params, images, labels, *, k, seed) -> float`` (params
         keyed by player, as in a TrainState): an estimate of the mean log p(x) of ``images`` in
         nats per image, with ``k`` samples (a VAE's IWAE-k bound); None: none.
@@ -113,6 +115,7 @@ class Family:
     flops_per_example: float | None = None
     image_sampler: ImageSampler | None = None
     text_decoder: TextDecoder | None = None
+    text_unit: str | None = None
     log_likelihood: Callable | None = None
     text_batching: tuple[str, str] | None = None
     denoiser: Any = None

@@ -353,7 +353,7 @@ def make_family(config) -> Family:
         batch_spec={"tokens": jax.ShapeDtypeStruct((seq_len + 1,), jnp.int32),
                     **({"reset": jax.ShapeDtypeStruct((), jnp.int32)} if carry_state else {})},
         flops_per_example=float(seq_len * per_token),
-        text_decoder=model,
+        text_decoder=model, text_unit=unit,
         implementations=lambda: {"lstm": lstm_implementation(model.lstm_impl, model.dtype)},
         text_batching=("stream", "the LSTM carries its state from batch to batch "
                                  "(model.carry_state=True), which needs contiguous rows (or set "

@@ -368,7 +368,7 @@ def make_family(config) -> Family:
         eval_metrics=eval_metrics,
         batch_spec={"tokens": jax.ShapeDtypeStruct((seq_len + 1,), jnp.int32)},
         flops_per_example=float(seq_len * per_token),
-        text_decoder=model,
+        text_decoder=model, text_unit=unit,
         implementations=lambda: {"attention": attention_implementation(
             seq_len, model.n_embd // model.n_head, model.dtype, model.attention_impl)},
         text_batching=("random", "the transformer trains on random windows ('stream' lays out "
