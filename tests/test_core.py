@@ -82,6 +82,16 @@ def test_fsdp_shards_params_and_optimizer_state():
     assert mu.sharding.spec == jax.sharding.PartitionSpec("fsdp", None)
     # A bias of 16 elements is too small to be worth sharding: replicated.
     assert state.params["model"]["code"]["bias"].sharding.spec == jax.sharding.PartitionSpec()
+    # Abstract inputs (zoo bench --compile-only) get the shardings that placing gives.
+    batch = strategy.place_batch(_batches(1)[0])
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), (state, batch))
+    abstract_state, abstract_batch = strategy.abstract_placed(*shapes)
+    for placed, abstract in zip(jax.tree.leaves((state, batch)),
+                                jax.tree.leaves((abstract_state, abstract_batch))):
+        assert abstract.shape == placed.shape and abstract.sharding == placed.sharding
+    with pytest.raises(ValueError, match="mesh data=3 x fsdp=2 = 6 devices"):
+        parallel.mesh_shape(8, 3, 2)
+    assert parallel.mesh_shape(8, -1, 2) == (4, 2)
 
 
 def test_fsdp_spec_rules():

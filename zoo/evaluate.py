@@ -119,11 +119,14 @@ def _fit_layout_to_devices(config, log: Callable[[str], None]) -> None:
     is evaluated on one device (a checkpoint restores under any strategy)."""
     run, n = settings.RunSettings.parse(config), jax.device_count()
     p, data = run.parallel, run.data
-    if p.strategy == "mesh" and not ((p.data == -1 and n % p.fsdp == 0) or p.data * p.fsdp == n):
-        log(f"zoo: the saved mesh data={p.data} x fsdp={p.fsdp} does not fit {n} device(s); "
-            "evaluating data-parallel over all of them")
-        config.parallel.data, config.parallel.fsdp = -1, 1
-    shards = 1 if p.strategy == "single" else n
+    if p.strategy == "mesh":
+        try:
+            parallel.mesh_shape(n, p.data, p.fsdp)
+        except ValueError:
+            log(f"zoo: the saved mesh data={p.data} x fsdp={p.fsdp} does not fit {n} device(s); "
+                "evaluating data-parallel over all of them")
+            config.parallel.data, config.parallel.fsdp = -1, 1
+    shards = 1 if p.strategy == "single" else n  # pmap and a data-parallel mesh: every device
     sizes = {data.batch_size, data.eval_batch_size or data.batch_size}
     if any(size % shards for size in sizes):
         if jax.process_count() > 1:  # one device cannot hold every process's share

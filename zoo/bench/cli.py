@@ -120,7 +120,7 @@ def _compile_only(args, strategies, argv) -> int:
     """``--compile-only``: lower and compile each case at full size (abstract inputs), report
     FLOPs and memory, write ``compile_only.json`` / ``.md``; non-zero if a case fails."""
     from zoo.bench import compile_only
-    strategy = next((s for s in strategies if s in ("single", "mesh")), "single")
+    strategy = next((s for s in strategies if s in compile_only.STRATEGIES), "single")
     records = compile_only.run_compile_only(args.suite, args.cases, strategy)
     table = compile_only.compile_only_table(records)
     return _write_results(args, argv, "compile-only", "compile_only", {"records": records},
@@ -168,9 +168,10 @@ def _profile(args, strategies, steps, warmup, peers, argv) -> int:
 
 def _bad_input(args, strategies, peers, sweep_cases) -> str | None:
     """What is wrong with the options, if anything, found before any case is built."""
+    from zoo.core.parallel import STRATEGIES
     for s in strategies + tuple(args.sweep_strategies):
-        if s not in ("single", "pmap", "mesh"):
-            return f"unknown strategy {s!r}; choose single, pmap, mesh"
+        if s not in STRATEGIES:
+            return f"unknown strategy {s!r}; choose {', '.join(STRATEGIES)}"
     for m in peers:
         if m not in ("eager", "compile"):
             return f"unknown peer mode {m!r}; choose eager, compile"

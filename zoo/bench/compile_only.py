@@ -17,14 +17,17 @@ from zoo.bench.catalog import Case, suite_cases
 from zoo.bench.zoo_runner import memory_fields, zoo_config
 
 MIB = 2 ** 20
+# The strategies whose steps lower on abstract inputs (pmap's need placed arrays).
+STRATEGIES = ("single", "mesh")
 
 
 def compile_case(case: Case, strategy: str = "single", devices: list | None = None
                  ) -> dict[str, Any]:
     """One case's train step under ``strategy`` (``single`` or ``mesh``; pmap needs placed
     arrays), lowered and compiled on abstract inputs."""
-    if strategy not in ("single", "mesh"):
-        raise ValueError(f"--compile-only compiles under single or mesh, not {strategy!r}")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"--compile-only compiles under {' or '.join(STRATEGIES)}, not "
+                         f"{strategy!r}")
     import jax
     import numpy as np
     from zoo import build, flops, models
@@ -40,11 +43,7 @@ def compile_case(case: Case, strategy: str = "single", devices: list | None = No
              for k, s in family.batch_spec.items()}
     state = jax.eval_shape(build.state_initializer(family, config), batch)
     step, _ = build.compile_steps(family, strat, config.train)
-    if strat.name == "mesh":  # the shardings a placed state and batch would have
-        state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                             state, strat.state_shardings(state))
-        batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=strat.batch_sharding)
-                 for k, v in batch.items()}
+    state, batch = strat.abstract_placed(state, batch)
     t0 = time.perf_counter()
     lowered = step.compiled.lower(state, batch)
     t1 = time.perf_counter()

@@ -184,6 +184,12 @@ class Strategy(abc.ABC):
     def restore_shardings(self, state: PyTree) -> PyTree:
         """Shardings to restore a checkpointed state into, before :meth:`place_state`."""
 
+    def abstract_placed(self, state: PyTree, batch: PyTree) -> tuple[PyTree, PyTree]:
+        """``state`` and ``batch`` (shapes: ``jax.ShapeDtypeStruct`` s) with the shardings
+        :meth:`place_state` and :meth:`place_batch` would give them: inputs to lower a step on
+        without allocating (``zoo bench --compile-only``). One device's: as they are."""
+        return state, batch
+
     def global_batch_size(self, local_batch: PyTree) -> int:
         """The global batch of which ``local_batch`` is this process's (equal) part."""
         return batch_size(local_batch) * jax.process_count()
@@ -281,6 +287,9 @@ class Pmap(Strategy):
     def to_host(self, tree):
         return jax.device_get(self.canonical_state(tree))
 
+    def abstract_placed(self, state, batch):
+        raise ValueError("pmap's steps are lowered on placed arrays only; use single or mesh")
+
     def canonical_state(self, state):
         # Replicated state and pmean-ed metrics are the same on every device: take device 0's.
         # Per-example rows differ per device: put the slices back together, in order. Both read
@@ -323,14 +332,7 @@ class Mesh(Strategy):
     def __init__(self, data: int | None = None, fsdp: int = 1,
                  devices: list[jax.Device] | None = None):
         devices = list(devices or jax.devices())
-        n = len(devices)
-        if fsdp < 1 or n % fsdp:
-            raise ValueError(f"fsdp={fsdp} does not divide the {n} devices")
-        if data is None or data == -1:
-            data = n // fsdp
-        if data * fsdp != n:
-            raise ValueError(f"mesh data={data} x fsdp={fsdp} = {data * fsdp} devices; "
-                             f"{n} devices are available")
+        data, fsdp = mesh_shape(len(devices), data, fsdp)
         self.mesh = jax.make_mesh((data, fsdp), ("data", "fsdp"), devices=devices,
                                   axis_types=(jax.sharding.AxisType.Auto,) * 2)
         self.data, self.fsdp = data, fsdp
@@ -353,6 +355,11 @@ class Mesh(Strategy):
 
     def restore_shardings(self, state):
         return self.state_shardings(state)
+
+    def abstract_placed(self, state, batch):
+        shaped = lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+        return (jax.tree.map(shaped, state, self.state_shardings(state)),
+                jax.tree.map(lambda x: shaped(x, self.batch_sharding), batch))
 
     def place_state(self, state):
         def put(x, sharding):
@@ -393,7 +400,20 @@ class Mesh(Strategy):
         return multihost_utils.process_allgather(tree, tiled=True)
 
 
-def make_strategy(name: str = "mesh", devices: list[jax.Device] | None = None,
+def mesh_shape(n: int, data: int | None = None, fsdp: int = 1) -> tuple[int, int]:
+    """``(data, fsdp)`` of a mesh over ``n`` devices (``data`` None or -1: every device not in
+    fsdp), or a ValueError where they do not make ``n``."""
+    if fsdp < 1 or n % fsdp:
+        raise ValueError(f"fsdp={fsdp} does not divide the {n} devices")
+    if data is None or data == -1:
+        data = n // fsdp
+    if data * fsdp != n:
+        raise ValueError(f"mesh data={data} x fsdp={fsdp} = {data * fsdp} devices; "
+                         f"{n} devices are available")
+    return data, fsdp
+
+
+def make_strategy(name: str = ParallelSettings.strategy, devices: list[jax.Device] | None = None,
                   **options: Any) -> Strategy:
     """Strategy by name: ``single``, ``pmap`` or ``mesh`` (options ``data``, ``fsdp``), over
     ``devices`` (default: all; ``single`` takes the first)."""
