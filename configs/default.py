@@ -11,7 +11,7 @@ tokenizer (``zoo.input_pipeline.fill_model_config``).
 import ml_collections
 
 from zoo.config import default_config
-from zoo.core.settings import DataSettings, defaults
+from zoo.core.settings import DataSettings, TrainSettings, defaults
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -36,8 +36,9 @@ def text_data(dataset: str, *, seq_len: int, batch_size: int, batching: str,
         "eval_batch_size": batch_size, "synthetic_size": 100_000})
 
 
-def text_sampling(config: ml_collections.ConfigDict, tokens: int = 200) -> None:
+def text_sampling(config: ml_collections.ConfigDict,
+                  tokens: int = TrainSettings.sample_tokens) -> None:
     """Text written to ``samples/step_N.txt`` at each evaluation: ``tokens`` new tokens (0: none)
     after ``sample_prompt`` (empty: the first tokens of the evaluation split). With a transformer,
     prompt and new tokens must fit its context."""
-    config.train.update(sample_prompt="", sample_tokens=tokens)
+    config.train.update(sample_prompt=TrainSettings.sample_prompt, sample_tokens=tokens)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import jax
+import ml_collections
 
 from zoo import input_pipeline, models
 from zoo.core import compiled, dtypes, optim, parallel, settings
@@ -120,8 +121,8 @@ def compile_steps(family: Family, strategy: parallel.Strategy, train_config
     return train_step, eval_step
 
 
-def build(config, *, train: bool = True, eval_split: str | None = None,
-          tokenizer: dict | None = None) -> Run:
+def build(config: ml_collections.ConfigDict | Mapping[str, Any], *, train: bool = True,
+          eval_split: str | None = None, tokenizer: dict | None = None) -> Run:
     """Family, strategy, data, initial state and compiled steps from a config.
 
     The config is parsed here, once (:class:`zoo.core.settings.RunSettings`); the layers below

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import os
 import sys
@@ -204,7 +205,13 @@ def _prepare_text(args, overrides) -> int:
     return 0
 
 
+def _default(fn, name: str):
+    """``fn``'s default for its argument ``name``: an option's default is its function's."""
+    return inspect.signature(fn).parameters[name].default
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from zoo import generate, inpaint
     from zoo.core import distributed  # argparse only: JAX does not start here
 
     parser = argparse.ArgumentParser(prog="zoo", description=__doc__)
@@ -272,13 +279,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the mask)")
     p.add_argument("path")
     p.add_argument("--out", required=True)
-    p.add_argument("--mask", default="center",
-                   help="the region to fill: center (default), left, top or random")
-    p.add_argument("--images", type=int, default=8, help="how many test images (default 8)")
+    p.add_argument("--mask", default=_default(inpaint.inpaint_main, "mask"),
+                   help="the region to fill: center, left, top or random (default %(default)s)")
+    p.add_argument("--images", type=int, default=_default(inpaint.inpaint_main, "num_images"),
+                   help="how many test images (default %(default)s)")
     p.add_argument("--sampling-steps", type=int, default=None,
                    help="DDIM steps (default: the model config's)")
-    p.add_argument("--resample", type=int, default=5,
-                   help="RePaint resamplings per step (default 5; 1: none)")
+    p.add_argument("--resample", type=int, default=_default(inpaint.inpaint_main, "resample"),
+                   help="RePaint resamplings per step (default %(default)s; 1: none)")
     p.add_argument("--guidance", type=float, default=None,
                    help="conditional models: guidance toward each image's label (0: unconditional)")
     p.add_argument("--seed", type=int, default=0)
@@ -294,11 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path")
     p.add_argument("--prompt", required=True, action="append",
                    help="a prompt; repeat for a batch of prompts")
-    p.add_argument("--max-new-tokens", type=int, default=100)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    for option, kind in (("max_new_tokens", int), ("temperature", float), ("top_k", int),
+                         ("top_p", float), ("seed", int)):
+        default = _default(generate.generate_main, option)
+        p.add_argument("--" + option.replace("_", "-"), type=kind, default=default,
+                       help=f"default {default}")
     p.set_defaults(run=_generate)
     p = sub.add_parser("export", help="write a trained run's params to a file or a Hugging "
                                       "Face GPT-2 folder",

@@ -6,7 +6,9 @@ files for any family that draws images (its ``image_sampler``,
 
 * ``samples.png``: a grid of samples; one labelled row per class for conditional models.
 * ``interpolation.png``: latent interpolation strips, one per row (between the codes of two test
-  images for a family with an encoder when ``data`` is given; else between two random latents).
+  images for an unconditional family with an encoder when ``data`` is given; else between two
+  random latents, each row a class of a conditional model).
+* ``denoising.png`` (a diffusion model): the states of one DDIM path from noise to image.
 * ``reconstructions.png`` (an encoder, with ``data``): test images in one row, their
   reconstructions below.
 * ``latent_scatter.png`` and ``latent_manifold.png`` (an encoder and a 2-d latent; the scatter
@@ -105,6 +107,7 @@ def image_grid(images, n_cols: int, *, scale: int = 3, pad: int = 2,
 
 
 def save_png(image: Image.Image, path: str | Path) -> Path:
+    """Writes ``image`` to ``path`` as an optimised PNG (folders made as needed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path, format="PNG", optimize=True)
@@ -275,8 +278,9 @@ def write_samples(family: Family, params: Mapping, model_state: Mapping, out_dir
         written["reconstructions"] = save_png(
             image_grid(jnp.concatenate(rows), n_recon, scale=scale,
                        row_labels=["input", "recon."] * 3,
-                       title=f"Test images and their {name} reconstructions (decoder mean at z = "
-                             "posterior mean)"), out_dir / "reconstructions.png")
+                       title=f"Test images and their {name} reconstructions (decoded at the "
+                             f"encoder's {z_name}: a VAE's posterior mean)"),
+            out_dir / "reconstructions.png")
 
     if not sampler.generates:
         return written
@@ -333,7 +337,7 @@ def with_sampling(family: Family, *, sampler: str | None = None, steps: int | No
         return family
     den = family.require("denoiser", "take diffusion sampling options (sampler, sampling "
                                      "steps, eta, guidance)")
-    sampler = sampler or "ddim"
+    sampler = sampler or diffusion_lib.DEFAULT_SAMPLER
     den.check(sampler, steps, guidance)
     if eta is not None and not 0.0 <= eta <= 1.0:
         raise ValueError(f"--eta={eta} must be in [0, 1] (0: deterministic DDIM, 1: DDPM's "
@@ -342,8 +346,9 @@ def with_sampling(family: Family, *, sampler: str | None = None, steps: int | No
         steps = den.schedule.num_steps
     den = dataclasses.replace(den, sampling_steps=steps or den.sampling_steps,
                               guidance=den.guidance if guidance is None else guidance)
+    options = {} if eta is None else {"eta": eta}  # None: the sampler's own default
     return dataclasses.replace(family, denoiser=den,
-                               image_sampler=den.image_sampler(sampler, eta=eta or 0.0))
+                               image_sampler=den.image_sampler(sampler, **options))
 
 
 # ---- at each evaluation, and from a saved run ----------------------------------------------------

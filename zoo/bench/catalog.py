@@ -4,7 +4,8 @@ A :class:`Case` is a zoo config in small: the ``model`` section, ``optimizer`` (
 ``optimizers``), ``train`` options (``compute_dtype``, ``grad_accum_steps``, ``remat``) and
 ``parallel`` options (``data``, ``fsdp``), plus a batch size; the runner turns it into the config
 ``zoo train`` reads (:func:`zoo.bench.zoo_runner.zoo_config`). FLOPs are the family's own
-``flops_per_example``.
+``flops_per_example`` where it has one, else the count of the step's jaxpr
+(:func:`zoo.bench.records.flops_fields`).
 """
 
 from __future__ import annotations

@@ -228,7 +228,8 @@ def inpaint(schedule: NoiseSchedule, predict: Predict, images: jax.Array, known:
     return merge(x, images)  # at t_prev = -1 the known part is the image itself
 
 
-SAMPLERS = ("ddim", "ddpm")
+DEFAULT_SAMPLER = "ddim"
+SAMPLERS = (DEFAULT_SAMPLER, "ddpm")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,9 +277,9 @@ class Denoiser:
             return guided(predict, self.num_classes, w)
         return predict
 
-    def sample(self, params, model_state, noise, labels, rng, *, sampler: str = "ddim",
-               steps: int | None = None, eta: float = 0.0, guidance: float | None = None
-               ) -> jax.Array:
+    def sample(self, params, model_state, noise, labels, rng, *,
+               sampler: str = DEFAULT_SAMPLER, steps: int | None = None, eta: float = 0.0,
+               guidance: float | None = None) -> jax.Array:
         """Images in [0, 1] from ``noise`` (N, H, W, C) (and labels (N,)); jittable."""
         predict = self.predict_fn(params, model_state, guidance)
         if sampler == "ddpm":
@@ -299,8 +300,8 @@ class Denoiser:
         path = jnp.concatenate([noise[None], path])
         return (jnp.clip(path, -1.0, 1.0) + 1.0) / 2.0
 
-    def image_sampler(self, sampler: str = "ddim", steps: int | None = None, eta: float = 0.0,
-                      guidance: float | None = None):
+    def image_sampler(self, sampler: str = DEFAULT_SAMPLER, steps: int | None = None,
+                      eta: float = 0.0, guidance: float | None = None) -> ImageSampler:
         """An :class:`zoo.core.family.ImageSampler` drawing with these options: its latent is the
         flattened starting noise x_T (interpolated by slerp); a stochastic sampler's own noise
         is seeded from x_T, so a latent always gives the same image."""

@@ -60,11 +60,13 @@ class LoraSettings:
 
 
 def is_adapter(keypath) -> bool:
+    """Whether a params key path (``jax.tree_util`` 's) ends in a LoRA adapter matrix."""
     last = keypath[-1] if keypath else None
     return getattr(last, "key", None) in ADAPTERS
 
 
 def has_adapters(tree: PyTree) -> bool:
+    """Whether ``tree`` (params) holds any LoRA adapter."""
     return any(is_adapter(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0])
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from typing import Any, Mapping
 
 from zoo.core import lora
 from zoo.core.family import Family
@@ -47,7 +48,7 @@ def _check_shared_keys(model_config) -> None:
                          "whole numbers > 0")
 
 
-def make_family(model_config, *, adapters: bool = True) -> Family:
+def make_family(model_config: Mapping[str, Any], *, adapters: bool = True) -> Family:
     """The family named by ``model_config.family``, built from the rest of the config; with
     ``model.lora_rank > 0`` trained through LoRA adapters (:mod:`zoo.core.lora`) unless
     ``adapters=False`` (the plain model a merged LoRA run is read back as)."""

@@ -328,6 +328,7 @@ def model_kwargs(config) -> dict:
 
 
 def make_model(config) -> GPT:
+    """The GPT of a model config (:func:`model_kwargs`)."""
     return GPT(**model_kwargs(config))
 
 

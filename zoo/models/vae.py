@@ -317,11 +317,13 @@ def generate(model: VAE, params, rng, n: int, labels=None) -> jax.Array:
 
 
 def decode_images(model: VAE, params, z, labels=None) -> jax.Array:
+    """The decoder's mean image in [0, 1] at each latent ``z`` (N, latent_dim)."""
     out = model.apply({"params": params}, z, labels, method=VAE.decode)
     return model.apply({"params": params}, out, method=VAE.mean_image)
 
 
 def encode_means(model: VAE, params, x, labels=None) -> jax.Array:
+    """The posterior means of q(z | x) for images ``x`` (N, H, W, C)."""
     return model.apply({"params": params}, x, labels, method=VAE.encode)[0]
 
 

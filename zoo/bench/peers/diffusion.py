@@ -15,6 +15,8 @@ Images are NCHW here (PyTorch's layout); zoo feeds NHWC.
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import math
 
 import numpy as np
@@ -197,5 +199,8 @@ class DiffusionPeer(Peer):
         return loss
 
 
-def make_peer(config, optimizer_config, batch, device="cpu"):
+def make_peer(config: Mapping, optimizer_config: Mapping, batch: Mapping,
+              device: str = "cpu") -> Peer:
+    """The PyTorch U-Net diffusion model of zoo's model ``config``, training on ``batch``
+    (:func:`zoo.bench.peers.make_peer`)."""
     return DiffusionPeer(config, optimizer_config, batch, device)

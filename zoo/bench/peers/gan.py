@@ -9,6 +9,8 @@ Images are NCHW here (PyTorch's layout); zoo feeds NHWC.
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import numpy as np
 import torch
 from torch import nn
@@ -125,5 +127,8 @@ class GANPeer(Peer):
         return g_loss
 
 
-def make_peer(config, optimizer_config, batch, device="cpu"):
+def make_peer(config: Mapping, optimizer_config: Mapping, batch: Mapping,
+              device: str = "cpu") -> Peer:
+    """The PyTorch GAN (MLP or DCGAN players) of zoo's model ``config``, training on ``batch``
+    (:func:`zoo.bench.peers.make_peer`)."""
     return GANPeer(config, optimizer_config, batch, device)

@@ -8,6 +8,8 @@ The state starts from zeros each batch (the bench's LSTM case has ``carry_state=
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -52,5 +54,8 @@ class LSTMPeer(Peer):
         return loss
 
 
-def make_peer(config, optimizer_config, batch, device="cpu"):
+def make_peer(config: Mapping, optimizer_config: Mapping, batch: Mapping,
+              device: str = "cpu") -> Peer:
+    """The PyTorch LSTM language model of zoo's model ``config``, training on ``batch``
+    (:func:`zoo.bench.peers.make_peer`)."""
     return LSTMPeer(config, optimizer_config, batch, device)

@@ -7,6 +7,8 @@ runs under ``torch.autocast`` (float32 master weights), as zoo computes in bfloa
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import math
 
 import jax.numpy as jnp
@@ -78,5 +80,8 @@ class TransformerPeer(Peer):
         return loss
 
 
-def make_peer(config, optimizer_config, batch, device="cpu"):
+def make_peer(config: Mapping, optimizer_config: Mapping, batch: Mapping,
+              device: str = "cpu") -> Peer:
+    """The PyTorch GPT of zoo's model ``config``, training on ``batch``
+    (:func:`zoo.bench.peers.make_peer`)."""
     return TransformerPeer(config, optimizer_config, batch, device)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import numpy as np
 import torch
 from torch import nn
@@ -59,5 +61,8 @@ class VAEPeer(Peer):
         return loss
 
 
-def make_peer(config, optimizer_config, batch, device="cpu"):
+def make_peer(config: Mapping, optimizer_config: Mapping, batch: Mapping,
+              device: str = "cpu") -> Peer:
+    """The PyTorch MLP VAE of zoo's model ``config``, training on ``batch``
+    (:func:`zoo.bench.peers.make_peer`)."""
     return VAEPeer(config, optimizer_config, batch, device)
