@@ -149,7 +149,7 @@ def test_guidance_0_is_the_unconditional_model_and_1_the_conditional_one():
         return _gaussian_denoiser(schedule, mu, 0.3)(x, t, labels)
 
     den = D.Denoiser(player="model", image_shape=(4, 4, 1), num_classes=3, schedule=schedule,
-                     predict=predict)
+                     predict=predict, sampling_steps=20, guidance=1.0)
     noise = jax.random.normal(jax.random.PRNGKey(0), (3, 4, 4, 1))
     labels = jnp.arange(3, dtype=jnp.int32)
     null = jnp.full((3,), 3, jnp.int32)

@@ -44,7 +44,7 @@ class NoiseSchedule:
     betas: np.ndarray
 
     @classmethod
-    def make(cls, name: str = "linear", steps: int = 1000, beta_start: float = 1e-4,
+    def make(cls, name: str, steps: int, beta_start: float = 1e-4,
              beta_end: float = 0.02) -> "NoiseSchedule":
         """``linear``: beta from 1e-4 to 0.02 (DDPM, for T = 1000; scaled by 1000/T otherwise);
         ``cosine``: abar_t = cos^2(((t/T + s) / (1 + s)) pi/2), s = 0.008, betas capped at
@@ -243,7 +243,8 @@ class Denoiser:
         null label classifier-free guidance uses.
       schedule: its :class:`NoiseSchedule`.
       predict: ``predict(params, model_state, x_t, t, labels) -> eps`` (the player's params).
-      sampling_steps, guidance: what :meth:`image_sampler` uses when not told.
+      sampling_steps, guidance: what :meth:`image_sampler` uses when not told (the family's
+        defaults: :func:`zoo.models.diffusion.make_family`).
     """
 
     player: str
@@ -251,8 +252,8 @@ class Denoiser:
     num_classes: int
     schedule: NoiseSchedule
     predict: Callable
-    sampling_steps: int = 50
-    guidance: float = 1.0
+    sampling_steps: int
+    guidance: float
 
     def check(self, sampler: str, steps: int | None, guidance: float | None) -> None:
         """Refuses sampling options this denoiser cannot take, naming what it can."""
