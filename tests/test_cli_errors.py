@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from configs_loader import CONFIGS, load_config
-from zoo import train
+from zoo import checkpoint, train
 from zoo.config import apply_overrides
 
 AE = str(CONFIGS / "autoencoder_mnist.py")
@@ -53,6 +53,12 @@ def runs(tmp_path_factory):
         record.write_text(json.dumps(extra))
     (root / "checkpoints_a_file").mkdir()
     (root / "checkpoints_a_file" / "checkpoints").write_text("not a folder")
+    # A save_run folder (model_config.json, variables.msgpack), then each file damaged.
+    run = checkpoint.load_run(root / "ae")
+    for name in ("saved_config_damaged", "saved_variables_damaged"):
+        checkpoint.save_run(root / name, run.config["model"], run.params, run.model_state)
+    (root / "saved_config_damaged" / checkpoint.CONFIG_FILE).write_text("garbage{")
+    (root / "saved_variables_damaged" / checkpoint.VARIABLES_FILE).write_bytes(b"garbage{")
     return root
 
 
@@ -114,6 +120,26 @@ def _cases(root):
         (["eval", ae, "--num-samples", "0"], 2, "--num-samples=0 must be >= 1"),
         (["eval", ae, "--split", "bogus", "--no-quality"], 2,
          "unknown split 'bogus'; synthetic data has train, validation, test"),
+        # Found at build, not at the first evaluation after training (sampling_steps) or as a
+        # division by zero (num_classes).
+        (["train", "--config", str(CONFIGS / "diffusion_mnist.py"),
+          "--config.data.dataset=synthetic", "--config.model.diffusion_steps=20"], 2,
+         "model.sampling_steps=50 must be between 1 and model.diffusion_steps=20"),
+        (["train", "--config", str(CONFIGS / "classifier_mnist_mlp.py"),
+          "--config.data.dataset=synthetic", "--config.model.num_classes=0"], 2,
+         "model.num_classes=0: a classifier needs at least one class"),
+        ([*train_ae, "--config.optimizer.b2=-1"], 2, "optimizer.b2=-1.0 must be >= 0.0"),
+        ([*train_ae, "--config.optimizer.b1=1.0"], 2, "optimizer.b1=1.0 must be < 1.0"),
+        ([*train_ae, "--config.train.seed=-1"], 2, "train.seed=-1 must be >= 0"),
+        # Damaged files of a save_run folder, named.
+        (["export", str(root / "saved_config_damaged"), "--out", str(root / "x.msgpack")], 2,
+         "saved_config_damaged/model_config.json is not a saved run's model config"),
+        (["export", str(root / "saved_variables_damaged"), "--out", str(root / "x.msgpack")], 2,
+         "saved_variables_damaged/variables.msgpack is not the variables of the model"),
+        # argparse's own refusals: one line, not its usage block first.
+        (["trian"], 2, "invalid choice: 'trian'"),
+        (["eval", ae, "--step", "abc"], 2, "argument --step: invalid int value: 'abc'"),
+        (["sample", ae], 2, "the following arguments are required: --out"),
     ]
 
 

@@ -179,6 +179,22 @@ def test_an_error_on_process_0_alone_after_process_1_finished_lets_process_1_exi
     assert procs[1].returncode == 0, outs[1][-3000:]
 
 
+def test_a_timeout_and_a_port_that_cannot_work_are_refused_before_joining():
+    # Before: a timeout of 0 waited for ever, and a port "abc" failed in int() unnamed.
+    import argparse
+    from zoo.core import distributed
+    args = lambda **kw: argparse.Namespace(**{
+        "distributed": None, "coordinator": "127.0.0.1:1234", "num_processes": 2,
+        "process_id": 1, "distributed_timeout": 30, **kw})
+    assert distributed.cluster_from(args(), environ={}).coordinator == "127.0.0.1:1234"
+    for timeout in (0, -3):
+        with pytest.raises(ValueError, match=f"--distributed-timeout {timeout} must be > 0"):
+            distributed.cluster_from(args(distributed_timeout=timeout), environ={})
+    for coordinator in ("localhost:abc", ":", "localhost:0", "host:70000"):
+        with pytest.raises(ValueError, match="must be HOST:PORT, the port a number from 1"):
+            distributed.cluster_from(args(coordinator=coordinator), environ={})
+
+
 def test_a_bad_process_id_and_a_dead_coordinator_are_one_line_in_bounded_time(tmp_path):
     # No cluster for --distributed auto to find, wherever the tests run.
     cluster_vars = ("SLURM_", "OMPI_", "PMI_", "KUBERNETES_", "TPU_", "CLOUD_TPU", "MEGASCALE")

@@ -127,6 +127,13 @@ def test_bad_token_folders_are_named(shakespeare_tokens, tmp_path, capsys):
     assert cli.main(["prepare-text", "--text", str(tmp_path / "none.txt"), "--out",
                      str(tmp_path / "x")]) == 2
     assert "text file" in capsys.readouterr().err
+    # A character only the validation part holds is in the vocabulary (nanoGPT's prepare.py
+    # takes the whole file's), not refused as outside the train part's.
+    (tmp_path / "ends.txt").write_text("abab" * 100 + "the end ~\n")
+    assert cli.main(["prepare-text", "--text", str(tmp_path / "ends.txt"), "--out",
+                     str(tmp_path / "ends")]) == 0
+    meta = json.loads((tmp_path / "ends" / "meta.json").read_text())
+    assert "~" in meta["tokenizer"]["chars"] and meta["vocab_size"] == len(set("abthe nd~\n"))
 
 
 def test_token_ids_outside_the_vocabulary_are_refused(shakespeare_tokens, tmp_path, capsys,

@@ -24,6 +24,7 @@ import orbax.checkpoint as ocp
 from flax import serialization
 
 from zoo import convert_gpt2, models
+from zoo.config import read_json
 from zoo import tokenizers as tok
 from zoo.core import parallel
 from zoo.core.family import Family
@@ -401,7 +402,7 @@ def load_run(path: str | Path, step: int | None = None,
         raise CheckpointError(f"the checkpoint at step {s} in {ckpt_dir} holds no model config")
     saved = extra.get("data", {}).get("tokenizer")
     if not saved and (ckpt_dir.parent / TOKENIZER_FILE).is_file():
-        saved = json.loads((ckpt_dir.parent / TOKENIZER_FILE).read_text())
+        saved = read_json(ckpt_dir.parent / TOKENIZER_FILE, "a zoo tokenizer file")
     params, ema = state["params"], state.get("ema_params")
     model_state = {p: state.get("model_state", {}).get(p, {}) for p in params}
     family = models.make_family(config["model"])
@@ -462,11 +463,18 @@ def _check_params_fit(family: Family, params: Mapping, where: str) -> None:
 
 
 def _load_saved_variables(run_dir: Path) -> LoadedRun:
-    meta = json.loads((run_dir / CONFIG_FILE).read_text())
+    meta = read_json(run_dir / CONFIG_FILE, "a saved run's model config")
+    if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
+        raise ValueError(f"{run_dir / CONFIG_FILE} holds no model section (zoo's save_run "
+                         "writes {\"model\": {...}})")
     family = models.make_family(meta["model"])
     params, model_state = _abstract_variables(family)
-    variables = serialization.from_bytes({"params": params, "model_state": model_state},
-                                         (run_dir / VARIABLES_FILE).read_bytes())
+    try:
+        variables = serialization.from_bytes({"params": params, "model_state": model_state},
+                                             (run_dir / VARIABLES_FILE).read_bytes())
+    except (ValueError, KeyError, TypeError) as e:  # msgpack's errors for damaged bytes
+        raise ValueError(f"{run_dir / VARIABLES_FILE} is not the variables of the model its "
+                         f"{CONFIG_FILE} describes ({type(e).__name__}: {e})") from None
     return LoadedRun(meta, family, variables["params"], variables["model_state"])
 
 

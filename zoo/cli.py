@@ -211,10 +211,11 @@ def _default(fn, name: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from zoo import config as config_lib
     from zoo import generate, inpaint
     from zoo.core import distributed  # argparse only: JAX does not start here
 
-    parser = argparse.ArgumentParser(prog="zoo", description=__doc__)
+    parser = config_lib.ArgumentParser(prog="zoo", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train a model from a config file",
                        description="zoo train --config configs/NAME.py --workdir DIR "

@@ -7,9 +7,11 @@ keys, and a value is parsed as a Python literal and type-checked by the ConfigDi
 
 from __future__ import annotations
 
+import argparse
 import ast
 import difflib
 import importlib.util
+import json
 import sys
 from pathlib import Path
 from typing import Any, Iterable
@@ -17,6 +19,24 @@ from typing import Any, Iterable
 import ml_collections
 
 from zoo.core import settings
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser whose errors are one line (``zoo eval: error: ...``, exit 2), without
+    the usage block argparse prints first; ``--help`` shows the usage. Its subcommands' parsers
+    are of this class too."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (--help shows the options)\n")
+
+
+def read_json(path: str | Path, what: str) -> Any:
+    """The content of the JSON file ``path``, or a ValueError naming the file and ``what`` it
+    should hold (a damaged or foreign file says where it is)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not {what} ({type(e).__name__}: {e})") from None
 
 
 def default_config() -> ml_collections.ConfigDict:

@@ -204,7 +204,9 @@ def prepare_token_files(out: str | os.PathLike, *, text_file: str | os.PathLike 
                         val_fraction: float = 0.1, data_config=None) -> dict:
     """Writes a token folder (:mod:`zoo.token_files`) for ``data.dataset='tokens'``; returns its
     meta. From ``text_file``: the first ``1 - val_fraction`` of it trains, the rest validates
-    (nanoGPT's split), tokenized by ``data.tokenizer`` (char by default) built from the train part.
+    (nanoGPT's split), tokenized by ``data.tokenizer`` (char by default; its characters are the
+    whole file's, as nanoGPT's ``prepare.py``, so a character only the validation part holds is
+    not an error).
     Otherwise from ``data_config``'s text dataset: its own splits and tokenizer."""
     data = _data(data_config or {})
     if text_file is not None:
@@ -229,7 +231,7 @@ def prepare_token_files(out: str | os.PathLike, *, text_file: str | os.PathLike 
         if name == "gpt2" and not data.tokenizer_path:
             raise ValueError("the gpt2 tokenizer reads vocab.json and merges.txt from "
                              "data.tokenizer_path; set it")
-        tokenizer = tok.get_tokenizer(name, text=splits["train"], path=data.tokenizer_path or None)
+        tokenizer = tok.get_tokenizer(name, text=text, path=data.tokenizer_path or None)
     else:
         if data.dataset not in TEXT_DATASETS or data.dataset == "tokens":
             raise ValueError(f"prepare-text reads a text file or one of the text datasets "

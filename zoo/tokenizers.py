@@ -18,6 +18,8 @@ import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from zoo.config import read_json
+
 TOKENIZERS = ("char", "word", "gpt2")
 
 
@@ -180,7 +182,7 @@ class GPT2Tokenizer:
             if not file.is_file():
                 raise ValueError(f"GPT-2 tokenizer file {file} not found (the BPE needs its "
                                  "vocab.json and merges.txt)")
-        encoder = json.loads(vocab_file.read_text(encoding="utf-8"))
+        encoder = read_json(vocab_file, "a GPT-2 vocab.json")
         lines = merges_file.read_text(encoding="utf-8").split("\n")
         merges = [tuple(line.split()) for line in lines
                   if line and not line.startswith("#version") and len(line.split()) == 2]

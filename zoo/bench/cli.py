@@ -47,7 +47,8 @@ def _device_counts(s: str) -> tuple[int, ...]:
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    from zoo.config import ArgumentParser
+    p = ArgumentParser(
         prog="zoo bench",
         description="Benchmark zoo's model families (throughput, MFU, compile time, memory, "
                     "scaling) against PyTorch peers. With no arguments: the quick suite (~2 min "
@@ -183,6 +184,13 @@ def _bad_input(args, strategies, peers, sweep_cases) -> str | None:
                     f"choose from {', '.join(known)}")
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
         return f"--out {args.out} is a file; give a folder (it is created if missing)"
+    if args.out:  # made now: a folder that cannot be written fails here, not after a case
+        try:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            return f"--out {args.out} cannot be made a folder: {e.strerror}"
+        if not os.access(args.out, os.W_OK):
+            return f"--out {args.out} cannot be written"
     return None
 
 

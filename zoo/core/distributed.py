@@ -64,6 +64,9 @@ def cluster_from(args: argparse.Namespace, environ: Mapping[str, str] = os.envir
     """The options (falling back on the environment), checked; None: a single process."""
     if getattr(args, "distributed", None) == "off":
         return None
+    timeout = getattr(args, "distributed_timeout", None)
+    if timeout is not None and not timeout > 0:
+        raise ValueError(f"--distributed-timeout {timeout} must be > 0 seconds")
     if getattr(args, "distributed", None) == "auto":
         return Cluster(auto=True, timeout_s=args.distributed_timeout)
     coordinator = args.coordinator or environ.get(ENV["coordinator"]) or None
@@ -80,8 +83,10 @@ def cluster_from(args: argparse.Namespace, environ: Mapping[str, str] = os.envir
                          f"--process-id (or their ZOO_ variables); missing {', '.join(missing)}")
     if n < 1 or not 0 <= i < n:
         raise ValueError(f"--process-id {i} is not one of the {n} processes (0 to {n - 1})")
-    if ":" not in coordinator:
-        raise ValueError(f"--coordinator {coordinator!r} must be HOST:PORT")
+    host, _, port = coordinator.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--coordinator {coordinator!r} must be HOST:PORT, the port a number "
+                         "from 1 to 65535")
     return Cluster(coordinator, n, i, timeout_s=args.distributed_timeout)
 
 

@@ -140,9 +140,17 @@ MINIMUMS = {
     "ParallelSettings": {"fsdp": 1},
     # Negative rates, momentum, decay, clipping norms or warm-up mean nothing an optimizer does.
     "OptimizerSettings": {"learning_rate": 0.0, "momentum": 0.0, "weight_decay": 0.0,
-                          "grad_clip_norm": 0.0, "warmup_steps": 0, "eps": 0.0},
+                          "grad_clip_norm": 0.0, "warmup_steps": 0, "eps": 0.0, "b1": 0.0,
+                          "b2": 0.0},
     "TrainSettings": {"steps": 1, "log_every": 1, "eval_every": 0, "checkpoint_every": 0,
-                      "keep_checkpoints": 1, "grad_accum_steps": 1, "sample_tokens": 0},
+                      "keep_checkpoints": 1, "grad_accum_steps": 1, "sample_tokens": 0,
+                      "seed": 0},
+}
+# Values a key must stay below: Adam's decay rates are fractions (1 would never forget), and a
+# seed is a 32-bit number.
+BELOW = {
+    "OptimizerSettings": {"b1": 1.0, "b2": 1.0},
+    "TrainSettings": {"seed": 2 ** 32},
 }
 
 
@@ -167,6 +175,9 @@ def parse(cls: type[T], section: Any, name: str = "") -> T:
     for key, low in MINIMUMS.get(cls.__name__, {}).items():
         if key in values and values[key] < low:
             raise ValueError(f"{name}.{key}={values[key]} must be >= {low}")
+    for key, high in BELOW.get(cls.__name__, {}).items():
+        if key in values and not values[key] < high:
+            raise ValueError(f"{name}.{key}={values[key]} must be < {high}")
     return cls(**values)
 
 

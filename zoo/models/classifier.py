@@ -127,7 +127,11 @@ def make_model(config) -> nn.Module:
     if arch not in ARCHS:
         raise ValueError(f"unknown classifier arch {arch!r}; choose one of {', '.join(ARCHS)}")
     cls = ARCHS[arch]
-    return cls(**settings.module_fields(cls, config, rename={"features": "features_"}))
+    model = cls(**settings.module_fields(cls, config, rename={"features": "features_"}))
+    if model.num_classes < 1:
+        raise ValueError(f"model.num_classes={model.num_classes}: a classifier needs at least one "
+                         "class (the dataset's labels are 0 to num_classes - 1)")
+    return model
 
 
 def cross_entropy_metrics(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, dict]:

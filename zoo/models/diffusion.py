@@ -239,6 +239,13 @@ def make_family(config) -> Family:
                         num_classes=model.num_classes, schedule=schedule, predict=predict,
                         sampling_steps=int(config.get("sampling_steps", 50) or 50),
                         guidance=float(config.get("guidance", 1.0)))
+    # Checked now, not at the first evaluation's samples after training.
+    if not 1 <= denoiser.sampling_steps <= T:
+        raise ValueError(f"model.sampling_steps={denoiser.sampling_steps} must be between 1 and "
+                         f"model.diffusion_steps={T}")
+    if denoiser.guidance != 1.0 and not conditional:
+        raise ValueError(f"model.guidance={denoiser.guidance} needs a class-conditional model "
+                         "(model.num_classes > 0)")
     return Family(name="diffusion", modules={PLAYER: model}, init=init,
                   objective=(Update(PLAYER, loss_fn),),
                   eval_metrics=lambda p, s, batch, rng: loss_terms(p, batch, rng, False)[1],
