@@ -287,6 +287,13 @@ MUTATIONS = (
     M("language: a word model's loss reported per token", "zoo/models/lstm.py",
       "text_decoder=model, text_unit=unit,", "text_decoder=model, text_unit=\"token\",",
       ("tests/test_metrics.py::test_language_families_say_what_their_loss_counts",)),
+    M("cli: argparse's refusals printed after its usage block", "zoo/config.py",
+      "    def error(self, message: str):", "    def _error(self, message: str):",
+      ("tests/test_bench.py::test_bench_main_refuses_bad_options_in_one_line_before_running",)),
+    M("settings: values at or above their bound accepted (Adam's b1 = 1)", "zoo/core/settings.py",
+      "        if key in values and not values[key] < high:",
+      "        if key in values and values[key] > high:",
+      ("tests/test_cli_errors.py::test_bad_input_is_one_or_two_lines_and_never_a_traceback",)),
     # ---- the LSTM layer's hand-written backward (zoo/models/lstm.py)
     M("lstm: forget gate's derivative without its sigmoid' factor", "zoo/models/lstm.py",
       "dc * cp * f * (1 - f)", "dc * cp * f",
