@@ -23,7 +23,7 @@ FAMILIES = {
 # tuple of them for layer widths). An image is (height, width, channels). (latent_dim is each
 # family's own check: what it means differs.)
 SIZE_KEYS = ("hidden", "features", "hidden_size", "num_layers", "n_layer", "n_head", "n_embd",
-             "block_size", "base_channels", "dense")
+             "block_size", "base_channels", "dense", "channels", "channel_mult", "groups")
 
 
 def _check_shared_keys(model_config) -> None:
