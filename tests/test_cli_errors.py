@@ -132,6 +132,9 @@ def _cases(root):
           "--config.data.dataset=synthetic", "--config.model.num_classes=0"], 2,
          "model.num_classes=0: a classifier needs at least one class"),
         ([*train_ae, "--config.optimizer.b2=-1"], 2, "optimizer.b2=-1.0 must be >= 0.0"),
+        ([*train_ae, "--config.optimizer.weight_decay=0.1"], 2,
+         "optimizer.weight_decay=0.1 does nothing with adam (it reads b1, b2, eps); leave it "
+         "unset, or choose adamw"),
         ([*train_ae, "--config.optimizer.b1=1.0"], 2, "optimizer.b1=1.0 must be < 1.0"),
         ([*train_ae, "--config.train.seed=-1"], 2, "train.seed=-1 must be >= 0"),
         # Damaged files of a save_run folder, named.

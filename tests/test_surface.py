@@ -552,10 +552,13 @@ def _run(tx, params, grads):
 def test_rmsprop_is_the_formula_with_decay_b2_and_eps():
     """optimizer.name=rmsprop: nu = b2 nu + (1 - b2) g^2 from nu = 0, then p -= lr g /
     sqrt(nu + eps) (eps inside the root: optax's and TensorFlow's RMSProp), for three steps.
-    b1 and b2 differ and eps is large, so a decay from the wrong key or eps in the wrong place
-    shows."""
+    b2 differs from b1's default and eps is large, so a decay from the wrong key or eps in the
+    wrong place shows; b1, which RMSProp does not read, is refused."""
     lr, b2, eps = 0.01, 0.7, 0.05
-    tx = optim.make_optimizer(dict(name="rmsprop", learning_rate=lr, b1=0.2, b2=b2, eps=eps))
+    with pytest.raises(ValueError, match="optimizer.b1=0.2 does nothing with rmsprop "
+                                         r"\(it reads b2, eps\)"):
+        optim.make_optimizer(dict(name="rmsprop", learning_rate=lr, b1=0.2, b2=b2, eps=eps))
+    tx = optim.make_optimizer(dict(name="rmsprop", learning_rate=lr, b2=b2, eps=eps))
     params, grads = _grads_sequence()
     got = _run(tx, params, grads)
     p = jax.tree.map(np.float64, params)

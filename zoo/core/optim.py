@@ -11,6 +11,12 @@ from zoo.core import settings
 from zoo.core.settings import OptimizerSettings
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "lamb")
+# The keys beside the learning rate that tune an optimizer, and which of them each one reads
+# (make_optimizer): Adam given a weight decay would ignore it.
+TUNED = ("b1", "b2", "eps", "momentum", "weight_decay")
+READS = {"adam": {"b1", "b2", "eps"}, "adamw": {"b1", "b2", "eps", "weight_decay"},
+         "sgd": {"momentum"}, "rmsprop": {"b2", "eps"},
+         "lamb": {"b1", "b2", "eps", "weight_decay"}}
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "linear", "exponential", "piecewise")
 
 
@@ -88,6 +94,13 @@ def make_optimizer(cfg, total_steps: int = 1, *,
     """
     cfg = _settings(cfg)
     name = cfg.name
+    if name in READS:  # a key this optimizer ignores, set: refused, not dropped silently
+        for key in sorted(set(TUNED) - READS[name]):
+            if getattr(cfg, key) != getattr(OptimizerSettings, key):
+                reads = ", ".join(sorted(READS[name])) or "none of them"
+                raise ValueError(f"optimizer.{key}={getattr(cfg, key)} does nothing with {name} "
+                                 f"(it reads {reads}); leave it unset"
+                                 + (", or choose adamw" if key == "weight_decay" else ""))
     lr = make_schedule(cfg, total_steps)
     b1, b2 = float(cfg.b1), float(cfg.b2)
     eps = float(cfg.eps)
