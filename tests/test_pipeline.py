@@ -1,5 +1,6 @@
 """The training pipeline: zoo train, checkpoints, exact resume, preemption, failures."""
 
+import json
 import os
 import random
 import signal
@@ -501,13 +502,18 @@ def test_a_damaged_tokenizer_file_is_replaced_by_the_checkpoints_copy(tmp_path):
     train.train(text_config("transformer_char_cpu", *overrides, "--config.train.steps=5"),
                 tmp_path / "base", log=lambda s: None)
     saved = (tmp_path / "base" / "tokenizer.json").read_text()
-    for how in ("truncated", "deleted"):
+    quiet = []  # a whole file, the run's own: taken without a word
+    assert train._saved_tokenizer(tmp_path / "base", quiet.append) == json.loads(saved)
+    assert quiet == []
+    for how in ("truncated", "deleted", "another run's"):
         shutil.copytree(tmp_path / "base", tmp_path / how)
         file = tmp_path / how / "tokenizer.json"
         if how == "truncated":
             file.write_text(saved[:len(saved) // 2])
-        else:
+        elif how == "deleted":
             file.unlink()
+        else:  # a whole tokenizer, not the one the run trained with
+            file.write_text(json.dumps({"name": "char", "chars": "ab"}))
         messages = []
         result = train.train(text_config("transformer_char_cpu", *overrides,
                                          "--config.train.steps=6"), tmp_path / how,

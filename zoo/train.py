@@ -260,8 +260,9 @@ def _drop_rows_after(path: Path, step: int) -> None:
 
 
 def _saved_tokenizer(workdir: Path | None, log: Callable[[str], None]) -> dict | None:
-    """The tokenizer a run in ``workdir`` trained with, if it has checkpoints to resume: its
-    ``tokenizer.json``, or, when that is missing or damaged, the copy each checkpoint holds."""
+    """The tokenizer a run in ``workdir`` trained with, if it has checkpoints to resume: the copy
+    its newest checkpoint holds (what the run trained with), else its ``tokenizer.json``. A
+    ``tokenizer.json`` that is missing, damaged or another run's is reported (and rewritten)."""
     if workdir is None:
         return None
     ckpts = workdir / "checkpoints"
@@ -269,22 +270,23 @@ def _saved_tokenizer(workdir: Path | None, log: Callable[[str], None]) -> dict |
         return None
     file = workdir / TOKENIZER_FILE
     try:
-        saved = json.loads(file.read_text())
-        tok.from_config(saved)  # a tokenizer zoo can build, not just JSON
-        return saved
+        in_file = json.loads(file.read_text())
+        tok.from_config(in_file)  # a tokenizer zoo can build, not just JSON
     except (OSError, ValueError, KeyError, TypeError, AttributeError):  # missing (an image run
-        pass                                                            # has none) or damaged
+        in_file = None                                                  # has none) or damaged
     reader = Checkpointer(ckpts)
     try:
         extra = reader.read_extra(log=log)
     except CheckpointError:
-        return None  # the restore below reports the checkpoints
+        return in_file  # the restore below reports the checkpoints
     finally:
         reader.close()
     saved = extra.get("data", {}).get("tokenizer")
-    if saved is not None:
-        log(f"zoo: {file} is missing or damaged; using the tokenizer saved with the checkpoint "
-            f"at step {extra['step']}")
+    if saved is None:
+        return in_file
+    if in_file != saved:
+        log(f"zoo: {file} is missing, damaged or not this run's; using the tokenizer saved with "
+            f"the checkpoint at step {extra['step']}")
     return saved
 
 
