@@ -51,6 +51,10 @@ def runs(tmp_path_factory):
         extra = json.loads(record.read_text())
         extra["config"]["model"]["hidden"] = [16, 8]
         record.write_text(json.dumps(extra))
+    # Its metadata's config replaced by a string: no model config, said so.
+    shutil.copytree(root / "ae", root / "metadata_edited")
+    for record in (root / "metadata_edited" / "checkpoints").glob("*/extra/metadata"):
+        record.write_text(json.dumps({**json.loads(record.read_text()), "config": "abc"}))
     (root / "checkpoints_a_file").mkdir()
     (root / "checkpoints_a_file" / "checkpoints").write_text("not a folder")
     # A save_run folder (model_config.json, variables.msgpack), then each file damaged.
@@ -137,6 +141,8 @@ def _cases(root):
          "unset, or choose adamw"),
         ([*train_ae, "--config.optimizer.b1=1.0"], 2, "optimizer.b1=1.0 must be < 1.0"),
         ([*train_ae, "--config.train.seed=-1"], 2, "train.seed=-1 must be >= 0"),
+        (["export", str(root / "metadata_edited"), "--out", str(root / "x.msgpack")], 2,
+         "holds no model config (its extra/metadata is damaged or was edited)"),
         # Damaged files of a save_run folder, named.
         (["export", str(root / "saved_config_damaged"), "--out", str(root / "x.msgpack")], 2,
          "saved_config_damaged/model_config.json is not a saved run's model config"),

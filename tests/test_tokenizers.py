@@ -58,6 +58,13 @@ def test_unknown_tokenizer_name():
         tok.get_tokenizer("sentencepiece", text="abc")
     with pytest.raises(ValueError, match="unknown tokenizer"):
         text_data.make_tokenizer({"dataset": "tiny_shakespeare", "tokenizer": "bytes"})
+    # A saved tokenizer edited or damaged: what it lacks, not a KeyError.
+    with pytest.raises(ValueError, match="the saved char tokenizer has no chars"):
+        tok.from_config({"name": "char"})
+    with pytest.raises(ValueError, match="the saved gpt2 tokenizer has no vocab_file, merges_file"):
+        tok.from_config({"name": "gpt2"})
+    with pytest.raises(ValueError, match="a saved tokenizer is a dict with its name; got str"):
+        tok.from_config("abc")
 
 
 def _train_bpe(text: str, num_merges: int, path):

@@ -397,10 +397,13 @@ def load_run(path: str | Path, step: int | None = None,
     else:
         raise CheckpointError(f"no checkpoint in {ckpt_dir} could be restored ({len(errors)} "
                               f"tried; the newest: {errors[0][:200]})")
-    config = dict(extra.get("config", {}))
-    if "model" not in config:
-        raise CheckpointError(f"the checkpoint at step {s} in {ckpt_dir} holds no model config")
-    saved = extra.get("data", {}).get("tokenizer")
+    config, data = extra.get("config", {}), extra.get("data", {})
+    if not (isinstance(config, dict) and isinstance(config.get("model"), dict)
+            and isinstance(data, dict)):
+        raise CheckpointError(f"the checkpoint at step {s} in {ckpt_dir} holds no model config "
+                              "(its extra/metadata is damaged or was edited)")
+    config = dict(config)
+    saved = data.get("tokenizer")
     if not saved and (ckpt_dir.parent / TOKENIZER_FILE).is_file():
         saved = read_json(ckpt_dir.parent / TOKENIZER_FILE, "a zoo tokenizer file")
     params, ema = state["params"], state.get("ema_params")

@@ -249,8 +249,15 @@ Tokenizer = CharTokenizer | WordTokenizer | GPT2Tokenizer
 
 
 def from_config(config: dict) -> Tokenizer:
-    """Rebuilds a tokenizer from :meth:`to_config`'s dict."""
+    """Rebuilds a tokenizer from :meth:`to_config`'s dict; a ValueError names what a damaged or
+    hand-edited one lacks."""
+    if not isinstance(config, dict):
+        raise ValueError(f"a saved tokenizer is a dict with its name; got {type(config).__name__}")
     name = config.get("name")
+    needs = {"char": ("chars",), "word": ("words",), "gpt2": ("vocab_file", "merges_file")}
+    missing = [key for key in needs.get(name, ()) if key not in config]
+    if missing:
+        raise ValueError(f"the saved {name} tokenizer has no {', '.join(missing)}")
     if name == "char":
         return CharTokenizer(list(config["chars"]))
     if name == "word":
