@@ -141,6 +141,10 @@ def _cases(root):
          "unset, or choose adamw"),
         ([*train_ae, "--config.optimizer.b1=1.0"], 2, "optimizer.b1=1.0 must be < 1.0"),
         ([*train_ae, "--config.train.seed=-1"], 2, "train.seed=-1 must be >= 0"),
+        ([*train_ae, "--config.data.dataset=mnist", f"--config.data.tfds_data_dir={file}"], 2,
+         "data.tfds_data_dir " + file + " is a file; give a folder"),
+        (["prepare-text", "--text", "README.md", "--out", file], 2,
+         "the token folder " + file + " is a file; give a folder"),
         (["export", str(root / "metadata_edited"), "--out", str(root / "x.msgpack")], 2,
          "holds no model config (its extra/metadata is damaged or was edited)"),
         # Damaged files of a save_run folder, named.

@@ -39,6 +39,19 @@ def read_json(path: str | Path, what: str) -> Any:
         raise ValueError(f"{path} is not {what} ({type(e).__name__}: {e})") from None
 
 
+def make_folder(path: str | Path, what: str) -> Path:
+    """``path`` made a folder (parents too), or a one-line ValueError naming ``what`` (the option
+    or key that gave it: ``--out``): it is a file, or cannot be made."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what} {path} is a file; give a folder (it is created if missing)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"{what} {path} cannot be made a folder: {e.strerror}") from None
+    return path
+
+
 def default_config() -> ml_collections.ConfigDict:
     """Every run section at its defaults (:mod:`zoo.core.settings`, their one home), and an
     empty ``model`` section for a config to fill: what ``configs/default.py`` starts from."""

@@ -23,6 +23,8 @@ from typing import Any, Iterator, Mapping
 import jax
 import numpy as np
 
+from zoo.config import make_folder
+
 IMAGE_DATASETS = {
     # name: (image shape, number of classes)
     "mnist": ((28, 28, 1), 10),
@@ -106,7 +108,7 @@ def prepare_tfds(name: str, data_dir: str | os.PathLike,
     import tensorflow_datasets as tfds
 
     data_dir = Path(data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(data_dir, "data.tfds_data_dir")
     builder = tfds.builder(name, data_dir=str(data_dir))
     kwargs: dict[str, Any] = {}
     if download_dir:
@@ -150,7 +152,7 @@ def ensure_prepared(name: str, split: str, *, data_dir: str | os.PathLike | None
             f"${DOWNLOAD_DIR_ENV}) to a TFDS download cache")
     download_dir = str(found) if found else ""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    data_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(data_dir, "data.tfds_data_dir")
     # Processes sharing a data_dir (a multi-process run, parallel jobs) prepare one at a time;
     # the others wait and then read what the first wrote.
     with open(data_dir / f".zoo_prepare_{name}.lock", "w") as lock:

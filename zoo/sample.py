@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from zoo import checkpoint, generate
+from zoo import config as config_lib
 from zoo import data as data_lib
 from zoo.core import diffusion as diffusion_lib
 from zoo.core import settings
@@ -400,9 +401,9 @@ def run_test_split(run: checkpoint.LoadedRun, dataset: str | None = None, *,
 
 
 def check_out_dir(out_dir: str | Path) -> None:
-    """Refuses an ``--out`` that is a file before any model is loaded or run."""
-    if Path(out_dir).exists() and not Path(out_dir).is_dir():
-        raise ValueError(f"--out {out_dir} is a file; give a folder (it is created if missing)")
+    """Makes the ``--out`` folder before any model is loaded or run: one that is a file, or
+    cannot be made, is refused then."""
+    config_lib.make_folder(out_dir, "--out")
 
 
 def sample_main(path: str, out_dir: str, *, seed: int = 0, data: Mapping | None = None,

@@ -25,6 +25,7 @@ from typing import Mapping
 import numpy as np
 
 from zoo import tokenizers as tok
+from zoo.config import make_folder
 
 SPLIT_FILES = {"train": "train.bin", "validation": "val.bin", "test": "test.bin"}
 META_FILE = "meta.json"
@@ -58,7 +59,7 @@ def write_token_files(splits: Mapping[str, str], tokenizer: tok.Tokenizer,
     if unknown or "train" not in splits:
         raise ValueError(f"token files hold the splits {', '.join(SPLIT_FILES)} (train required); "
                          f"got {', '.join(sorted(splits))}")
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder, "the token folder")
     dtype = token_dtype(tokenizer.vocab_size)
     counts = {}
     for split, text in splits.items():

@@ -26,6 +26,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from zoo import build as build_lib
+from zoo import config as config_lib
 from zoo import evaluate as evaluate_lib
 from zoo import finetune, input_pipeline
 from zoo import tokenizers as tok
@@ -207,9 +208,7 @@ class WorkdirLock:
     def __enter__(self) -> "WorkdirLock":
         if self.workdir is None or jax.process_index() != 0:
             return self
-        if self.workdir.exists() and not self.workdir.is_dir():
-            raise ValueError(f"--workdir {self.workdir} is a file; give a folder (it is created "
-                             "if missing)")
+        config_lib.make_folder(self.workdir, "--workdir")
         for name in WORKDIR_FOLDERS:  # found before training, not at the first save
             if (self.workdir / name).exists() and not (self.workdir / name).is_dir():
                 raise ValueError(f"{self.workdir / name} is a file, where zoo train keeps a "

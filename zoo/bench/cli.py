@@ -182,13 +182,12 @@ def _bad_input(args, strategies, peers, sweep_cases) -> str | None:
         if unknown:
             return (f"{option}: unknown case(s) {', '.join(unknown)} in the {args.suite} suite; "
                     f"choose from {', '.join(known)}")
-    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
-        return f"--out {args.out} is a file; give a folder (it is created if missing)"
     if args.out:  # made now: a folder that cannot be written fails here, not after a case
+        from zoo.config import make_folder
         try:
-            Path(args.out).mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            return f"--out {args.out} cannot be made a folder: {e.strerror}"
+            make_folder(args.out, "--out")
+        except ValueError as e:
+            return str(e)
         if not os.access(args.out, os.W_OK):
             return f"--out {args.out} cannot be written"
     return None
