@@ -146,7 +146,7 @@ def _cases(root):
         (["prepare-text", "--text", "README.md", "--out", file], 2,
          "the token folder " + file + " is a file; give a folder"),
         (["export", str(root / "metadata_edited"), "--out", str(root / "x.msgpack")], 2,
-         "holds no model config (its extra/metadata is damaged or was edited)"),
+         "holds no model config"),
         # Damaged files of a save_run folder, named.
         (["export", str(root / "saved_config_damaged"), "--out", str(root / "x.msgpack")], 2,
          "saved_config_damaged/model_config.json is not a saved run's model config"),

@@ -27,6 +27,7 @@ from zoo import convert_gpt2, models
 from zoo.config import read_json
 from zoo import tokenizers as tok
 from zoo.core import parallel
+from zoo.core import params as params_lib
 from zoo.core.family import Family
 from zoo.core.train_state import TrainState, sampling_params
 from zoo.save_barrier import SaveBarrier, write_failure
@@ -162,10 +163,10 @@ class Checkpointer:
         except Exception:  # noqa: BLE001
             return
         flat = jax.tree_util.tree_flatten_with_path(metadata, is_leaf=lambda m: m is None)[0]
-        saved = {_path(p): tuple(m.shape) for p, m in flat if m is not None}
-        own = jax.tree_util.tree_flatten_with_path(_state_dict(template))[0]
-        own = {_path(p): x for p, x in own}
-        if not saved or {_path(p) for p, m in flat if m is None} & own.keys():
+        # (Saved metadata holds an optimizer state's named tuples as dicts: the same paths.)
+        saved = {params_lib.path_of(p): tuple(m.shape) for p, m in flat if m is not None}
+        own = params_lib.flatten(_state_dict(template))
+        if not saved or {params_lib.path_of(p) for p, m in flat if m is None} & own.keys():
             return  # metadata lost, or without some arrays' entries: the restore decides
         if saved.keys() != own.keys():  # another model or optimizer: no older checkpoint mends it
             raise CheckpointError(
@@ -262,21 +263,14 @@ class Checkpointer:
                               + "\n  ".join(errors))
 
 
-def _path(keys) -> str:
-    """A leaf's path as ``a/b/0``, however its tree spells the steps (a saved checkpoint's
-    metadata holds an optimizer state's named tuples as dicts)."""
-    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in keys)
-
-
 def _tree_difference(saved: Mapping, own: Mapping) -> str:
     """What two flat trees (path -> leaf) differ in, shortly: a few paths each side lacks."""
     parts = []
     for what, keys in (("saved only", saved.keys() - own.keys()),
                        ("this run's only", own.keys() - saved.keys())):
         if keys:
-            shown = ", ".join(sorted(keys)[:2]) + (f" and {len(keys) - 2} more" if len(keys) > 2
-                                                   else "")
-            parts.append(f"{what}: {shown}")
+            more = f" and {len(keys) - 2} more" if len(keys) > 2 else ""
+            parts.append(f"{what}: {', '.join(sorted(keys)[:2])}{more}")
     return "; ".join(parts)
 
 
@@ -400,9 +394,7 @@ def load_run(path: str | Path, step: int | None = None,
     config, data = extra.get("config", {}), extra.get("data", {})
     if not (isinstance(config, dict) and isinstance(config.get("model"), dict)
             and isinstance(data, dict)):
-        raise CheckpointError(f"the checkpoint at step {s} in {ckpt_dir} holds no model config "
-                              "(its extra/metadata is damaged or was edited)")
-    config = dict(config)
+        raise CheckpointError(f"the checkpoint at step {s} in {ckpt_dir} holds no model config")
     saved = data.get("tokenizer")
     if not saved and (ckpt_dir.parent / TOKENIZER_FILE).is_file():
         saved = read_json(ckpt_dir.parent / TOKENIZER_FILE, "a zoo tokenizer file")
@@ -423,9 +415,8 @@ def _saved_steps(ckpt_dir: Path) -> list[int]:
 
 
 def _plain(config) -> dict:
-    if hasattr(config, "to_dict"):
-        config = config.to_dict()
-    return json.loads(json.dumps(dict(config), default=list))
+    config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    return json.loads(json.dumps(config, default=list))
 
 
 def save_run(run_dir: str | Path, model_config: Mapping, params, model_state, *,
@@ -452,8 +443,7 @@ def _abstract_variables(family: Family) -> tuple[dict, dict]:
 def _check_params_fit(family: Family, params: Mapping, where: str) -> None:
     """Refuses params that are not those of the model the saved config builds (an edited or
     damaged config): with missing or extra layers a model would run on part of them."""
-    flat = lambda tree: {_path(p): tuple(np.shape(x))
-                         for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    flat = lambda tree: {k: tuple(np.shape(x)) for k, x in params_lib.flatten(tree).items()}
     saved, own = flat(params), flat(_abstract_variables(family)[0])
     if saved.keys() != own.keys():
         raise CheckpointError(f"{where} holds params of another model than its saved config "
@@ -468,8 +458,7 @@ def _check_params_fit(family: Family, params: Mapping, where: str) -> None:
 def _load_saved_variables(run_dir: Path) -> LoadedRun:
     meta = read_json(run_dir / CONFIG_FILE, "a saved run's model config")
     if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
-        raise ValueError(f"{run_dir / CONFIG_FILE} holds no model section (zoo's save_run "
-                         "writes {\"model\": {...}})")
+        raise ValueError(f"{run_dir / CONFIG_FILE} holds no model section, as save_run writes")
     family = models.make_family(meta["model"])
     params, model_state = _abstract_variables(family)
     try:
