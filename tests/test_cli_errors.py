@@ -144,7 +144,7 @@ def _cases(root):
         ([*train_ae, "--config.data.dataset=mnist", f"--config.data.tfds_data_dir={file}"], 2,
          "data.tfds_data_dir " + file + " is a file; give a folder"),
         (["prepare-text", "--text", "README.md", "--out", file], 2,
-         "the token folder " + file + " is a file; give a folder"),
+         "--out " + file + " is a file; give a folder"),
         (["export", str(root / "metadata_edited"), "--out", str(root / "x.msgpack")], 2,
          "holds no model config"),
         # Damaged files of a save_run folder, named.

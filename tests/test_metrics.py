@@ -193,6 +193,10 @@ def test_language_families_say_what_their_loss_counts():
     gpt = make_family(dict(family="transformer", vocab_size=30, preset="tiny"))
     assert (lstm.text_unit, gpt.text_unit) == ("word", "char")
     assert make_family(dict(family="autoencoder")).text_unit is None
+    # A family that generates text must say it (else zoo eval would fail after its evaluation).
+    import dataclasses
+    with pytest.raises(ValueError, match="has a text_decoder but no text_unit"):
+        dataclasses.replace(gpt, text_unit=None)
 
 
 def test_generation_speed_counts_samples_and_tokens():

@@ -557,7 +557,7 @@ def test_rmsprop_is_the_formula_with_decay_b2_and_eps():
     lr, b2, eps = 0.01, 0.7, 0.05
     with pytest.raises(ValueError, match="optimizer.b1=0.2 does nothing with rmsprop "
                                          r"\(it reads b2, eps\)"):
-        optim.make_optimizer(dict(name="rmsprop", learning_rate=lr, b1=0.2, b2=b2, eps=eps))
+        optim.check_reads(dict(name="rmsprop", learning_rate=lr, b1=0.2, b2=b2, eps=eps))
     tx = optim.make_optimizer(dict(name="rmsprop", learning_rate=lr, b2=b2, eps=eps))
     params, grads = _grads_sequence()
     got = _run(tx, params, grads)

@@ -132,6 +132,10 @@ def build(config: ml_collections.ConfigDict | Mapping[str, Any], *, train: bool 
     training split.
     """
     run = RunSettings.parse(config)
+    if train:
+        optim.check_reads(run.optimizer)
+        for player, player_optimizer in run.optimizers.items():
+            optim.check_reads(player_optimizer, f"optimizers.{player}")
     input_pipeline.check_dataset(run.data)
     text_tokenizer = None
     if input_pipeline.is_text(run.data):

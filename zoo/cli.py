@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import inspect
 import logging
 import os
 import sys
@@ -167,11 +166,10 @@ def _sample(args, overrides) -> int:
 def _inpaint(args, overrides) -> int:
     from zoo import inpaint
 
-    written = inpaint.inpaint_main(args.path, args.out, mask=args.mask, num_images=args.images,
-                                   seed=args.seed, sampling_steps=args.sampling_steps,
-                                   resample=args.resample, guidance=args.guidance,
-                                   dataset=args.dataset, tfds_data_dir=args.tfds_data_dir,
-                                   download_dir=args.download_dir)
+    written = inpaint.inpaint_main(
+        args.path, args.out, sampling_steps=args.sampling_steps, guidance=args.guidance,
+        dataset=args.dataset, tfds_data_dir=args.tfds_data_dir, download_dir=args.download_dir,
+        **_given(mask=args.mask, num_images=args.images, seed=args.seed, resample=args.resample))
     for name, path in written.items():
         print(f"{name}: {path}")
     return 0
@@ -180,19 +178,21 @@ def _inpaint(args, overrides) -> int:
 def _generate(args, overrides) -> int:
     from zoo import generate
 
-    texts = generate.generate_main(args.path, args.prompt, max_new_tokens=args.max_new_tokens,
-                                   temperature=args.temperature, top_k=args.top_k,
-                                   top_p=args.top_p, seed=args.seed)
+    texts = generate.generate_main(args.path, args.prompt, **_given(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+        top_p=args.top_p, seed=args.seed))
     for prompt, text in zip(args.prompt, texts):
         print(prompt + text + ("\n" if len(texts) > 1 else ""))
     return 0
 
 
 def _prepare_text(args, overrides) -> int:
+    from zoo import config as config_lib
     from zoo import text_data
 
     if (args.text is None) == (args.dataset is None):
         raise ValueError("give one of --text FILE or --dataset NAME")
+    config_lib.make_folder(args.out, "--out")  # before the text is read and encoded
     data = {"dataset": args.dataset or "synthetic", "tokenizer": args.tokenizer or "",
             "tokenizer_path": args.tokenizer_path or "", "path": args.path or "",
             "source": args.source}
@@ -205,14 +205,14 @@ def _prepare_text(args, overrides) -> int:
     return 0
 
 
-def _default(fn, name: str):
-    """``fn``'s default for its argument ``name``: an option's default is its function's."""
-    return inspect.signature(fn).parameters[name].default
+def _given(**options) -> dict:
+    """The options the command line set: the rest take the called function's own defaults
+    (their one home; ``--help`` says which function)."""
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def build_parser() -> argparse.ArgumentParser:
     from zoo import config as config_lib
-    from zoo import generate, inpaint
     from zoo.core import distributed  # argparse only: JAX does not start here
 
     parser = config_lib.ArgumentParser(prog="zoo", description=__doc__)
@@ -280,17 +280,15 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the mask)")
     p.add_argument("path")
     p.add_argument("--out", required=True)
-    p.add_argument("--mask", default=_default(inpaint.inpaint_main, "mask"),
-                   help="the region to fill: center, left, top or random (default %(default)s)")
-    p.add_argument("--images", type=int, default=_default(inpaint.inpaint_main, "num_images"),
-                   help="how many test images (default %(default)s)")
+    # Unset --mask, --images, --resample and --seed take zoo.inpaint.inpaint_main's defaults.
+    p.add_argument("--mask", help="the region to fill: center, left, top or random")
+    p.add_argument("--images", type=int, help="how many test images")
     p.add_argument("--sampling-steps", type=int, default=None,
                    help="DDIM steps (default: the model config's)")
-    p.add_argument("--resample", type=int, default=_default(inpaint.inpaint_main, "resample"),
-                   help="RePaint resamplings per step (default %(default)s; 1: none)")
+    p.add_argument("--resample", type=int, help="RePaint resamplings per step (1: none)")
     p.add_argument("--guidance", type=float, default=None,
                    help="conditional models: guidance toward each image's label (0: unconditional)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int)
     p.add_argument("--dataset", default=None)
     p.add_argument("--tfds-data-dir", default=None)
     p.add_argument("--download-dir", default=None)
@@ -303,11 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path")
     p.add_argument("--prompt", required=True, action="append",
                    help="a prompt; repeat for a batch of prompts")
-    for option, kind in (("max_new_tokens", int), ("temperature", float), ("top_k", int),
-                         ("top_p", float), ("seed", int)):
-        default = _default(generate.generate_main, option)
-        p.add_argument("--" + option.replace("_", "-"), type=kind, default=default,
-                       help=f"default {default}")
+    # Unset options take zoo.generate.generate_main's defaults.
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--temperature", type=float, help="0: greedy")
+    p.add_argument("--top-k", type=int, help="0: off")
+    p.add_argument("--top-p", type=float, help="1: off")
+    p.add_argument("--seed", type=int)
     p.set_defaults(run=_generate)
     p = sub.add_parser("export", help="write a trained run's params to a file or a Hugging "
                                       "Face GPT-2 folder",

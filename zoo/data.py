@@ -144,6 +144,7 @@ def ensure_prepared(name: str, split: str, *, data_dir: str | os.PathLike | None
     cache = cache_path(name, split, data_dir)
     if cache.exists():
         return cache
+    make_folder(data_dir, "data.tfds_data_dir")
     found, order = find_download_dir(download_dir)
     if found is None and not _online():
         raise ValueError(
@@ -152,7 +153,6 @@ def ensure_prepared(name: str, split: str, *, data_dir: str | os.PathLike | None
             f"${DOWNLOAD_DIR_ENV}) to a TFDS download cache")
     download_dir = str(found) if found else ""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    make_folder(data_dir, "data.tfds_data_dir")
     # Processes sharing a data_dir (a multi-process run, parallel jobs) prepare one at a time;
     # the others wait and then read what the first wrote.
     with open(data_dir / f".zoo_prepare_{name}.lock", "w") as lock:

@@ -13,7 +13,6 @@ from typing import Any, Callable
 
 import jax
 import ml_collections
-import numpy as np
 
 from zoo import build as build_lib
 from zoo import checkpoint
@@ -22,6 +21,7 @@ from zoo.core import compiled, parallel, settings
 from zoo.core import step as step_lib
 from zoo.core.train_state import TrainState
 from zoo.models.language import LOSS_DERIVED_METRICS
+
 
 def evaluate(eval_step: compiled.CompiledStep, state, batches) -> dict[str, float]:
     """Mean of the eval step's metrics over ``batches``.

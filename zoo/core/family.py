@@ -123,6 +123,11 @@ class Family:
     inference_params: Callable | None = None
     implementations: Callable[[], dict[str, str]] | None = None
 
+    def __post_init__(self):
+        if self.text_decoder is not None and self.text_unit is None:
+            raise ValueError(f"the {self.name} family has a text_decoder but no text_unit "
+                             "(char, word or token: what its loss counts)")
+
     def plain_params(self, params: dict) -> dict:
         """``params`` (keyed by player) in the form the capabilities take (see
         ``inference_params``)."""

@@ -81,6 +81,19 @@ def make_schedule(cfg, total_steps: int) -> optax.Schedule:
     raise ValueError(f"unknown learning-rate schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
 
 
+def check_reads(cfg, where: str = "optimizer") -> None:
+    """Refuses a key the chosen optimizer does not read, set away from its default (Adam given
+    a weight decay would ignore it): checked when a run starts training (``zoo.build``), so a
+    saved run that set one still evaluates."""
+    cfg = _settings(cfg)
+    for key in sorted(set(TUNED) - READS.get(cfg.name, set(TUNED))):
+        if getattr(cfg, key) != getattr(OptimizerSettings, key):
+            reads = ", ".join(sorted(READS[cfg.name]))
+            raise ValueError(f"{where}.{key}={getattr(cfg, key)} does nothing with {cfg.name} "
+                             f"(it reads {reads}); leave it unset"
+                             + (", or choose adamw" if key == "weight_decay" else ""))
+
+
 def make_optimizer(cfg, total_steps: int = 1, *,
                    trainable: Callable[[Any], Any] | None = None) -> optax.GradientTransformation:
     """An optax optimizer from config.
@@ -94,13 +107,6 @@ def make_optimizer(cfg, total_steps: int = 1, *,
     """
     cfg = _settings(cfg)
     name = cfg.name
-    if name in READS:  # a key this optimizer ignores, set: refused, not dropped silently
-        for key in sorted(set(TUNED) - READS[name]):
-            if getattr(cfg, key) != getattr(OptimizerSettings, key):
-                reads = ", ".join(sorted(READS[name])) or "none of them"
-                raise ValueError(f"optimizer.{key}={getattr(cfg, key)} does nothing with {name} "
-                                 f"(it reads {reads}); leave it unset"
-                                 + (", or choose adamw" if key == "weight_decay" else ""))
     lr = make_schedule(cfg, total_steps)
     b1, b2 = float(cfg.b1), float(cfg.b2)
     eps = float(cfg.eps)

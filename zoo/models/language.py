@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 UNITS = ("char", "word", "token")
 
 # The metrics that are functions of a mean loss in nats. A split's value is the function of the
-# split's mean loss, not the mean of its batches' values (zoo.evaluate recomputes them).
-LOSS_DERIVED_METRICS = {"perplexity": jnp.exp, "bits_per_char": lambda nats: nats / jnp.log(2.0)}
+# split's mean loss, not the mean of its batches' values (zoo.evaluate recomputes them). On the
+# host (a float) they compute in float64, in a step in its arrays' dtype.
+LOSS_DERIVED_METRICS = {
+    "perplexity": lambda nats: jnp.exp(nats) if isinstance(nats, jax.Array) else np.exp(nats),
+    "bits_per_char": lambda nats: nats / math.log(2.0)}
 
 
 def loss_derived_metric(unit: str) -> str:

@@ -19,6 +19,7 @@ from torch.nn import functional as F
 from zoo.bench.peers.common import Peer, to_tensor
 from zoo.models import transformer
 
+
 class Block(nn.Module):
     def __init__(self, n_embd, n_head, eps):
         super().__init__()
