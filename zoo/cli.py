@@ -206,8 +206,8 @@ def _prepare_text(args, overrides) -> int:
 
 
 def _given(**options) -> dict:
-    """The options the command line set: the rest take the called function's own defaults
-    (their one home; ``--help`` says which function)."""
+    """The options the command line set: the rest are not passed, so the called function's own
+    defaults hold (their one home)."""
     return {k: v for k, v in options.items() if v is not None}
 
 
