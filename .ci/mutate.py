@@ -274,8 +274,12 @@ MUTATIONS = (
       "    params = family.plain_params(params)\n", "",
       ("tests/test_finetune.py::test_zoo_evals_text_report_on_a_lora_state_judges_the_model_it_trained",)),
     M("generate: a run's params drawn from, not its EMA", "zoo/generate.py",
-      "run.sampling_params[text_player(run.family)]", "run.params[text_player(run.family)]",
+      "run.sampling_params[run.family.text_player]", "run.params[run.family.text_player]",
       ("tests/test_text_pipeline.py::test_zoo_generate_draws_from_a_runs_ema_as_zoo_sample_does",)),
+    M("generate: a run's text samples drawn from the player named 'model', not the family's "
+      "text player", "zoo/generate.py",
+      "        generator.params = params[player]", '        generator.params = params["model"]',
+      ("tests/test_generate.py::test_a_runs_text_sampler_is_checked_when_it_is_made",)),
     M("vae: the IWAE likelihood drops the images past the last whole batch", "zoo/models/vae.py",
       "rng, total, n = jax.random.PRNGKey(seed), 0.0, len(images)",
       "rng, total, n = jax.random.PRNGKey(seed), 0.0, len(images) // batch_size * batch_size",

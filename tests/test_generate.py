@@ -1,5 +1,7 @@
 """Generation: KV-cache decoding against full recompute, sampling, seeds, compiles, bad input."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -99,8 +101,11 @@ def test_bad_input_errors(gpt):
 
 
 def test_a_runs_text_sampler_is_checked_when_it_is_made(gpt, tmp_path):
-    model, tokenizer = gpt.model, gpt.tokenizer  # a context of 32 characters
-    make = lambda **train: generate.make_text_sampler(model, tokenizer, train, "First Citizen:")
+    # A family whose text decoder is player "lm": the sampler asks the family which params.
+    family = dataclasses.replace(models.make_family(TINY), modules={"lm": gpt.model},
+                                 text_decoder=gpt.model)
+    tokenizer = gpt.tokenizer  # a context of 32 characters
+    make = lambda **train: generate.make_text_sampler(family, tokenizer, train, "First Citizen:")
     assert make(sample_tokens=0) is None
     with pytest.raises(ValueError, match=r"train.sample_prompt='caf\u00e9 @' has 2 "
                                          r"character\(s\) outside the tokenizer's vocabulary: "
@@ -114,11 +119,15 @@ def test_a_runs_text_sampler_is_checked_when_it_is_made(gpt, tmp_path):
                                          r"of 32 tokens; set train.sample_tokens to at most 24"):
         make(sample_tokens=30)  # the default prompt: 8 characters of the evaluation text
     sample_fn = make(sample_tokens=24)
-    written = sample_fn({"model": gpt.params}, {}, jax.random.PRNGKey(0), tmp_path, 7)
+    written = sample_fn({"lm": gpt.params}, {}, jax.random.PRNGKey(0), tmp_path, 7)
     assert written.count("First Ci") == 2 and (tmp_path / "step_0000007.txt").is_file()
     # An LSTM has no context to fill.
-    lstm_model = lstm.make_model(dict(family="lstm", vocab_size=65, hidden_size=8))
-    assert generate.make_text_sampler(lstm_model, tokenizer, {"sample_tokens": 500}, "x" * 9)
+    lstm_family = models.make_family(dict(family="lstm", vocab_size=65, hidden_size=8))
+    assert generate.make_text_sampler(lstm_family, tokenizer, {"sample_tokens": 500}, "x" * 9)
+    # A family that generates no text has no sampler, whatever the config asks.
+    with pytest.raises(ValueError, match="the autoencoder family cannot generate text"):
+        generate.make_text_sampler(models.make_family({"family": "autoencoder"}), tokenizer,
+                                   {"sample_tokens": 4}, "x")
 
 
 def test_short_training_on_tiny_shakespeare_lowers_the_loss(shakespeare):

@@ -308,7 +308,7 @@ def run_quality_report(family, params: Mapping, model_state: Mapping, config, *,
             report["iwae_images"] = len(test["image"])
         return report
     if family.text_decoder is not None and data is not None and data.tokenizer is not None:
-        gen = generate.Generator(family.text_decoder, params[generate.text_player(family)],
+        gen = generate.Generator(family.text_decoder, params[family.text_player],
                                  data.tokenizer)
         n, length = 20, 200
         if gen.max_len:

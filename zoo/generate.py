@@ -26,7 +26,7 @@ import numpy as np
 from zoo import checkpoint, models
 from zoo import tokenizers as tok
 from zoo.core import settings
-from zoo.core.family import TextDecoder
+from zoo.core.family import Family, TextDecoder
 from zoo.core.settings import TrainSettings
 
 DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048)
@@ -66,7 +66,7 @@ class Generator:
 
     Example::
 
-        gen = Generator(family.text_decoder, params["model"], tokenizer)
+        gen = Generator(family.text_decoder, params[family.text_player], tokenizer)
         texts = gen.generate_text(["ROMEO:", "JULIET:"], max_new_tokens=100, temperature=0.8,
                                   top_k=40, seed=0)
     """
@@ -190,22 +190,25 @@ def default_prompt(tokenizer: tok.Tokenizer, text: str | None, num_tokens: int =
     return tokenizer.decode(tokenizer.encode(head)[:num_tokens])
 
 
-def text_sample_fn(model, tokenizer: tok.Tokenizer, prompt: str, *, num_samples: int = 2,
-                   max_new_tokens: int = 200, temperature: float = 0.8, top_k: int = 0):
-    """A family ``sample_fn`` for language models: writes ``num_samples`` continuations of
-    ``prompt`` to ``out_dir/step_<step>.txt`` and returns the text written.
+def text_sample_fn(family: Family, tokenizer: tok.Tokenizer, prompt: str, *,
+                   num_samples: int = 2, max_new_tokens: int = 200, temperature: float = 0.8,
+                   top_k: int = 0):
+    """A ``sample_fn`` for a language-model family (one with a ``text_decoder``): writes
+    ``num_samples`` continuations of ``prompt`` to ``out_dir/step_<step>.txt`` and returns the
+    text written.
 
     One :class:`Generator` is kept across calls (the params are an argument of its compiled
     functions), so sampling at each evaluation compiles once per run. The prompt and length are
     the caller's to check (:func:`make_text_sampler` does, for a run's config).
     """
+    model, player = family.require("text_decoder", "generate text"), family.text_player
     generator = None
 
     def sample_fn(params, model_state, rng, out_dir, step):
         nonlocal generator
         if generator is None:
-            generator = Generator(model, params["model"], tokenizer)
-        generator.params = params["model"]
+            generator = Generator(model, params[player], tokenizer)
+        generator.params = params[player]
         seed = int(jax.random.randint(rng, (), 0, 2**31 - 1))
         texts = generator.generate_text([prompt] * num_samples, max_new_tokens,
                                         temperature=temperature, top_k=top_k, seed=seed)
@@ -219,7 +222,8 @@ def text_sample_fn(model, tokenizer: tok.Tokenizer, prompt: str, *, num_samples:
     return sample_fn
 
 
-def make_text_sampler(model, tokenizer: tok.Tokenizer, train_config, eval_text: str | None):
+def make_text_sampler(family: Family, tokenizer: tok.Tokenizer, train_config,
+                      eval_text: str | None):
     """The ``sample_fn`` of a language-model run (:func:`text_sample_fn`), or None.
 
     ``train.sample_tokens`` new tokens (0: no samples, None) after ``train.sample_prompt`` (empty:
@@ -243,6 +247,7 @@ def make_text_sampler(model, tokenizer: tok.Tokenizer, train_config, eval_text: 
     if not prompt_ids:
         raise ValueError(f"train.sample_prompt={prompt!r} encodes to no token; sampling starts "
                          "from at least one")
+    model = family.require("text_decoder", "generate text")
     context, n = model.context, len(prompt_ids)  # None: an LSTM has no limit
     if context and n >= context:
         raise ValueError(f"train.sample_prompt ({n} tokens) fills the transformer's context of "
@@ -251,12 +256,7 @@ def make_text_sampler(model, tokenizer: tok.Tokenizer, train_config, eval_text: 
         raise ValueError(f"train.sample_prompt ({n} tokens) + train.sample_tokens={num_tokens} "
                          f"exceed the transformer's context of {context} tokens; set "
                          f"train.sample_tokens to at most {context - n}")
-    return text_sample_fn(model, tokenizer, prompt, max_new_tokens=num_tokens)
-
-
-def text_player(family) -> str:
-    """The player whose module is the family's text decoder."""
-    return next(p for p, m in family.modules.items() if m is family.text_decoder)
+    return text_sample_fn(family, tokenizer, prompt, max_new_tokens=num_tokens)
 
 
 def generate_main(path: str | None = None, prompt: str | Sequence[str] = "", *,
@@ -287,7 +287,7 @@ def generate_main(path: str | None = None, prompt: str | Sequence[str] = "", *,
             raise ValueError(f"the run in {path} saved no tokenizer: it is not a language model "
                              "run")
         # The params that draw samples: a run's EMA where it keeps one, as zoo sample's.
-        params, tokenizer = run.sampling_params[text_player(run.family)], run.tokenizer
+        params, tokenizer = run.sampling_params[run.family.text_player], run.tokenizer
     else:
         raise ValueError("generate_main needs a path (a zoo run or a GPT-2 folder) or params")
     return Generator(model, params, tokenizer).generate_text(

@@ -375,7 +375,7 @@ def run_sampler(run: Run) -> SampleFn | None:
         first = next(iter(run.data.eval_batches()), None) if jax.process_count() == 1 else None
         return image_sample_fn(run.family, first)
     if run.family.text_decoder is not None and run.data.tokenizer is not None:
-        return generate.make_text_sampler(run.family.text_decoder, run.data.tokenizer,
+        return generate.make_text_sampler(run.family, run.data.tokenizer,
                                           run.settings.train, run.data.eval_text)
     return None
 

@@ -127,6 +127,15 @@ class Family:
         if self.text_decoder is not None and self.text_unit is None:
             raise ValueError(f"the {self.name} family has a text_decoder but no text_unit "
                              "(char, word or token: what its loss counts)")
+        if self.text_decoder is not None and self.text_player is None:
+            raise ValueError(f"the {self.name} family's text_decoder is none of its modules")
+
+    @property
+    def text_player(self) -> str | None:
+        """The player whose module is ``text_decoder``: its params are ``params[text_player]``;
+        None: not a language model."""
+        return next((p for p, m in self.modules.items()
+                     if m is self.text_decoder and m is not None), None)
 
     def plain_params(self, params: dict) -> dict:
         """``params`` (keyed by player) in the form the capabilities take (see
