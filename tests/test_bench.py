@@ -192,6 +192,14 @@ def test_peer_has_the_zoo_models_parameter_count(case, suite):
     (["--torch-threads", "xyz"], "give a number of threads, or auto"),
     (["--sweep", "1,0"], "argument --sweep: 0 must be >= 1"),
     (["--rounds", "0"], "argument --rounds: 0 must be >= 1"),
+    # A batch that does not split over the devices, before any case runs (8 test devices).
+    (["--sweep", "3"], "--sweep 3: case autoencoder-mlp: global batch of 16 examples does not "
+                       "divide over 3 devices"),
+    (["--sweep", "2,8", "--sweep-cases", "lstm,vae-mlp", "--sweep-strategies", "mesh"],
+     "--sweep 8: case lstm: global batch of 4 examples does not divide over 8 devices; use a "
+     "multiple of 8, or leave the case out (--sweep-cases)"),
+    (["--strategies", "single,mesh", "--cases", "vae-mlp,transformer"],
+     "--strategies: case transformer: global batch of 4 examples does not divide over 8 devices"),
 ])
 def test_bench_main_refuses_bad_options_in_one_line_before_running(argv, says, capsys):
     try:
@@ -214,6 +222,17 @@ def test_bench_main_writes_json_markdown_and_command(tmp_path, capsys):
     assert result["meta"]["measured_peak"] is None and result["meta"]["suite"] == "tiny"
     assert (out / "command.txt").read_text().startswith("zoo bench --suite tiny")
     assert not (out / report.PARTIAL).exists()  # the run finished: results.json has it all
+
+
+def test_a_case_that_fails_while_running_is_named_on_stderr(tmp_path, monkeypatch, capsys):
+    def run_case(case, **kwargs):
+        raise MemoryError("RESOURCE_EXHAUSTED: out of memory allocating 1.2 TiB")
+    monkeypatch.setattr(suites, "run_case", run_case)
+    rc = bench_main(["--suite", "tiny", "--cases", "vae-mlp", "--peers", "none", "--sweep", "",
+                     "--no-peak", "--no-plots", "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and err == ["zoo bench: vae-mlp (zoo/single) failed: MemoryError: "
+                               "RESOURCE_EXHAUSTED: out of memory allocating 1.2 TiB"], err
 
 
 def test_a_bench_cut_short_keeps_the_cases_it_finished(tmp_path, monkeypatch):

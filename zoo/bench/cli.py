@@ -113,8 +113,18 @@ def _write_results(args, argv, kind: str, stem: str, body: dict, table: str) -> 
     (out / f"{stem}.md").write_text(table + "\n")
     print(table)
     print(f"wrote {out / f'{stem}.json'}, {out / f'{stem}.md'}")
-    items = [x for v in body.values() for x in v]
-    return 1 if any("error" in x for x in items) else 0
+    return 1 if _say_failures([x for v in body.values() for x in v]) else 0
+
+
+def _say_failures(records: list[dict]) -> bool:
+    """One line on stderr for each record that holds an error (the table cuts them short);
+    whether there were any."""
+    failed = [r for r in records if "error" in r]
+    for r in failed:
+        where = "/".join(str(r[k]) for k in ("framework", "strategy") if r.get(k))
+        devices = f" x{r['devices']}" if r.get("devices") else ""
+        print(f"zoo bench: {r['case']} ({where}{devices}) failed: {r['error']}", file=sys.stderr)
+    return bool(failed)
 
 
 def _compile_only(args, strategies, argv) -> int:
@@ -167,7 +177,7 @@ def _profile(args, strategies, steps, warmup, peers, argv) -> int:
     return _write_results(args, argv, "profile", "profile", {"profiles": profiles}, table)
 
 
-def _bad_input(args, strategies, peers, sweep_cases) -> str | None:
+def _bad_input(args, strategies, peers, sweep, sweep_cases) -> str | None:
     """What is wrong with the options, if anything, found before any case is built."""
     from zoo.core.parallel import STRATEGIES
     for s in strategies + tuple(args.sweep_strategies):
@@ -176,12 +186,26 @@ def _bad_input(args, strategies, peers, sweep_cases) -> str | None:
     for m in peers:
         if m not in ("eager", "compile"):
             return f"unknown peer mode {m!r}; choose eager, compile"
-    known = [c.name for c in catalog.case_table(args.suite)]
+    table = catalog.case_table(args.suite)
+    known = [c.name for c in table]
     for option, names in (("--cases", args.cases or ()), ("--sweep-cases", sweep_cases or ())):
         unknown = [n for n in names if n not in known]
         if unknown:
             return (f"{option}: unknown case(s) {', '.join(unknown)} in the {args.suite} suite; "
                     f"choose from {', '.join(known)}")
+    selected = [c for c in table if not args.cases or c.name in args.cases]
+    swept = [c for c in selected if not sweep_cases or c.name in sweep_cases]
+    import jax  # after distributed.join: the device count is the cluster's
+    from zoo.core.parallel import check_divisible
+    runs = [("--strategies", jax.device_count(), selected, strategies, "--cases"),
+            *((f"--sweep {n}", n, swept, args.sweep_strategies, "--sweep-cases") for n in sweep)]
+    for option, n, cases, names, narrow in runs:
+        for case in cases if set(names) - {"single"} else ():
+            try:
+                check_divisible(case.batch_size, n, "devices",
+                                case.train.get("grad_accum_steps", 1))
+            except ValueError as e:
+                return f"{option}: case {case.name}: {e}, or leave the case out ({narrow})"
     if args.out:  # made now: a folder that cannot be written fails here, not after a case
         from zoo.config import make_folder
         try:
@@ -227,7 +251,7 @@ def main(argv: Sequence[str]) -> int:
     sweep_cases = args.sweep_cases or sweep_cases
     steps = args.steps or steps
     warmup = args.warmup if args.warmup is not None else warmup
-    problem = _bad_input(args, strategies, peers, sweep_cases)
+    problem = _bad_input(args, strategies, peers, sweep, sweep_cases)
     if problem:  # before any case is built: one line, exit 2
         print(f"zoo bench: error: {problem}", file=sys.stderr)
         return 2
@@ -265,4 +289,5 @@ def main(argv: Sequence[str]) -> int:
     print()
     print(markdown_report(result))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
+    _say_failures(result["records"])
     return 1 if failed else 0
