@@ -135,6 +135,15 @@ def _cases(root):
         (["train", "--config", str(CONFIGS / "classifier_mnist_mlp.py"),
           "--config.data.dataset=synthetic", "--config.model.num_classes=0"], 2,
          "model.num_classes=0: a classifier needs at least one class"),
+        # From the dataset's known shape and classes, before TFDS is asked (no network): labels
+        # beyond the model's classes were a NaN loss (classifier) or silently all-zero one-hots.
+        (["train", "--config", str(CONFIGS / "classifier_mnist_mlp.py"),
+          "--config.model.num_classes=5"], 2,
+         "mnist has 10 classes (labels 0 .. 9); the classifier model has model.num_classes=5: "
+         "set model.num_classes=10"),
+        (["train", "--config", str(CONFIGS / "cvae_mnist.py"), "--config.data.dataset=cifar10"], 2,
+         "cifar10 images are (32, 32, 3); the vae model takes (28, 28, 1): set "
+         "model.image_shape=(32, 32, 3)"),
         ([*train_ae, "--config.optimizer.b2=-1"], 2, "optimizer.b2=-1.0 must be >= 0.0"),
         ([*train_ae, "--config.optimizer.weight_decay=0.1"], 2,
          "optimizer.weight_decay=0.1 does nothing with adam (it reads b1, b2, eps); leave it "

@@ -1,5 +1,6 @@
 """The training pipeline: zoo train, checkpoints, exact resume, preemption, failures."""
 
+import dataclasses
 import json
 import os
 import random
@@ -15,7 +16,7 @@ import optax
 import pytest
 
 from configs_loader import CONFIGS, load_config
-from zoo import build, cli, eval_quality, train
+from zoo import build, cli, eval_quality, input_pipeline, models, train
 from zoo.checkpoint import CheckpointError, Checkpointer
 from zoo.config import apply_overrides
 from zoo.core import parallel
@@ -386,6 +387,18 @@ def test_unknown_dataset_and_model(tmp_path):
         build.build(_config("--config.data.dataset=imagenet"))
     with pytest.raises(ValueError, match="unknown model family 'flow'; known: .*autoencoder"):
         build.build(_config("--config.model.family=flow"))
+
+
+def test_synthetic_labels_are_the_models_classes():
+    # A conditional model of 3 classes on synthetic data: labels 0 .. 2, not MNIST's 10.
+    family = models.make_family({"family": "classifier", "arch": "mlp", "hidden": (8,),
+                                 "num_classes": 3})
+    arrays = input_pipeline.load_images({"dataset": "synthetic", "synthetic_size": 300}, family,
+                                        "train", seed=0)
+    assert sorted(np.unique(arrays["label"]).tolist()) == [0, 1, 2]
+    # A family states its classes once; its batch must agree.
+    with pytest.raises(ValueError, match="disagree on whether it takes labels"):
+        dataclasses.replace(family, num_classes=0)
 
 
 def test_an_eval_batch_that_does_not_divide_is_refused_before_training():

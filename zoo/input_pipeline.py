@@ -192,14 +192,31 @@ def load_images(data_config, family: Family, split: str, *, seed: int) -> Batch:
                              f"{', '.join(text_data.SPLITS)}")
         shape = family.batch_spec["image"].shape
         n = data.synthetic_size
-        arrays = data_lib.synthetic_images(n, shape, seed=seed + (split != "train"))
+        arrays = data_lib.synthetic_images(n, shape, num_classes=family.num_classes or 10,
+                                           seed=seed + (split != "train"))
     else:
+        check_images_fit(family, name)
         arrays = data_lib.load_tfds(name, split, data_dir=data.tfds_data_dir or None,
                                     download_dir=data.download_dir or None)
     missing = set(family.batch_spec) - set(arrays)
     if missing:
         raise ValueError(f"dataset {name!r} has no {sorted(missing)} for family {family.name!r}")
     return {k: arrays[k] for k in family.batch_spec}
+
+
+def check_images_fit(family: Family, dataset: str) -> None:
+    """Refuses, from the dataset's known shape and classes (before TFDS is asked for it), images
+    of another shape than the model's or labels beyond its classes: either would otherwise fail
+    inside a trace or train on garbage (one-hot rows of zeros, a cross-entropy of NaN)."""
+    shape, classes = data_lib.IMAGE_DATASETS[dataset]
+    if "image" in family.batch_spec and tuple(family.batch_spec["image"].shape) != shape:
+        raise ValueError(f"{dataset} images are {shape}; the {family.name} model takes "
+                         f"{tuple(family.batch_spec['image'].shape)}: set "
+                         f"model.image_shape={shape}")
+    if 0 < family.num_classes < classes:
+        raise ValueError(f"{dataset} has {classes} classes (labels 0 .. {classes - 1}); the "
+                         f"{family.name} model has model.num_classes={family.num_classes}: set "
+                         f"model.num_classes={classes}")
 
 
 def _check_eval_rows(data_config, split: str, num_tokens: int, eval_size: int) -> None:

@@ -82,6 +82,8 @@ class Family:
       eval_metrics: ``(params, model_state, batch, rng) -> metrics`` (dicts keyed by player), or
         ``-> (metrics, new_model_state)`` for an evaluation that carries per-example state.
       batch_spec: the batch the family trains on, without the batch dimension.
+      num_classes: the classes of its ``batch["label"]`` (labels 0 .. num_classes - 1): a
+        classifier's or a class-conditional model's; 0: it takes no labels.
       flops_per_example: forward+backward FLOPs of one training example (for MFU); None: unknown.
       image_sampler: how it draws images (:class:`ImageSampler`); None: it draws none.
       text_decoder: the module that generates text (:class:`TextDecoder`), a value of
@@ -112,6 +114,7 @@ class Family:
     objective: tuple[Update, ...]
     eval_metrics: Callable
     batch_spec: PyTree
+    num_classes: int = 0
     flops_per_example: float | None = None
     image_sampler: ImageSampler | None = None
     text_decoder: TextDecoder | None = None
@@ -127,6 +130,9 @@ class Family:
         if self.text_decoder is not None and self.text_unit is None:
             raise ValueError(f"the {self.name} family has a text_decoder but no text_unit "
                              "(char, word or token: what its loss counts)")
+        if (self.num_classes > 0) != ("label" in self.batch_spec):
+            raise ValueError(f"the {self.name} family's num_classes={self.num_classes} and its "
+                             "batch_spec disagree on whether it takes labels")
         if self.text_decoder is not None and self.text_player is None:
             raise ValueError(f"the {self.name} family's text_decoder is none of its modules")
 

@@ -169,6 +169,7 @@ def make_family(config) -> Family:
         eval_metrics=eval_metrics,
         batch_spec={"image": jax.ShapeDtypeStruct(shape, jnp.float32),
                     "label": jax.ShapeDtypeStruct((), jnp.int32)},
+        num_classes=model.num_classes,
         flops_per_example=train_flops_per_example(model, shape),
         feature_extractor=lambda params: params["model"],
     )

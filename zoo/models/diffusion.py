@@ -249,7 +249,7 @@ def make_family(config) -> Family:
     return Family(name="diffusion", modules={PLAYER: model}, init=init,
                   objective=(Update(PLAYER, loss_fn),),
                   eval_metrics=lambda p, s, batch, rng: loss_terms(p, batch, rng, False)[1],
-                  batch_spec=spec, flops_per_example=None,
+                  batch_spec=spec, num_classes=model.num_classes, flops_per_example=None,
                   image_sampler=denoiser.image_sampler(), denoiser=denoiser)
 
 

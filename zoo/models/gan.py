@@ -343,7 +343,7 @@ def make_family(config) -> Family:
         objective=(Update("discriminator", d_loss, repeats=n_critic, prefix="d_"),
                    Update("generator", g_loss, prefix="g_")),
         eval_metrics=eval_metrics,
-        batch_spec=spec,
+        batch_spec=spec, num_classes=gen.num_classes,
         flops_per_example=train_flops_per_example(gen, disc, n_critic, gp),
         image_sampler=ImageSampler(player="generator", latent_dim=latent,
                                    num_classes=gen.num_classes, title="GAN",

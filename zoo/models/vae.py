@@ -305,6 +305,7 @@ def make_family(config) -> Family:
                   objective=(Update(PLAYER, loss_fn),),
                   flops_per_example=train_flops_per_example(model),
                   eval_metrics=lambda *a: loss_fn(*a)[1], batch_spec=spec,
+                  num_classes=model.num_classes,
                   image_sampler=sampler, log_likelihood=log_likelihood)
 
 
