@@ -294,6 +294,14 @@ MUTATIONS = (
     M("data: synthetic labels run 0 .. 9 whatever the model's classes", "zoo/input_pipeline.py",
       "num_classes=family.num_classes or 10,", "num_classes=10,",
       ("tests/test_pipeline.py::test_synthetic_labels_are_the_models_classes",)),
+    M("parallel: a mesh's data and fsdp under pmap or single are silently ignored",
+      "zoo/core/parallel.py", "    if mesh_keys and p.strategy in STRATEGIES:", "    if False:",
+      ("tests/test_core.py::test_a_mesh_layout_under_another_strategy_is_refused_and_zoo_eval_"
+       "drops_its_own",)),
+    M("eval: a mesh run evaluated on one device keeps its mesh's fsdp", "zoo/evaluate.py",
+      "        config.parallel.fsdp = settings.ParallelSettings.fsdp\n", "",
+      ("tests/test_core.py::test_a_mesh_layout_under_another_strategy_is_refused_and_zoo_eval_"
+       "drops_its_own",)),
     M("vae: the IWAE likelihood drops the images past the last whole batch", "zoo/models/vae.py",
       "rng, total, n = jax.random.PRNGKey(seed), 0.0, len(images)",
       "rng, total, n = jax.random.PRNGKey(seed), 0.0, len(images) // batch_size * batch_size",

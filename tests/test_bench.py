@@ -272,6 +272,7 @@ def test_zoo_runner_builds_the_case_as_zoo_train_does():
                         train={"grad_accum_steps": 2}, parallel={"fsdp": 2}, peer=base.peer)
     config = zoo_runner.zoo_config(case, "mesh")
     assert config.parallel.strategy == "mesh" and config.parallel.fsdp == 2
+    assert dict(zoo_runner.zoo_config(case, "pmap").parallel) == {"strategy": "pmap"}
     assert config.train.grad_accum_steps == 2 and config.optimizers.generator.learning_rate == 1e-4
     runner = zoo_runner.ZooRunner(case, "mesh", jax.devices()[:2])
     assert runner.strategy.name == "mesh" and (runner.strategy.data, runner.strategy.fsdp) == (1, 2)

@@ -6,12 +6,13 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
 from flax import linen as nn
 
-from zoo import data
+from zoo import data, evaluate
 from zoo.core import compiled, parallel
 from zoo.core.step import PER_EXAMPLE, Update, make_train_step
 from zoo.core.train_state import TrainState
@@ -92,6 +93,23 @@ def test_fsdp_shards_params_and_optimizer_state():
     with pytest.raises(ValueError, match="mesh data=3 x fsdp=2 = 6 devices"):
         parallel.mesh_shape(8, 3, 2)
     assert parallel.mesh_shape(8, -1, 2) == (4, 2)
+
+
+def test_a_mesh_layout_under_another_strategy_is_refused_and_zoo_eval_drops_its_own():
+    with pytest.raises(ValueError, match=r"parallel.fsdp=2 shapes a mesh; parallel.strategy="
+                                         r"'pmap' has none: set parallel.strategy=mesh"):
+        parallel.strategy_from_config({"strategy": "pmap", "fsdp": 2})
+    with pytest.raises(ValueError, match=r"parallel.data=4 and parallel.fsdp=2 shape a mesh"):
+        parallel.strategy_from_config({"strategy": "single", "data": 4, "fsdp": 2})
+    # zoo eval of a run trained on 2 devices as a 1 x 2 mesh at batch 2: on these 8 devices the
+    # mesh fits (4 x 2) but the batch does not divide, so it evaluates on one device, and the
+    # mesh's axes go with the mesh.
+    config = ml_collections.ConfigDict({"parallel": {"strategy": "mesh", "data": -1, "fsdp": 2},
+                                        "data": {"batch_size": 2, "eval_batch_size": 2}})
+    said = []
+    evaluate._fit_layout_to_devices(config, said.append)
+    assert parallel.strategy_from_config(config.parallel).name == "single"
+    assert said == ["zoo: batches of [2] do not divide over 8 devices; evaluating on one"]
 
 
 def test_fsdp_spec_rules():

@@ -135,3 +135,5 @@ def _fit_layout_to_devices(config, log: Callable[[str], None]) -> None:
                              f"data.eval_batch_size to multiples of {n}")
         log(f"zoo: batches of {sorted(sizes)} do not divide over {n} devices; evaluating on one")
         config.parallel.strategy = "single"
+        config.parallel.data = settings.ParallelSettings.data
+        config.parallel.fsdp = settings.ParallelSettings.fsdp

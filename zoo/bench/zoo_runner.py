@@ -43,11 +43,11 @@ def synthetic_batch(spec, batch_size: int, *, seed: int = 0, int_high: dict | No
 def zoo_config(case: Case, strategy: str, seed: int = 0):
     """The ``ml_collections.ConfigDict`` ``zoo train`` would run ``case`` with under ``strategy``:
     ``model``, ``optimizer`` / ``optimizers``, ``train`` (steps, seed and the case's options) and
-    ``parallel`` (the strategy and the case's options)."""
+    ``parallel`` (the strategy, and the case's mesh options under mesh)."""
     import ml_collections
     config = {"model": case.model_config(), "optimizer": dict(case.optimizer),
               "train": {"steps": SCHEDULE_STEPS, "seed": seed, **case.train},
-              "parallel": {**case.parallel, "strategy": strategy}}
+              "parallel": {**(case.parallel if strategy == "mesh" else {}), "strategy": strategy}}
     if case.optimizers:
         config["optimizers"] = {p: dict(c) for p, c in case.optimizers.items()}
     return ml_collections.ConfigDict(config)

@@ -435,4 +435,12 @@ def strategy_from_config(section: Any, devices: list[jax.Device] | None = None) 
     p = settings.parse(ParallelSettings, section, "parallel")
     if p.strategy == "mesh":
         return make_strategy("mesh", devices, data=p.data, fsdp=p.fsdp)
+    mesh_keys = [f"parallel.{k}={getattr(p, k)}" for k in ("data", "fsdp")
+                 if getattr(p, k) != getattr(ParallelSettings, k)]
+    if mesh_keys and p.strategy in STRATEGIES:  # a mesh's axes, which this strategy would ignore
+        verb = "shape" if len(mesh_keys) > 1 else "shapes"
+        raise ValueError(f"{' and '.join(mesh_keys)} {verb} a mesh; parallel.strategy="
+                         f"{p.strategy!r} has none: set parallel.strategy=mesh, or leave "
+                         f"parallel.data={ParallelSettings.data} and "
+                         f"parallel.fsdp={ParallelSettings.fsdp}")
     return make_strategy(p.strategy, devices)
