@@ -302,6 +302,12 @@ MUTATIONS = (
       "        config.parallel.fsdp = settings.ParallelSettings.fsdp\n", "",
       ("tests/test_core.py::test_a_mesh_layout_under_another_strategy_is_refused_and_zoo_eval_"
        "drops_its_own",)),
+    M("data: a text key on image data is silently ignored", "zoo/input_pipeline.py",
+      "    if text_keys and not is_text(data):", "    if False:",
+      ("tests/test_pipeline.py::test_unknown_dataset_and_model",)),
+    M("bench: --log-every without --loop is silently ignored", "zoo/bench/cli.py",
+      "    if args.log_every is not None and modes != [\"loop\"]:", "    if False:",
+      ("tests/test_bench.py::test_bench_main_refuses_bad_options_in_one_line_before_running",)),
     M("vae: the IWAE likelihood drops the images past the last whole batch", "zoo/models/vae.py",
       "rng, total, n = jax.random.PRNGKey(seed), 0.0, len(images)",
       "rng, total, n = jax.random.PRNGKey(seed), 0.0, len(images) // batch_size * batch_size",

@@ -200,6 +200,13 @@ def test_peer_has_the_zoo_models_parameter_count(case, suite):
      "multiple of 8, or leave the case out (--sweep-cases)"),
     (["--strategies", "single,mesh", "--cases", "vae-mlp,transformer"],
      "--strategies: case transformer: global batch of 4 examples does not divide over 8 devices"),
+    # Options that the chosen mode would ignore.
+    (["--loop", "--compile-only"], "--compile-only and --loop are separate modes; choose one"),
+    (["--log-every", "5"], "--log-every sets the training loop's logging: it applies to --loop"),
+    (["--profile", "--sweep", "2"], "the device sweep is the suite run's; --profile does not"),
+    (["--loop", "--peers", "eager", "--torch-threads", "1"],
+     "--loop runs no PyTorch peers; leave out --peers, --torch-threads"),
+    (["--cases", ""], "--cases '' names no case; name at least one"),
 ])
 def test_bench_main_refuses_bad_options_in_one_line_before_running(argv, says, capsys):
     try:

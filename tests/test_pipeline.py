@@ -387,6 +387,11 @@ def test_unknown_dataset_and_model(tmp_path):
         build.build(_config("--config.data.dataset=imagenet"))
     with pytest.raises(ValueError, match="unknown model family 'flow'; known: .*autoencoder"):
         build.build(_config("--config.model.family=flow"))
+    # A text key on image data would do nothing: refused, not ignored.
+    with pytest.raises(ValueError, match=r"^data.tokenizer='gpt2' is a key of text data, but "
+                                         r"data.dataset='synthetic' holds images \(text datasets: "
+                                         r"tiny_shakespeare, .*or synthetic with data.seq_len > 0\)"):
+        build.build(_config("--config.data.tokenizer=gpt2"))
 
 
 def test_synthetic_labels_are_the_models_classes():

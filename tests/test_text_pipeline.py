@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs_loader import CONFIGS, load_config
-from zoo import build, checkpoint, cli, generate, sample, train
+from zoo import build, checkpoint, cli, generate, input_pipeline, sample, train
 from zoo.config import apply_overrides
 
 # A tiny transformer on tiny_shakespeare's raw text (the pipeline is under test, not the model).
@@ -125,10 +125,17 @@ def test_language_models_train_on_synthetic_text_and_generate_from_it(tmp_path, 
     assert cli.main(["generate", str(tmp_path / "transformer_char_cpu"), "--prompt", "abcdefgh",
                      "--temperature", "0", "--max-new-tokens", "8"]) == 0
     assert capsys.readouterr().out == "abcdefghijklmnop\n"
-    # Synthetic data in an image data section (no seq_len) is named, not a KeyError.
+    # Synthetic data in an image data section (no seq_len) is named, not a KeyError: by the text
+    # keys left in it, or with none, by the family's need.
     config = _config("transformer_char_cpu", *TRANSFORMER, *synthetic,
                      "--config.model.vocab_size=64")
     del config.data["seq_len"]
+    with pytest.raises(ValueError, match=r"data.tokenizer='char' is a key of text data, but "
+                                         r"data.dataset='synthetic' holds images"):
+        build.build(config)
+    for key in input_pipeline.TEXT_ONLY_KEYS:
+        if key in config.data:
+            del config.data[key]
     with pytest.raises(ValueError, match=r"synthetic data for the transformer family needs a text "
                                          r"data section \(data.seq_len, data.batching"):
         build.build(config)

@@ -112,11 +112,25 @@ def is_text(data_config) -> bool:
                                                        data.seq_len > 0)
 
 
+# The data keys only text reads; set on image data they would do nothing.
+TEXT_ONLY_KEYS = ("source", "path", "tokenizer", "tokenizer_path", "batching", "synthetic_vocab")
+
+
 def check_dataset(data_config) -> None:
-    """Refuses a ``data.dataset`` that is not one of :func:`known_datasets` (before any loading)."""
-    name = _data(data_config).dataset
-    if name not in known_datasets():
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(known_datasets())}")
+    """Refuses a ``data.dataset`` that is not one of :func:`known_datasets`, or text keys on image
+    data (before any loading)."""
+    data = _data(data_config)
+    if data.dataset not in known_datasets():
+        raise ValueError(f"unknown dataset {data.dataset!r}; known: "
+                         f"{', '.join(known_datasets())}")
+    text_keys = [f"data.{k}={getattr(data, k)!r}" for k in TEXT_ONLY_KEYS
+                 if getattr(data, k) != getattr(DataSettings, k)]
+    if text_keys and not is_text(data):
+        what = "is a key" if len(text_keys) == 1 else "are keys"
+        raise ValueError(f"{', '.join(text_keys)} {what} of text data, but data.dataset="
+                         f"{data.dataset!r} holds images (text datasets: "
+                         f"{', '.join(text_data.TEXT_DATASETS)}, or synthetic with data.seq_len "
+                         "> 0)")
 
 
 def make_tokenizer(data_config, saved: dict | None = None) -> tok.Tokenizer:

@@ -180,6 +180,22 @@ def _profile(args, strategies, steps, warmup, peers, argv) -> int:
 def _bad_input(args, strategies, peers, sweep, sweep_cases) -> str | None:
     """What is wrong with the options, if anything, found before any case is built."""
     from zoo.core.parallel import STRATEGIES
+    modes = [m for m in ("compile_only", "loop", "profile") if getattr(args, m)]
+    flags = ["--" + m.replace("_", "-") for m in modes]
+    if len(modes) > 1:
+        return f"{' and '.join(flags)} are separate modes; choose one"
+    # Options that only one mode reads: given to another, they would do nothing.
+    if args.log_every is not None and modes != ["loop"]:
+        return "--log-every sets the training loop's logging: it applies to --loop only"
+    if modes and (args.sweep or args.sweep_cases):
+        return f"the device sweep is the suite run's; {flags[0]} does not sweep"
+    peer_options = [o for o, given in (("--peers", [x for x in args.peers or () if x != "none"]),
+                                       ("--torch-compile", args.torch_compile),
+                                       ("--torch-threads", args.torch_threads)) if given]
+    if modes and modes != ["profile"] and peer_options:
+        return f"{flags[0]} runs no PyTorch peers; leave out {', '.join(peer_options)}"
+    if args.cases == ():
+        return "--cases '' names no case; name at least one, or leave --cases out for the suite"
     for s in strategies + tuple(args.sweep_strategies):
         if s not in STRATEGIES:
             return f"unknown strategy {s!r}; choose {', '.join(STRATEGIES)}"
