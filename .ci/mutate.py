@@ -308,6 +308,11 @@ MUTATIONS = (
     M("bench: --log-every without --loop is silently ignored", "zoo/bench/cli.py",
       "    if args.log_every is not None and modes != [\"loop\"]:", "    if False:",
       ("tests/test_bench.py::test_bench_main_refuses_bad_options_in_one_line_before_running",)),
+    M("build: a model larger than the device's memory is left to XLA's allocation to refuse",
+      "zoo/build.py", "        check_fits_in_memory(family, jax.eval_shape(create, example))\n",
+      "",
+      ("tests/test_pipeline.py::test_a_model_larger_than_memory_is_refused_before_anything_is_"
+       "allocated",)),
     M("vae: the IWAE likelihood drops the images past the last whole batch", "zoo/models/vae.py",
       "rng, total, n = jax.random.PRNGKey(seed), 0.0, len(images)",
       "rng, total, n = jax.random.PRNGKey(seed), 0.0, len(images) // batch_size * batch_size",

@@ -394,6 +394,16 @@ def test_unknown_dataset_and_model(tmp_path):
         build.build(_config("--config.data.tokenizer=gpt2"))
 
 
+def test_a_model_larger_than_memory_is_refused_before_anything_is_allocated():
+    # Was XLA's "RESOURCE_EXHAUSTED: Out of memory allocating 200000000000000 bytes".
+    host = build.memory_capacity(jax.devices()[0])
+    assert 2**30 < host < 2**50  # this machine's physical memory: more than 1 GiB, less than 1 PiB
+    with pytest.raises(ValueError, match=r"^the autoencoder model's training state \(params and "
+                                         r"optimizer state\) needs [\d,]+\.\d GiB, more than the "
+                                         r"[\d,]+\.\d GiB of cpu memory here; choose smaller"):
+        build.build(_config("--config.model.hidden=(1000000000,)"))
+
+
 def test_synthetic_labels_are_the_models_classes():
     # A conditional model of 3 classes on synthetic data: labels 0 .. 2, not MNIST's 10.
     family = models.make_family({"family": "classifier", "arch": "mlp", "hidden": (8,),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from typing import Any, Callable, Mapping
 
 import jax
@@ -96,9 +97,39 @@ def initial_state(family: Family, config, example) -> TrainState:
     concrete values is run op by op instead."""
     create = state_initializer(family, config)
     try:
+        # Traced once: jit reuses this trace.
+        check_fits_in_memory(family, jax.eval_shape(create, example))
         return jax.jit(create, compiler_options=FAST_COMPILE)(example)
     except _TRACER_ERRORS:
         return create(example)
+
+
+def memory_capacity(device: jax.Device) -> int | None:
+    """Bytes ``device`` can hold: an accelerator's allocator limit, a CPU's physical memory;
+    None: unknown."""
+    try:
+        limit = (device.memory_stats() or {}).get("bytes_limit")
+    except Exception:  # a backend without memory statistics
+        limit = None
+    if limit:
+        return int(limit)
+    if device.platform == "cpu" and hasattr(os, "sysconf"):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return None
+
+
+def check_fits_in_memory(family: Family, state_shapes: TrainState) -> None:
+    """Refuses, before anything is allocated, a model whose state at step 0 (params, optimizer
+    state, EMA) alone is larger than the device it is built on: XLA would otherwise fail
+    allocating it, with a message about bytes rather than sizes."""
+    need = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state_shapes))
+    device = jax.devices()[0]
+    have = memory_capacity(device)
+    if have and need > have:
+        raise ValueError(f"the {family.name} model's training state (params and optimizer "
+                         f"state) needs {need / 2**30:,.1f} GiB, more than the "
+                         f"{have / 2**30:,.1f} GiB of {device.platform} memory here; choose "
+                         "smaller model sizes")
 
 
 def compile_steps(family: Family, strategy: parallel.Strategy, train_config
