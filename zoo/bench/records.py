@@ -35,14 +35,15 @@ def error_record(case: Case, framework: str, strategy: str, error: BaseException
 def flops_fields(analytic: float | None, xla: float | None, jaxpr: float | None, med: float,
                  peak_table: float | None, peak_measured: float | None, devices: int) -> dict:
     """FLOPs per step (the family's count, else the jaxpr's), achieved FLOP/s, MFU against the
-    table peak and the fraction of the measured peak, over ``devices`` devices."""
+    table peak and the fraction of the measured peak, over ``devices`` devices. XLA's count over
+    the family's (``xla_to_analytic``) only where the family has one."""
     used = analytic if analytic is not None else jaxpr
     achieved = used / med if used else None
     return {
         "flops_per_step_analytic": analytic,
         "flops_per_step_jaxpr": jaxpr,
         "flops_per_step_xla": xla,
-        "xla_to_analytic": (xla / used) if (xla and used) else None,
+        "xla_to_analytic": (xla / analytic) if (xla and analytic) else None,
         "flops_source": "analytic" if analytic is not None else "jaxpr",
         "achieved_flops_per_s": achieved,
         "peak_flops_per_s_table": peak_table * devices if peak_table else None,

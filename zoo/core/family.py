@@ -140,8 +140,9 @@ class Family:
     def text_player(self) -> str | None:
         """The player whose module is ``text_decoder``: its params are ``params[text_player]``;
         None: not a language model."""
-        return next((p for p, m in self.modules.items()
-                     if m is self.text_decoder and m is not None), None)
+        if self.text_decoder is None:
+            return None
+        return next((p for p, m in self.modules.items() if m is self.text_decoder), None)
 
     def plain_params(self, params: dict) -> dict:
         """``params`` (keyed by player) in the form the capabilities take (see
