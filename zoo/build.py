@@ -123,7 +123,7 @@ def check_fits_in_memory(family: Family, state_shapes: TrainState) -> None:
     state, EMA) alone is larger than the device it is built on: XLA would otherwise fail
     allocating it, with a message about bytes rather than sizes."""
     need = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state_shapes))
-    device = jax.devices()[0]
+    device = jax.local_devices()[0]  # where this process builds it
     have = memory_capacity(device)
     if have and need > have:
         raise ValueError(f"the {family.name} model's training state (params and optimizer "
