@@ -410,8 +410,8 @@ def _copy_checkout(dest: Path) -> None:
 
 def _pytest(copy: Path, tests: tuple[str, ...], timeout: int, workers: int = 0,
             slow: bool = False) -> tuple[int, str]:
-    """pytest's exit status and last line. One process by default: with pytest-xdist workers,
-    a failure under -x exits 2 (interrupted), not 1."""
+    """pytest's exit status and last line, after the names of any failed tests. One process by
+    default: with pytest-xdist workers, a failure under -x exits 2 (interrupted), not 1."""
     env = {**os.environ, "PYTHONPATH": str(copy)}
     marks = ["-m", ""] if slow else []  # pyproject's addopts leave slow tests out
     try:
@@ -421,7 +421,8 @@ def _pytest(copy: Path, tests: tuple[str, ...], timeout: int, workers: int = 0,
     except subprocess.TimeoutExpired:
         return -1, "timed out"
     lines = (out.stdout + out.stderr).strip().splitlines()
-    return out.returncode, lines[-1] if lines else ""
+    failed = [line for line in lines if line.startswith(("FAILED ", "ERROR "))]
+    return out.returncode, "; ".join([*failed, *lines[-1:]])
 
 
 def main(argv=None) -> int:
