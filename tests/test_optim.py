@@ -1,7 +1,5 @@
 """Optimizers and learning-rate schedules from config (all optax)."""
 
-import re
-
 import numpy as np
 import optax
 import pytest
@@ -69,24 +67,3 @@ def test_clipping_wraps_the_optimizer_and_names_are_checked():
         optim.make_optimizer(dict(name="adagrad"))
     with pytest.raises(ValueError, match="unknown learning-rate schedule 'step'; choose one of"):
         optim.make_schedule(dict(schedule="step"), 10)
-
-
-def test_a_schedule_key_the_schedule_does_not_read_is_refused():
-    # A constant rate given an end factor, a cosine given a decay rate: each would be ignored.
-    for cfg, says in (
-            (dict(schedule="constant", end_factor=0.1),
-             "optimizer.end_factor=0.1 does nothing with the constant schedule (it reads "
-             "warmup_steps)"),
-            (dict(schedule="cosine", decay_rate=0.9, warmup_steps=5),
-             "optimizer.decay_rate=0.9 does nothing with the cosine schedule (it reads "
-             "end_factor, warmup_steps)"),
-            (dict(schedule="piecewise", boundaries=(10,), transition_steps=3),
-             "optimizer.transition_steps=3 does nothing with the piecewise schedule (it reads "
-             "boundaries, decay_rate)")):
-        with pytest.raises(ValueError, match=f"^{re.escape(says)}; leave it unset$"):
-            optim.check_reads(cfg)
-    optim.check_reads(dict(schedule="exponential", decay_rate=0.8, transition_steps=10,
-                           decay_begin=40))  # every key it reads
-    # Every schedule is named once, with what it reads.
-    assert optim.SCHEDULES == tuple(optim.SCHEDULE_READS)
-    assert set().union(*optim.SCHEDULE_READS.values()) == set(optim.SCHEDULE_KEYS)

@@ -17,17 +17,7 @@ TUNED = ("b1", "b2", "eps", "momentum", "weight_decay")
 READS = {"adam": {"b1", "b2", "eps"}, "adamw": {"b1", "b2", "eps", "weight_decay"},
          "sgd": {"momentum"}, "rmsprop": {"b2", "eps"},
          "lamb": {"b1", "b2", "eps", "weight_decay"}}
-# Likewise the schedule keys beside the learning rate, and which each schedule reads
-# (make_schedule): a constant rate given an end_factor would ignore it.
-SCHEDULE_KEYS = ("warmup_steps", "end_factor", "decay_rate", "transition_steps", "decay_begin",
-                 "boundaries")
-SCHEDULE_READS = {"constant": {"warmup_steps"},
-                  "cosine": {"warmup_steps", "end_factor"},
-                  "warmup_cosine": {"warmup_steps", "end_factor"},
-                  "linear": {"warmup_steps", "end_factor"},
-                  "exponential": {"decay_rate", "transition_steps", "decay_begin"},
-                  "piecewise": {"decay_rate", "boundaries"}}
-SCHEDULES = tuple(SCHEDULE_READS)
+SCHEDULES = ("constant", "cosine", "warmup_cosine", "linear", "exponential", "piecewise")
 
 
 def _settings(cfg) -> OptimizerSettings:
@@ -92,9 +82,9 @@ def make_schedule(cfg, total_steps: int) -> optax.Schedule:
 
 
 def check_reads(cfg, where: str = "optimizer") -> None:
-    """Refuses a key the chosen optimizer or schedule does not read, set away from its default
-    (Adam given a weight decay, a constant rate given an end factor, would ignore it): checked
-    when a run starts training (``zoo.build``), so a saved run that set one still evaluates."""
+    """Refuses a key the chosen optimizer does not read, set away from its default (Adam given
+    a weight decay would ignore it): checked when a run starts training (``zoo.build``), so a
+    saved run that set one still evaluates."""
     cfg = _settings(cfg)
     for key in sorted(set(TUNED) - READS.get(cfg.name, set(TUNED))):
         if getattr(cfg, key) != getattr(OptimizerSettings, key):
@@ -102,13 +92,6 @@ def check_reads(cfg, where: str = "optimizer") -> None:
             raise ValueError(f"{where}.{key}={getattr(cfg, key)} does nothing with {cfg.name} "
                              f"(it reads {reads}); leave it unset"
                              + (", or choose adamw" if key == "weight_decay" else ""))
-    reads = SCHEDULE_READS.get(cfg.schedule, set(SCHEDULE_KEYS))
-    for key in (k for k in SCHEDULE_KEYS if k not in reads):
-        value = getattr(cfg, key)
-        if value != getattr(OptimizerSettings, key) and key != "warmup_steps":
-            # (make_schedule names warmup_steps itself, with what replaced it)
-            raise ValueError(f"{where}.{key}={value} does nothing with the {cfg.schedule} "
-                             f"schedule (it reads {', '.join(sorted(reads))}); leave it unset")
 
 
 def make_optimizer(cfg, total_steps: int = 1, *,
