@@ -280,11 +280,10 @@ MUTATIONS = (
       "text player", "zoo/generate.py",
       "        generator.params = params[player]", '        generator.params = params["model"]',
       ("tests/test_generate.py::test_a_runs_text_sampler_is_checked_when_it_is_made",)),
-    M("bench: a swept batch that does not divide over the devices is found only when its case "
-      "runs", "zoo/bench/cli.py",
-      "*((f\"--sweep {n}\", n, swept, args.sweep_strategies, \"--sweep-cases\") for n in sweep)",
-      "*((f\"--sweep {n}\", n, swept, args.sweep_strategies, \"--sweep-cases\") for n in ())",
-      ("tests/test_bench.py::test_bench_main_refuses_bad_options_in_one_line_before_running",)),
+    M("bench: a strategy whose devices a case's batch does not split over is run anyway (and "
+      "fails)", "zoo/bench/suites.py", '**{**kwargs, "strategies": strategies})', "**kwargs)",
+      ("tests/test_bench.py::test_a_strategy_whose_devices_a_batch_does_not_split_over_is_left_"
+       "out_with_a_note",)),
     M("bench: a case that fails while running is only a cut-short cell of the table",
       "zoo/bench/cli.py", "    _say_failures(result[\"records\"])\n", "",
       ("tests/test_bench.py::test_a_case_that_fails_while_running_is_named_on_stderr",)),

@@ -177,7 +177,7 @@ def _profile(args, strategies, steps, warmup, peers, argv) -> int:
     return _write_results(args, argv, "profile", "profile", {"profiles": profiles}, table)
 
 
-def _bad_input(args, strategies, peers, sweep, sweep_cases) -> str | None:
+def _bad_input(args, strategies, peers, sweep_cases) -> str | None:
     """What is wrong with the options, if anything, found before any case is built."""
     from zoo.core.parallel import STRATEGIES
     modes = [m for m in ("compile_only", "loop", "profile") if getattr(args, m)]
@@ -202,26 +202,12 @@ def _bad_input(args, strategies, peers, sweep, sweep_cases) -> str | None:
     for m in peers:
         if m not in ("eager", "compile"):
             return f"unknown peer mode {m!r}; choose eager, compile"
-    table = catalog.case_table(args.suite)
-    known = [c.name for c in table]
+    known = [c.name for c in catalog.case_table(args.suite)]
     for option, names in (("--cases", args.cases or ()), ("--sweep-cases", sweep_cases or ())):
         unknown = [n for n in names if n not in known]
         if unknown:
             return (f"{option}: unknown case(s) {', '.join(unknown)} in the {args.suite} suite; "
                     f"choose from {', '.join(known)}")
-    selected = [c for c in table if not args.cases or c.name in args.cases]
-    swept = [c for c in selected if not sweep_cases or c.name in sweep_cases]
-    import jax  # after distributed.join: the device count is the cluster's
-    from zoo.core.parallel import check_divisible
-    runs = [("--strategies", jax.device_count(), selected, strategies, "--cases"),
-            *((f"--sweep {n}", n, swept, args.sweep_strategies, "--sweep-cases") for n in sweep)]
-    for option, n, cases, names, narrow in runs:
-        for case in cases if set(names) - {"single"} else ():
-            try:
-                check_divisible(case.batch_size, n, "devices",
-                                case.train.get("grad_accum_steps", 1))
-            except ValueError as e:
-                return f"{option}: case {case.name}: {e}, or leave the case out ({narrow})"
     if args.out:  # made now: a folder that cannot be written fails here, not after a case
         from zoo.config import make_folder
         try:
@@ -267,7 +253,7 @@ def main(argv: Sequence[str]) -> int:
     sweep_cases = args.sweep_cases or sweep_cases
     steps = args.steps or steps
     warmup = args.warmup if args.warmup is not None else warmup
-    problem = _bad_input(args, strategies, peers, sweep, sweep_cases)
+    problem = _bad_input(args, strategies, peers, sweep_cases)
     if problem:  # before any case is built: one line, exit 2
         print(f"zoo bench: error: {problem}", file=sys.stderr)
         return 2

@@ -108,16 +108,45 @@ def run_case(case: Case, *, strategies: Sequence[str] = ("single",),
     return records
 
 
+def runnable_strategies(case: Case, strategies: Sequence[str], n: int
+                        ) -> tuple[tuple[str, ...], str | None]:
+    """The ``strategies`` that can run ``case`` over ``n`` devices, and a note on the others:
+    a strategy over every device needs the case's batch to split over them (Zaremba's LSTM
+    batch of 20 does not over 8)."""
+    from zoo.core.parallel import check_divisible
+    spread = [s for s in strategies if s != "single"]
+    try:
+        if spread:
+            check_divisible(case.batch_size, n, "devices", case.train.get("grad_accum_steps", 1))
+    except ValueError as e:
+        return (tuple(s for s in strategies if s == "single"),
+                f"{case.name}: {', '.join(spread)} not run over {n} devices: "
+                + str(e).split("; use")[0])
+    return tuple(strategies), None
+
+
 def _run_cases(cases: Sequence[Case], peak: dict | None, on_error: dict | None,
-               on_case: Callable[[list[dict]], None] | None = None, **kwargs: Any) -> list[dict]:
+               on_case: Callable[[list[dict]], None] | None = None,
+               notes: list[str] | None = None, **kwargs: Any) -> list[dict]:
     """:func:`run_case` over ``cases``; a case that fails gives an error record (``on_error``:
-    its extra fields) instead of stopping the rest, or (``on_error=None``) raises.
+    its extra fields) instead of stopping the rest, or (``on_error=None``) raises. A strategy
+    whose devices the case's batch does not split over is left out, with a note in ``notes``.
     ``peak``: measured peaks by dtype. ``on_case(records so far)`` after each case."""
+    import jax
     out = []
+    n = len(kwargs.get("devices") or jax.devices())
     for case in cases:
+        strategies, skipped = runnable_strategies(case, kwargs["strategies"], n)
+        if skipped:
+            kwargs["log"]("  note: " + skipped)
+            if notes is not None:
+                notes.append(skipped)
+        if not strategies:
+            continue
         m = (peak or {}).get(case.compute_dtype)
         try:
-            out += run_case(case, peak_measured=m["best_flops_per_s"] if m else None, **kwargs)
+            out += run_case(case, peak_measured=m["best_flops_per_s"] if m else None,
+                            **{**kwargs, "strategies": strategies})
         except Exception as e:
             if on_error is None:
                 raise
@@ -161,22 +190,34 @@ def run_suite(*, suite: str = "quick", cases: Iterable[str] | None = None,
     if peers and env["torch"] is None:
         peers = ()
         notes.append("torch is not installed: no peers (pip install 'zoo[bench]')")
-    records = _run_cases(selected, measured, {}, on_case, strategies=strategies, peers=peers,
-                         warmup=warmup, torch_threads=torch_threads, steps=steps, rounds=rounds,
-                         log=log)
-    swept = [c.name for c in selected if not sweep_cases or c.name in set(sweep_cases)]
-    for n in sweep if swept else ():
-        log(f"  sweep: {n} device(s), {', '.join(swept)}, strategies {', '.join(sweep_strategies)}")
+    records = _run_cases(selected, measured, {}, on_case, notes, strategies=strategies,
+                         peers=peers, warmup=warmup, torch_threads=torch_threads, steps=steps,
+                         rounds=rounds, log=log)
+    to_sweep = [c for c in selected if not sweep_cases or c.name in set(sweep_cases)]
+    for n in sweep if to_sweep else ():
+        swept = []
+        for case in to_sweep:  # the device counts a case's batch splits over
+            runnable, skipped = runnable_strategies(case, sweep_strategies, n)
+            if skipped:
+                notes.append("sweep: " + skipped)
+                log("  note: " + notes[-1])
+            if runnable == tuple(sweep_strategies):
+                swept.append(case)
+        if not swept:
+            continue
+        log(f"  sweep: {n} device(s), {', '.join(c.name for c in swept)}, strategies "
+            f"{', '.join(sweep_strategies)}")
         try:
-            recs = sweep_devices(n, suite=suite, cases=swept, strategies=sweep_strategies,
-                                 warmup=warmup, steps=steps, rounds=rounds,
-                                 peak_measured=measured)
-            for r in recs:
-                r["sweep"] = True
-            records += recs
-        except Exception as e:
-            notes.append(f"sweep over {n} device(s) failed: {type(e).__name__}: {e}"[:500])
-            log("  " + notes[-1])
+            recs = sweep_devices(n, suite=suite, cases=[c.name for c in swept],
+                                 strategies=sweep_strategies, warmup=warmup, steps=steps,
+                                 rounds=rounds, peak_measured=measured)
+        except Exception as e:  # the whole worker: each of its cases failed
+            recs = [rec_lib.error_record(c, "zoo", ",".join(sweep_strategies), e, devices=n)
+                    for c in swept]
+            log(f"  sweep over {n} device(s) failed: {recs[0]['error']}")
+        for r in recs:
+            r["sweep"] = True
+        records += recs
     for d, m in (measured or {}).items():  # again at the end: the best of both is the peak
         again = hardware.measure_matmul_peak(peak_n, dtype=d)
         m["best_flops_per_s_end"] = again["best_flops_per_s"]
