@@ -110,6 +110,11 @@ def test_a_mesh_layout_under_another_strategy_is_refused_and_zoo_eval_drops_its_
     evaluate._fit_layout_to_devices(config, said.append)
     assert parallel.strategy_from_config(config.parallel).name == "single"
     assert said == ["zoo: batches of [2] do not divide over 8 devices; evaluating on one"]
+    # A saved run evaluated under another strategy than its mesh (an override) still evaluates.
+    config.parallel.update(strategy="pmap", data=4, fsdp=2)
+    config.data.update(batch_size=8, eval_batch_size=8)
+    evaluate._fit_layout_to_devices(config, said.append)
+    assert parallel.strategy_from_config(config.parallel).name == "pmap"
 
 
 def test_fsdp_spec_rules():

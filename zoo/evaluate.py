@@ -125,7 +125,8 @@ def _fit_layout_to_devices(config, log: Callable[[str], None]) -> None:
         except ValueError:
             log(f"zoo: the saved mesh data={p.data} x fsdp={p.fsdp} does not fit {n} device(s); "
                 "evaluating data-parallel over all of them")
-            config.parallel.data, config.parallel.fsdp = -1, 1
+            config.parallel.data = settings.ParallelSettings.data
+            config.parallel.fsdp = settings.ParallelSettings.fsdp
     shards = 1 if p.strategy == "single" else n  # pmap and a data-parallel mesh: every device
     sizes = {data.batch_size, data.eval_batch_size or data.batch_size}
     if any(size % shards for size in sizes):
@@ -135,5 +136,6 @@ def _fit_layout_to_devices(config, log: Callable[[str], None]) -> None:
                              f"data.eval_batch_size to multiples of {n}")
         log(f"zoo: batches of {sorted(sizes)} do not divide over {n} devices; evaluating on one")
         config.parallel.strategy = "single"
+    if config.parallel.strategy != "mesh":  # a saved mesh's axes mean nothing to another layout
         config.parallel.data = settings.ParallelSettings.data
         config.parallel.fsdp = settings.ParallelSettings.fsdp
