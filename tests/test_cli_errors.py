@@ -115,7 +115,8 @@ def _cases(root):
         (["sample", ae, "--out", file], 2, "is a file; give a folder"),
         # Refused from the dataset's known shape, before TFDS is asked for it (no network).
         (["sample", ae, "--out", str(root / "png"), "--dataset", "cifar10"], 2,
-         "cifar10 images are (32, 32, 3); the run's model takes (28, 28, 1)"),
+         "cifar10 images are (32, 32, 3); the autoencoder model takes (28, 28, 1): give a dataset "
+         "of that shape"),
         (["export", str(root / "edited"), "--out", str(root / "edited.msgpack")], 2,
          "holds params of another model than its saved config builds"),
         (["prepare-text", "--text", str(root / "binary.dat"), "--out", str(root / "t2")], 2,
@@ -139,8 +140,8 @@ def _cases(root):
         # beyond the model's classes were a NaN loss (classifier) or silently all-zero one-hots.
         (["train", "--config", str(CONFIGS / "classifier_mnist_mlp.py"),
           "--config.model.num_classes=5"], 2,
-         "mnist has 10 classes (labels 0 .. 9); the classifier model has model.num_classes=5: "
-         "set model.num_classes=10"),
+         "mnist has 10 classes (labels 0 .. 9); the classifier model has 5: set "
+         "model.num_classes=10"),
         (["train", "--config", str(CONFIGS / "cvae_mnist.py"), "--config.data.dataset=cifar10"], 2,
          "cifar10 images are (32, 32, 3); the vae model takes (28, 28, 1): set "
          "model.image_shape=(32, 32, 3)"),

@@ -388,10 +388,16 @@ def test_unknown_dataset_and_model(tmp_path):
     with pytest.raises(ValueError, match="unknown model family 'flow'; known: .*autoencoder"):
         build.build(_config("--config.model.family=flow"))
     # A text key on image data would do nothing: refused, not ignored.
-    with pytest.raises(ValueError, match=r"^data.tokenizer='gpt2' is a key of text data, but "
-                                         r"data.dataset='synthetic' holds images \(text datasets: "
-                                         r"tiny_shakespeare, .*or synthetic with data.seq_len > 0\)"):
+    with pytest.raises(ValueError, match=r"^data.dataset='synthetic' holds images, but "
+                                         r"data.tokenizer='gpt2' is a key of text data \(text "
+                                         r"datasets: tiny_shakespeare, .*or synthetic with "
+                                         r"data.seq_len > 0\)"):
         build.build(_config("--config.data.tokenizer=gpt2"))
+    with pytest.raises(ValueError, match=r"^data.dataset='mnist' holds images, but "
+                                         r"data.batching='stream', data.seq_len=35 are keys of "
+                                         r"text data"):
+        build.build(_config("--config.data.dataset=mnist", "--config.data.seq_len=35",
+                            "--config.data.batching=stream"))
 
 
 def test_a_model_larger_than_memory_is_refused_before_anything_is_allocated():
@@ -399,7 +405,8 @@ def test_a_model_larger_than_memory_is_refused_before_anything_is_allocated():
     host = build.memory_capacity(jax.devices()[0])
     assert 2**30 < host < 2**50  # this machine's physical memory: more than 1 GiB, less than 1 PiB
     with pytest.raises(ValueError, match=r"^the autoencoder model's training state \(params and "
-                                         r"optimizer state\) needs [\d,]+\.\d GiB, more than the "
+                                         r"optimizer state, built on one device\) needs "
+                                         r"[\d,]+\.\d GiB, more than the "
                                          r"[\d,]+\.\d GiB of cpu memory here; choose smaller"):
         build.build(_config("--config.model.hidden=(1000000000,)"))
 
@@ -411,9 +418,21 @@ def test_synthetic_labels_are_the_models_classes():
     arrays = input_pipeline.load_images({"dataset": "synthetic", "synthetic_size": 300}, family,
                                         "train", seed=0)
     assert sorted(np.unique(arrays["label"]).tolist()) == [0, 1, 2]
+    # A trained run's model is fixed: zoo sample and zoo inpaint are told to change the dataset.
+    with pytest.raises(ValueError, match=r"^mnist has 10 classes \(labels 0 .. 9\); the "
+                                         r"classifier model has 3: give a dataset of at most 3 "
+                                         r"classes$"):
+        input_pipeline.check_images_fit(family, "mnist", trained=True)
+    with pytest.raises(ValueError, match=r"^cifar10 images are \(32, 32, 3\); the classifier "
+                                         r"model takes \(28, 28, 1\): set "
+                                         r"model.image_shape=\(32, 32, 3\)$"):
+        input_pipeline.check_images_fit(family, "cifar10")
     # A family states its classes once; its batch must agree.
     with pytest.raises(ValueError, match="disagree on whether it takes labels"):
         dataclasses.replace(family, num_classes=0)
+    cvae = models.make_family({"family": "vae", "arch": "mlp", "hidden": (8,), "num_classes": 3})
+    with pytest.raises(ValueError, match="the vae family has num_classes=4, its ImageSampler 3"):
+        dataclasses.replace(cvae, num_classes=4)
 
 
 def test_an_eval_batch_that_does_not_divide_is_refused_before_training():

@@ -130,8 +130,8 @@ def test_language_models_train_on_synthetic_text_and_generate_from_it(tmp_path, 
     config = _config("transformer_char_cpu", *TRANSFORMER, *synthetic,
                      "--config.model.vocab_size=64")
     del config.data["seq_len"]
-    with pytest.raises(ValueError, match=r"data.tokenizer='char' is a key of text data, but "
-                                         r"data.dataset='synthetic' holds images"):
+    with pytest.raises(ValueError, match=r"data.dataset='synthetic' holds images, but "
+                                         r"data.tokenizer='char' is a key of text data"):
         build.build(config)
     for key in input_pipeline.TEXT_ONLY_KEYS:
         if key in config.data:

@@ -97,8 +97,6 @@ def initial_state(family: Family, config, example) -> TrainState:
     concrete values is run op by op instead."""
     create = state_initializer(family, config)
     try:
-        # Traced once: jit reuses this trace.
-        check_fits_in_memory(family, jax.eval_shape(create, example))
         return jax.jit(create, compiler_options=FAST_COMPILE)(example)
     except _TRACER_ERRORS:
         return create(example)
@@ -118,17 +116,24 @@ def memory_capacity(device: jax.Device) -> int | None:
     return None
 
 
-def check_fits_in_memory(family: Family, state_shapes: TrainState) -> None:
-    """Refuses, before anything is allocated, a model whose state at step 0 (params, optimizer
-    state, EMA) alone is larger than the device it is built on: XLA would otherwise fail
-    allocating it, with a message about bytes rather than sizes."""
-    need = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state_shapes))
+def check_fits_in_memory(family: Family, config, batch_size: int) -> None:
+    """Refuses, from shapes alone (before any data is loaded or memory allocated), a model whose
+    state at step 0 (params, optimizer state, EMA) is larger than the device that builds it
+    (:func:`initial_state` builds it whole on one device, then the strategy places it): XLA
+    would otherwise fail allocating it, with a message about bytes rather than sizes."""
+    example = jax.tree.map(lambda s: jax.ShapeDtypeStruct((batch_size, *s.shape), s.dtype),
+                           family.batch_spec)
+    try:
+        shapes = jax.eval_shape(state_initializer(family, config), example)
+    except _TRACER_ERRORS:  # an init that needs concrete values: initial_state runs it op by op
+        return
+    need = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))
     device = jax.local_devices()[0]  # where this process builds it
     have = memory_capacity(device)
     if have and need > have:
         raise ValueError(f"the {family.name} model's training state (params and optimizer "
-                         f"state) needs {need / 2**30:,.1f} GiB, more than the "
-                         f"{have / 2**30:,.1f} GiB of {device.platform} memory here; choose "
+                         f"state, built on one device) needs {need / 2**30:,.1f} GiB, more than "
+                         f"the {have / 2**30:,.1f} GiB of {device.platform} memory here; choose "
                          "smaller model sizes")
 
 
@@ -181,6 +186,7 @@ def build(config: ml_collections.ConfigDict | Mapping[str, Any], *, train: bool 
     # Fail before loading data or compiling if the batch cannot be split as asked.
     parallel.check_divisible(run.data.batch_size, strategy.num_shards, "devices",
                              tc.grad_accum_steps)
+    check_fits_in_memory(family, run, run.data.batch_size)
     data = input_pipeline.make_run_data(run.data, family, seed=tc.seed, train=train,
                                         eval_split=eval_split, tokenizer=text_tokenizer)
     try:  # before training: a failing evaluation at the end would cost the last checkpoint

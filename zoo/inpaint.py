@@ -98,11 +98,9 @@ def inpaint_main(path: str, out_dir: str, *, mask: str = "center", num_images: i
     test = sample.run_test_split(run, dataset, tfds_data_dir=tfds_data_dir,
                                  download_dir=download_dir)
     if test is None:  # a synthetic run: images like the ones it trained on
-        test = data_lib.synthetic_images(num_images, tuple(den.image_shape), seed=seed + 1)
+        test = data_lib.synthetic_images(num_images, tuple(den.image_shape),
+                                         num_classes=den.num_classes or 10, seed=seed + 1)
     images, labels = test["image"][:num_images], test["label"][:num_images]
-    if images.shape[1:] != tuple(den.image_shape):
-        raise ValueError(f"{dataset} images are {images.shape[1:]}; the model draws "
-                         f"{tuple(den.image_shape)}")
     known = make_mask(mask, len(images), images.shape[1:], seed)
     filled = inpaint_images(run.family, run.sampling_params, run.model_state, images, known,
                             labels if den.num_classes else None, seed=seed,

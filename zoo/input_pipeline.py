@@ -112,8 +112,10 @@ def is_text(data_config) -> bool:
                                                        data.seq_len > 0)
 
 
-# The data keys only text reads; set on image data they would do nothing.
-TEXT_ONLY_KEYS = ("source", "path", "tokenizer", "tokenizer_path", "batching", "synthetic_vocab")
+# The data keys only text reads; set on image data they would do nothing (seq_len > 0 makes
+# synthetic data text).
+TEXT_ONLY_KEYS = ("source", "path", "tokenizer", "tokenizer_path", "batching", "seq_len",
+                  "synthetic_vocab")
 
 
 def check_dataset(data_config) -> None:
@@ -126,9 +128,10 @@ def check_dataset(data_config) -> None:
     text_keys = [f"data.{k}={getattr(data, k)!r}" for k in TEXT_ONLY_KEYS
                  if getattr(data, k) != getattr(DataSettings, k)]
     if text_keys and not is_text(data):
-        what = "is a key" if len(text_keys) == 1 else "are keys"
-        raise ValueError(f"{', '.join(text_keys)} {what} of text data, but data.dataset="
-                         f"{data.dataset!r} holds images (text datasets: "
+        what = "a key" if len(text_keys) == 1 else "keys"
+        raise ValueError(f"data.dataset={data.dataset!r} holds images, but "
+                         f"{', '.join(text_keys)} {'is' if len(text_keys) == 1 else 'are'} "
+                         f"{what} of text data (text datasets: "
                          f"{', '.join(text_data.TEXT_DATASETS)}, or synthetic with data.seq_len "
                          "> 0)")
 
@@ -218,19 +221,22 @@ def load_images(data_config, family: Family, split: str, *, seed: int) -> Batch:
     return {k: arrays[k] for k in family.batch_spec}
 
 
-def check_images_fit(family: Family, dataset: str) -> None:
+def check_images_fit(family: Family, dataset: str, *, trained: bool = False) -> None:
     """Refuses, from the dataset's known shape and classes (before TFDS is asked for it), images
     of another shape than the model's or labels beyond its classes: either would otherwise fail
-    inside a trace or train on garbage (one-hot rows of zeros, a cross-entropy of NaN)."""
+    inside a trace or run on garbage (one-hot rows of zeros, a cross-entropy of NaN, clamped
+    embedding rows). ``trained``: the model is a saved run's, so the dataset is what to change."""
     shape, classes = data_lib.IMAGE_DATASETS[dataset]
-    if "image" in family.batch_spec and tuple(family.batch_spec["image"].shape) != shape:
+    takes = family.batch_spec.get("image")
+    if takes is not None and tuple(takes.shape) != shape:
+        fix = "give a dataset of that shape" if trained else f"set model.image_shape={shape}"
         raise ValueError(f"{dataset} images are {shape}; the {family.name} model takes "
-                         f"{tuple(family.batch_spec['image'].shape)}: set "
-                         f"model.image_shape={shape}")
+                         f"{tuple(takes.shape)}: {fix}")
     if 0 < family.num_classes < classes:
+        fix = (f"give a dataset of at most {family.num_classes} classes" if trained else
+               f"set model.num_classes={classes}")
         raise ValueError(f"{dataset} has {classes} classes (labels 0 .. {classes - 1}); the "
-                         f"{family.name} model has model.num_classes={family.num_classes}: set "
-                         f"model.num_classes={classes}")
+                         f"{family.name} model has {family.num_classes}: {fix}")
 
 
 def _check_eval_rows(data_config, split: str, num_tokens: int, eval_size: int) -> None:

@@ -33,7 +33,7 @@ import matplotlib
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from zoo import checkpoint, generate
+from zoo import checkpoint, generate, input_pipeline
 from zoo import config as config_lib
 from zoo import data as data_lib
 from zoo.core import diffusion as diffusion_lib
@@ -390,11 +390,8 @@ def run_test_split(run: checkpoint.LoadedRun, dataset: str | None = None, *,
     dataset = dataset or (run_data.dataset if "data" in run.config else None)
     if not dataset or dataset == "synthetic":
         return None
-    takes = run.family.batch_spec.get("image")
-    shape = data_lib.IMAGE_DATASETS.get(dataset, (None,))[0]
-    if takes is not None and shape is not None and tuple(takes.shape) != shape:
-        raise ValueError(f"{dataset} images are {shape}; the run's model takes "
-                         f"{tuple(takes.shape)}: give a dataset of that shape")
+    if dataset in data_lib.IMAGE_DATASETS:  # load_tfds names any other
+        input_pipeline.check_images_fit(run.family, dataset, trained=True)
     return data_lib.load_tfds(dataset, "test",
                               data_dir=tfds_data_dir or run_data.tfds_data_dir or None,
                               download_dir=download_dir or run_data.download_dir or None)

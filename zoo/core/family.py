@@ -133,6 +133,10 @@ class Family:
         if (self.num_classes > 0) != ("label" in self.batch_spec):
             raise ValueError(f"the {self.name} family's num_classes={self.num_classes} and its "
                              "batch_spec disagree on whether it takes labels")
+        for part in (self.image_sampler, self.denoiser):  # they condition on the same labels
+            if part is not None and part.num_classes != self.num_classes:
+                raise ValueError(f"the {self.name} family has num_classes={self.num_classes}, "
+                                 f"its {type(part).__name__} {part.num_classes}")
         if self.text_decoder is not None and self.text_player is None:
             raise ValueError(f"the {self.name} family's text_decoder is none of its modules")
 
