@@ -195,10 +195,13 @@ def test_peer_has_the_zoo_models_parameter_count(case, suite):
     (["--rounds", "0"], "argument --rounds: 0 must be >= 1"),
     # Options that the chosen mode would ignore.
     (["--loop", "--compile-only"], "--compile-only and --loop are separate modes; choose one"),
-    (["--log-every", "5"], "--log-every sets the training loop's logging: it applies to --loop"),
-    (["--profile", "--sweep", "2"], "the device sweep is the suite run's; --profile does not"),
-    (["--loop", "--peers", "eager", "--torch-threads", "1"],
-     "--loop runs no PyTorch peers; leave out --peers, --torch-threads"),
+    (["--log-every", "5"], "the suite run (no --compile-only, --loop or --profile) reads none "
+                           "of --log-every; leave it out"),
+    (["--profile", "--sweep", "2"], "--profile reads none of --sweep; leave it out"),
+    (["--loop", "--peers", "eager", "--torch-threads", "1", "--rounds", "2"],
+     "--loop reads none of --peers, --torch-threads, --rounds; leave them out"),
+    (["--compile-only", "--no-peak"], "--compile-only reads none of --no-peak"),
+    (["--compile-only", "--strategies", "pmap"], "--compile-only compiles under single or mesh"),
     (["--cases", ""], "--cases '' names no case; name at least one"),
 ])
 def test_bench_main_refuses_bad_options_in_one_line_before_running(argv, says, capsys):

@@ -67,12 +67,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         "cores and 1, timed per peer); default: as --threads")
     p.add_argument("--sweep", type=_device_counts, default=None,
                    help="device counts to sweep, e.g. 1,2,4,8 ('' : none)")
-    p.add_argument("--sweep-strategies", type=_csv, default=("pmap", "mesh"))
+    p.add_argument("--sweep-strategies", type=_csv, default=None, help="default: pmap,mesh")
     p.add_argument("--sweep-cases", type=_csv, default=None)
     p.add_argument("--steps", type=_count(1), default=None,
                    help="timed steps per contender (20 or more for a steady median)")
     p.add_argument("--warmup", type=_count(0), default=None)
-    p.add_argument("--rounds", type=_count(1), default=4, help="alternating rounds")
+    p.add_argument("--rounds", type=_count(1), default=None, help="alternating rounds (default 4)")
     p.add_argument("--no-peak", action="store_true", help="skip the measured matmul peak")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--compile-only", action="store_true",
@@ -177,26 +177,40 @@ def _profile(args, strategies, steps, warmup, peers, argv) -> int:
     return _write_results(args, argv, "profile", "profile", {"profiles": profiles}, table)
 
 
+# The options each mode reads beside --suite, --cases, --strategies, --threads, --out and the
+# cluster's; None: the suite run.
+MODE_READS = {
+    None: {"--peers", "--torch-compile", "--torch-threads", "--sweep", "--sweep-strategies",
+           "--sweep-cases", "--steps", "--warmup", "--rounds", "--no-peak", "--no-plots"},
+    "--compile-only": set(),
+    "--loop": {"--steps", "--warmup", "--log-every"},
+    "--profile": {"--steps", "--warmup", "--peers"},
+}
+
+
 def _bad_input(args, strategies, peers, sweep_cases) -> str | None:
     """What is wrong with the options, if anything, found before any case is built."""
     from zoo.core.parallel import STRATEGIES
-    modes = [m for m in ("compile_only", "loop", "profile") if getattr(args, m)]
-    flags = ["--" + m.replace("_", "-") for m in modes]
+    modes = [m for m in MODE_READS if m and getattr(args, m[2:].replace("-", "_"))]
     if len(modes) > 1:
-        return f"{' and '.join(flags)} are separate modes; choose one"
-    # Options that only one mode reads: given to another, they would do nothing.
-    if args.log_every is not None and modes != ["loop"]:
-        return "--log-every sets the training loop's logging: it applies to --loop only"
-    if modes and (args.sweep or args.sweep_cases):
-        return f"the device sweep is the suite run's; {flags[0]} does not sweep"
-    peer_options = [o for o, given in (("--peers", [x for x in args.peers or () if x != "none"]),
-                                       ("--torch-compile", args.torch_compile),
-                                       ("--torch-threads", args.torch_threads)) if given]
-    if modes and modes != ["profile"] and peer_options:
-        return f"{flags[0]} runs no PyTorch peers; leave out {', '.join(peer_options)}"
+        return f"{' and '.join(modes)} are separate modes; choose one"
+    mode = modes[0] if modes else None
+    given = {"--peers": [x for x in args.peers or () if x != "none"],
+             "--torch-compile": args.torch_compile, "--torch-threads": args.torch_threads,
+             "--sweep": args.sweep, "--sweep-strategies": args.sweep_strategies,
+             "--sweep-cases": args.sweep_cases, "--steps": args.steps,
+             "--warmup": args.warmup is not None, "--rounds": args.rounds,
+             "--no-peak": args.no_peak, "--no-plots": args.no_plots,
+             "--log-every": args.log_every}
+    unread = [o for o, value in given.items() if value and o not in MODE_READS[mode]]
+    if unread:  # given to a mode that does not read them, they would do nothing
+        return (f"{mode or 'the suite run (no --compile-only, --loop or --profile)'} reads "
+                f"none of {', '.join(unread)}; leave {'it' if len(unread) == 1 else 'them'} out")
+    if mode == "--compile-only" and set(strategies) - {"single", "mesh"}:
+        return "--compile-only compiles under single or mesh; choose --strategies from those"
     if args.cases == ():
         return "--cases '' names no case; name at least one, or leave --cases out for the suite"
-    for s in strategies + tuple(args.sweep_strategies):
+    for s in strategies + tuple(args.sweep_strategies or ()):
         if s not in STRATEGIES:
             return f"unknown strategy {s!r}; choose {', '.join(STRATEGIES)}"
     for m in peers:
@@ -274,8 +288,10 @@ def main(argv: Sequence[str]) -> int:
         f"{jax.devices()[0].platform}-{_dt.datetime.now(_dt.timezone.utc):%Y%m%d-%H%M%S}")
     first = jax.process_index() == 0
     result = run_suite(suite=args.suite, cases=args.cases, strategies=strategies, peers=peers,
-                       sweep=sweep, sweep_strategies=args.sweep_strategies,
-                       sweep_cases=sweep_cases, warmup=warmup, steps=steps, rounds=args.rounds,
+                       sweep=sweep, sweep_cases=sweep_cases, warmup=warmup, steps=steps,
+                       **({"sweep_strategies": args.sweep_strategies}
+                          if args.sweep_strategies else {}),
+                       **({"rounds": args.rounds} if args.rounds else {}),
                        peak=not args.no_peak,
                        torch_threads=_torch_threads(args),
                        log=print if first else (lambda line: None),
