@@ -247,7 +247,8 @@ MUTATIONS = (
     M("cli: the reads orbax abandons on a damaged checkpoint reported after zoo's line",
       "zoo/cli.py", "        sys.unraisablehook = _quiet_unraisable\n"
       '        logging.getLogger("asyncio").addFilter(_QuietAbandonedReads())\n', "",
-      ("tests/test_cli_errors.py::test_a_damaged_array_file_is_reported_in_one_line_not_a_flood",)),
+      ("tests/test_cli_errors.py::test_zoo_silences_the_reads_orbax_abandons_and_nothing_else",
+       "tests/test_cli_errors.py::test_a_damaged_array_file_is_reported_in_one_line_not_a_flood")),
     M("xla_flags: YNNPACK's reductions on (jax#39103)", "zoo/core/xla_flags.py",
       '"INDIVIDUAL_DOT"}', '"INDIVIDUAL_DOT,REDUCE"}',
       ("tests/test_pipeline.py::test_zoos_xla_cpu_defaults_sum_exactly_where_ynnpack_reductions_do_not",)),
