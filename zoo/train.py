@@ -261,8 +261,8 @@ def _drop_rows_after(path: Path, step: int) -> None:
 def _saved_tokenizer(workdir: Path | None, log: Callable[[str], None]) -> dict | None:
     """The tokenizer a run in ``workdir`` trained with, if it has checkpoints to resume: the copy
     its newest readable checkpoint holds (what the run trained with), else its
-    ``tokenizer.json``. A
-    ``tokenizer.json`` that is missing, damaged or another run's is reported (and rewritten)."""
+    ``tokenizer.json``. A ``tokenizer.json`` that is missing, damaged or another run's is
+    reported (and rewritten)."""
     if workdir is None:
         return None
     ckpts = workdir / "checkpoints"
